@@ -1,0 +1,457 @@
+"""Load and validate task files.
+
+One loader for every task. Validation does not stop at the first problem: it collects
+every problem with its file, line and field, then raises once (:class:`TaskValidationError`),
+so a task author fixes a file in one pass. Unknown names answer "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from .expressions import Expression, ExpressionError, compile_expression
+from .functions import HELPERS
+from .schema import SCHEMA_VERSION, Check, Gate, OutputField, Role, Step, Task, ToolCallPlan
+from .tools import TOOLS
+
+SUITE_DIR = Path(__file__).parent / "suite"
+"""Where the built-in suite's task files live."""
+
+Path_ = tuple[Any, ...]
+
+_TOP_LEVEL = {"schema_version", "name", "version", "description", "params", "inputs", "roles",
+              "steps", "gates", "checks", "fixtures"}
+_REQUIRED_TOP_LEVEL = ("schema_version", "name", "version", "description", "roles", "steps", "fixtures")
+_ROLE_KEYS = {"goal", "instructions"}
+_STEP_KEYS = {"id", "role", "instruction", "reads", "tools", "produces", "repeat"}
+_CALL_KEYS = {"call", "args", "as"}
+_GATE_KEYS = {"before", "check", "retry", "message"}
+_CHECK_KEYS = {"expr", "description"}
+_PARAM_KEYS = {"default", "min", "max"}
+_CHECK_NAMES = {"final", "expected", "side_effects", "inputs"}
+_PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a task file."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}"
+
+
+class TaskValidationError(ValueError):
+    """A task file has one or more problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in task file(s):\n" +
+                         "\n".join(f"  {p}" for p in problems))
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A hint naming the closest known names, or listing them all."""
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return "known: " + (", ".join(known) if known else "(none)")
+
+
+def _field_name(path: Path_) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(file)"
+
+
+def _read_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML safely, returning the data and the 1-based line of every node by path."""
+    lines: dict[Path_, int] = {}
+
+    def convert(node: yaml.Node, path: Path_) -> Any:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = yaml.safe_load(yaml.serialize(key_node))
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                result[key] = convert(value_node, path + (key,))
+                lines[path + (key,)] = key_node.start_mark.line + 1
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        return yaml.safe_load(yaml.serialize(node))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    return (convert(root, ()) if root is not None else None), lines
+
+
+def _substitute(value: Any, names: Mapping[str, Any]) -> Any:
+    """Replace ``${name}`` placeholders in every string of ``value``."""
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(lambda m: str(names[m.group(1)]) if m.group(1) in names else m.group(0), value)
+    if isinstance(value, list):
+        return [_substitute(v, names) for v in value]
+    if isinstance(value, dict):
+        return {_substitute(k, names): _substitute(v, names) for k, v in value.items()}
+    return value
+
+
+class _Builder:
+    """Turns one parsed task file into a :class:`Task`, collecting every problem on the way."""
+
+    def __init__(self, file: str, data: Any, lines: dict[Path_, int], overrides: Mapping[str, int]):
+        self.file, self.data, self.lines, self.overrides = file, data, lines, overrides
+        self.problems: list[Problem] = []
+
+    # -- reporting ----------------------------------------------------------------------
+    def problem(self, path: Path_, message: str) -> None:
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        self.problems.append(Problem(self.file, self.lines.get(probe), _field_name(path), message))
+
+    def expect(self, value: Any, kind: type | tuple[type, ...], path: Path_, what: str) -> bool:
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return True
+        self.problem(path, f"expected {what}, got {type(value).__name__}")
+        return False
+
+    def unknown_keys(self, mapping: Mapping[str, Any], allowed: set[str], path: Path_) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.problem(path + (key,), f"unknown field {key!r}; {did_you_mean(str(key), allowed)}")
+
+    def expression(self, source: Any, path: Path_, allowed: set[str]) -> Expression | None:
+        if isinstance(source, (int, float, bool)) and not isinstance(source, str):
+            source = repr(source)
+        if not isinstance(source, str):
+            self.problem(path, f"expected an expression string, got {type(source).__name__}")
+            return None
+        try:
+            expression = compile_expression(source)
+        except ExpressionError as exc:
+            self.problem(path, f"invalid expression {source!r}: {exc}")
+            return None
+        for name in sorted(expression.free_names - allowed - set(HELPERS)):
+            kind = "function" if name in expression.called_names else "name"
+            self.problem(path, f"unknown {kind} {name!r} in {source!r}; "
+                               f"{did_you_mean(name, allowed | set(HELPERS))}")
+        return expression
+
+    # -- building -----------------------------------------------------------------------
+    def build(self) -> Task | None:
+        data = self.data
+        if not isinstance(data, dict):
+            self.problem((), "a task file must be a mapping at the top level")
+            return None
+        self.unknown_keys(data, _TOP_LEVEL, ())
+        for key in _REQUIRED_TOP_LEVEL:
+            if key not in data:
+                self.problem((key,), "required field is missing")
+        if "schema_version" in data and data["schema_version"] != SCHEMA_VERSION:
+            self.problem(("schema_version",), f"this coordlab reads schema_version {SCHEMA_VERSION}, "
+                                              f"the file has {data['schema_version']!r}")
+        name = data.get("name", "")
+        if "name" in data and (not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name)):
+            self.problem(("name",), "must be a lower-case identifier such as 'incident_triage'")
+        version = data.get("version", 0)
+        if "version" in data and not (self.expect(version, int, ("version",), "an integer") and version >= 1):
+            self.problem(("version",), "must be >= 1")
+        params = self.params(data.get("params") or {})
+        data = _substitute(data, params)
+        inputs = data.get("inputs") or {}
+        self.expect(inputs, dict, ("inputs",), "a mapping of input names to values")
+        fixtures = data.get("fixtures") or {}
+        self.expect(fixtures, dict, ("fixtures",), "a mapping of world sections")
+        roles = self.roles(data.get("roles"))
+        steps = self.steps(data.get("steps"), roles, inputs if isinstance(inputs, dict) else {})
+        gates = self.gates(data.get("gates") or [], steps, inputs)
+        checks = self.checks(data.get("checks") or [], inputs, fixtures)
+        if self.problems:
+            return None
+        role_tools = {r: tuple(dict.fromkeys(t.name for s in steps if s.role == r for t in s.tools)) for r in roles}
+        return Task(
+            name=name, version=version, description=str(data.get("description", "")).strip(),
+            params=params, inputs=dict(inputs),
+            roles={r: Role(r, spec["goal"], spec["instructions"], role_tools[r]) for r, spec in roles.items()},
+            steps=tuple(steps), gates=tuple(gates), checks=tuple(checks), fixtures=dict(fixtures),
+        )
+
+    def params(self, spec: Any) -> dict[str, int]:
+        if not self.expect(spec, dict, ("params",), "a mapping of parameter names to {default, min, max}"):
+            return {}
+        resolved: dict[str, int] = {}
+        for name, bounds in spec.items():
+            path = ("params", name)
+            if not self.expect(bounds, dict, path, "a mapping with default, min and max"):
+                continue
+            self.unknown_keys(bounds, _PARAM_KEYS, path)
+            if not all(self.expect(bounds.get(k), int, path + (k,), "an integer") for k in ("default", "min", "max")):
+                continue
+            value = self.overrides.get(name, bounds["default"])
+            if not bounds["min"] <= value <= bounds["max"]:
+                self.problem(path, f"{name}={value} is outside {bounds['min']}..{bounds['max']}")
+            resolved[name] = value
+        for name in self.overrides:
+            if name not in spec:
+                self.problem(("params",), f"no parameter {name!r} to set; {did_you_mean(name, spec)}")
+        return resolved
+
+    def roles(self, spec: Any) -> dict[str, dict[str, str]]:
+        if spec is None or not self.expect(spec, dict, ("roles",), "a mapping of role names"):
+            return {}
+        roles: dict[str, dict[str, str]] = {}
+        for name, body in spec.items():
+            path = ("roles", name)
+            if not self.expect(body, dict, path, "a mapping with goal and instructions"):
+                continue
+            self.unknown_keys(body, _ROLE_KEYS, path)
+            for key in sorted(_ROLE_KEYS):
+                if not isinstance(body.get(key), str) or not body[key].strip():
+                    self.problem(path + (key,), "required text is missing")
+            roles[name] = {k: str(body.get(k, "")).strip() for k in _ROLE_KEYS}
+        if not 2 <= len(roles) <= 4:
+            self.problem(("roles",), f"a task has 2 to 4 roles, this one has {len(roles)}")
+        return roles
+
+    def expand_steps(self, spec: list[Any]) -> list[tuple[Path_, dict[str, Any]]]:
+        """Unroll ``repeat`` steps; each result keeps the path of its template for error lines."""
+        expanded: list[tuple[Path_, dict[str, Any]]] = []
+        for index, raw in enumerate(spec):
+            path = ("steps", index)
+            if not self.expect(raw, dict, path, "a step mapping"):
+                continue
+            repeat = raw.get("repeat")
+            if repeat is None:
+                expanded.append((path, raw))
+                continue
+            count, roles = (repeat or {}).get("count"), (repeat or {}).get("roles")
+            if isinstance(count, str) and count.isdigit():
+                count = int(count)  # a ${param} placeholder, already substituted
+            if not (self.expect(count, int, path + ("repeat", "count"), "an integer (use ${param})")
+                    and self.expect(roles, list, path + ("repeat", "roles"), "a list of roles to cycle")
+                    and roles):
+                continue
+            template = {k: v for k, v in raw.items() if k != "repeat"}
+            for i in range(1, count + 1):
+                step = _substitute(template, {"i": i, "prev": i - 1})
+                step["role"] = roles[(i - 1) % len(roles)]
+                expanded.append((path, step))
+        return expanded
+
+    def steps(self, spec: Any, roles: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[Step]:
+        if spec is None or not self.expect(spec, list, ("steps",), "a list of steps"):
+            return []
+        steps: list[Step] = []
+        available = set(inputs)
+        seen_ids: set[str] = set()
+        expanded = self.expand_steps(spec)
+        for path, raw in expanded:
+            self.unknown_keys(raw, _STEP_KEYS - {"repeat"}, path)
+            step_id = raw.get("id")
+            if not isinstance(step_id, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", step_id):
+                self.problem(path + ("id",), "each step needs an id: a lower-case identifier")
+                step_id = f"step{len(steps) + 1}"
+            elif step_id in seen_ids:
+                self.problem(path + ("id",), f"step id {step_id!r} is used twice")
+            seen_ids.add(step_id)
+            role = raw.get("role")
+            if role not in roles:
+                self.problem(path + ("role",), f"unknown role {role!r}; {did_you_mean(str(role), roles)}")
+            instruction = raw.get("instruction")
+            if not isinstance(instruction, str) or not instruction.strip():
+                self.problem(path + ("instruction",), "required text is missing")
+                instruction = ""
+            reads = raw.get("reads") or []
+            if self.expect(reads, list, path + ("reads",), "a list of field names"):
+                for r_index, field_name in enumerate(reads):
+                    if field_name not in available:
+                        self.problem(path + ("reads", r_index),
+                                     f"{field_name!r} is neither a task input nor produced by an earlier step; "
+                                     f"{did_you_mean(str(field_name), available)}")
+            else:
+                reads = []
+            scope = set(reads)
+            calls = self.tool_calls(raw.get("tools") or [], path + ("tools",), scope)
+            produces = self.outputs(raw.get("produces"), path + ("produces",), scope)
+            for output in produces:
+                if output.name in available:
+                    self.problem(path + ("produces", output.name), f"field {output.name!r} is already produced earlier")
+            available |= {o.name for o in produces}
+            instruction = _substitute(instruction, inputs)
+            steps.append(Step(step_id, str(role), instruction.strip(), tuple(reads), tuple(calls), tuple(produces)))
+        if not 1 <= len(steps) <= 12:
+            self.problem(("steps",), f"a task has 1 to 12 steps, this one has {len(steps)}")
+        return steps
+
+    def tool_calls(self, spec: Any, path: Path_, scope: set[str]) -> list[ToolCallPlan]:
+        if not self.expect(spec, list, path, "a list of tool calls"):
+            return []
+        calls: list[ToolCallPlan] = []
+        for index, raw in enumerate(spec):
+            call_path = path + (index,)
+            if not self.expect(raw, dict, call_path, "a mapping with call, args and optional as"):
+                continue
+            self.unknown_keys(raw, _CALL_KEYS, call_path)
+            name = raw.get("call")
+            if name not in TOOLS:
+                self.problem(call_path + ("call",), f"unknown tool {name!r}; {did_you_mean(str(name), TOOLS)}")
+                continue
+            tool = TOOLS[name]
+            args = raw.get("args") or {}
+            if not self.expect(args, dict, call_path + ("args",), "a mapping of argument expressions"):
+                continue
+            for missing in [p for p in tool.parameters if p not in args]:
+                self.problem(call_path + ("args",), f"tool {name!r} needs argument {missing!r}")
+            arguments: dict[str, Expression] = {}
+            for arg, source in args.items():
+                if arg not in tool.parameters:
+                    self.problem(call_path + ("args", arg),
+                                 f"tool {name!r} has no argument {arg!r}; {did_you_mean(str(arg), tool.parameters)}")
+                elif (expression := self.expression(source, call_path + ("args", arg), scope)) is not None:
+                    arguments[arg] = expression
+            bind = raw.get("as", name)
+            calls.append(ToolCallPlan(name, arguments, bind))
+            scope.add(bind)
+        return calls
+
+    def outputs(self, spec: Any, path: Path_, scope: set[str]) -> list[OutputField]:
+        if spec is None:
+            self.problem(path, "required field is missing: what the step produces")
+            return []
+        if not self.expect(spec, dict, path, "a mapping of output names to expressions"):
+            return []
+        outputs: list[OutputField] = []
+        for name, body in spec.items():
+            field_path = path + (name,)
+            wrong = None
+            if isinstance(body, dict):
+                self.unknown_keys(body, {"value", "wrong"}, field_path)
+                if "wrong" in body:
+                    wrong = self.expression(body["wrong"], field_path + ("wrong",), scope)
+                body = body.get("value")
+            value = self.expression(body, field_path, scope)
+            if value is not None:
+                outputs.append(OutputField(str(name), value, wrong))
+        return outputs
+
+    def gates(self, spec: Any, steps: list[Step], inputs: Any) -> list[Gate]:
+        if not self.expect(spec, list, ("gates",), "a list of gates"):
+            return []
+        by_id = {s.id: i for i, s in enumerate(steps)}
+        gates: list[Gate] = []
+        for index, raw in enumerate(spec):
+            path = ("gates", index)
+            if not self.expect(raw, dict, path, "a gate mapping"):
+                continue
+            self.unknown_keys(raw, _GATE_KEYS, path)
+            before = raw.get("before")
+            if before not in by_id:
+                self.problem(path + ("before",), f"unknown step {before!r}; {did_you_mean(str(before), by_id)}")
+                continue
+            position = by_id[before]
+            if not steps[position].mutating:
+                self.problem(path + ("before",), f"step {before!r} changes nothing; gates guard mutating steps")
+            retry = raw.get("retry", steps[position - 1].id if position else before)
+            if retry not in by_id or by_id[retry] > position:
+                self.problem(path + ("retry",), f"retry step {retry!r} must be {before!r} or a step before it; "
+                                                f"{did_you_mean(str(retry), by_id)}")
+            visible = set(inputs) | {o for s in steps[:position] for o in s.output_names}
+            visible |= {name for name, t in TOOLS.items() if not t.mutating}
+            predicate = self.expression(raw.get("check"), path + ("check",), visible)
+            message = raw.get("message")
+            if not isinstance(message, str) or not message.strip():
+                self.problem(path + ("message",), "required text is missing: what a rejection tells the agent")
+            if predicate is not None:
+                gates.append(Gate(before, predicate, str(retry), str(message or "").strip()))
+        gated = {g.before for g in gates}
+        for position, step in enumerate(steps):
+            if step.mutating and step.id not in gated:
+                self.problem(("steps", position), f"mutating step {step.id!r} has no gate")
+        return gates
+
+    def checks(self, spec: Any, inputs: Any, fixtures: Any) -> list[Check]:
+        if not self.expect(spec, list, ("checks",), "a list of checks"):
+            return []
+        visible = _CHECK_NAMES | set(fixtures if isinstance(fixtures, dict) else ()) | set(inputs or ())
+        checks: list[Check] = []
+        for index, raw in enumerate(spec):
+            path = ("checks", index)
+            if not self.expect(raw, dict, path, "a mapping with expr and description"):
+                continue
+            self.unknown_keys(raw, _CHECK_KEYS, path)
+            predicate = self.expression(raw.get("expr"), path + ("expr",), visible)
+            if predicate is not None:
+                checks.append(Check(predicate, str(raw.get("description", raw.get("expr")))))
+        return checks
+
+
+def _parse(path: Path, params: Mapping[str, int]) -> tuple[Task | None, list[Problem]]:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [Problem(file, None, "(file)", f"cannot read: {exc.strerror or exc}")]
+    try:
+        data, lines = _read_yaml_with_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return None, [Problem(file, mark.line + 1 if mark else None, "(yaml)", str(exc).splitlines()[0])]
+    builder = _Builder(file, data, lines, params)
+    task = builder.build()
+    if task is not None:
+        task = Task(**{**task.__dict__, "source": path})
+    return task, builder.problems
+
+
+def load_task(path: str | Path, params: Mapping[str, int] | None = None) -> Task:
+    """Load one task file, raising :class:`TaskValidationError` with every problem found."""
+    task, problems = _parse(Path(path), params or {})
+    if problems or task is None:
+        raise TaskValidationError(problems)
+    return task
+
+
+def validate_files(paths: Iterable[str | Path]) -> list[Problem]:
+    """Every problem in every file (an empty list means all are valid)."""
+    problems: list[Problem] = []
+    for path in paths:
+        problems += _parse(Path(path), {})[1]
+    return problems
+
+
+def suite_paths() -> list[Path]:
+    """The built-in suite's task files, sorted by name."""
+    return sorted(SUITE_DIR.glob("*.yaml"))
+
+
+def suite_names() -> list[str]:
+    """Names of the built-in tasks."""
+    return [p.stem for p in suite_paths()]
+
+
+def load_suite_task(name: str, params: Mapping[str, int] | None = None) -> Task:
+    """A built-in task by name; an unknown name answers "did you mean"."""
+    path = SUITE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise KeyError(f"no task {name!r} in the suite; {did_you_mean(name, suite_names())}")
+    return load_task(path, params)
+
+
+def load_suite() -> list[Task]:
+    """Every built-in task at its default parameters."""
+    return [load_task(p) for p in suite_paths()]

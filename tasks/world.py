@@ -1,0 +1,73 @@
+"""The per-episode world: the sandbox state that tools read and mutating tools change.
+
+A world is built fresh from a task's fixtures for every episode, so no episode can see
+another's side effects. Every mutating tool call is logged as a :class:`SideEffect`;
+scoring compares that log with the side effects the oracle path produces, which is how a
+duplicated email or a page to the wrong team is caught.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+def canonical_json(value: Any) -> str:
+    """A stable JSON text for comparing tool arguments and side effects."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class SideEffect:
+    """One change a mutating tool made to the world."""
+
+    tool: str
+    arguments: Mapping[str, Any]
+    result: Any
+
+    @property
+    def signature(self) -> str:
+        """Tool name plus canonical arguments: two equal signatures are one duplicated effect."""
+        return f"{self.tool}{canonical_json(self.arguments)}"
+
+
+@dataclass
+class World:
+    """Mutable episode state built from fixtures; thread-safe for frameworks that call tools concurrently."""
+
+    state: dict[str, Any]
+    side_effects: list[SideEffect] = field(default_factory=list)
+    final_output: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _counters: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_fixtures(cls, fixtures: Mapping[str, Any]) -> "World":
+        """A fresh world whose state is a deep copy of ``fixtures``."""
+        return cls(state=copy.deepcopy(dict(fixtures)))
+
+    def section(self, name: str) -> Any:
+        """One fixture section (``calendar``, ``crm``...); a clear error when the task lacks it."""
+        try:
+            return self.state[name]
+        except KeyError:
+            raise KeyError(f"this task's world has no {name!r} fixtures") from None
+
+    def next_id(self, prefix: str) -> str:
+        """A deterministic identifier (``msg-1``, ``msg-2``...) for a created record."""
+        with self._lock:
+            self._counters[prefix] = self._counters.get(prefix, 0) + 1
+            return f"{prefix}-{self._counters[prefix]}"
+
+    def record_side_effect(self, tool: str, arguments: Mapping[str, Any], result: Any) -> None:
+        """Log a mutating tool call; scoring reads this log."""
+        with self._lock:
+            self.side_effects.append(SideEffect(tool, copy.deepcopy(dict(arguments)), copy.deepcopy(result)))
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock tools hold while they read and write the state."""
+        return self._lock
