@@ -1,0 +1,212 @@
+"""Seeded fault schedules: which fault, if any, meets a step on a given attempt.
+
+The schedule is a pure function of (seed, episode key, step, attempt) and the profile's
+rates. The framework and the control variant are not inputs, so every framework meets the
+same fault on the same logical step, and a rerun meets it again. The profile is not part
+of the hash either: the draw for a step is one uniform number compared with the profile's
+rate, so the faults of the 1% profile are a subset of the 3% profile's (common random
+numbers), which makes comparisons across rates less noisy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from coordlab.tasks.loader import did_you_mean
+from coordlab.tasks.schema import Step
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+"""Where the built-in fault profiles live."""
+
+
+class Fault(StrEnum):
+    """Every fault the simulator can inject."""
+
+    # model faults: the reply is well-formed HTTP but wrong as a model's answer can be wrong
+    WRONG_VALUE = "wrong_value"
+    OMITTED_FIELD = "omitted_field"
+    MALFORMED_TOOL_ARGS = "malformed_tool_args"
+    UNKNOWN_TOOL = "unknown_tool"
+    SKIPPED_TOOL = "skipped_tool"
+    PREMATURE_STOP = "premature_stop"
+    WRONG_HANDOFF_TARGET = "wrong_handoff_target"
+    REPEATED_SIDE_EFFECT = "repeated_side_effect"
+    EMPTY_ANSWER = "empty_answer"
+    # transport faults: the HTTP exchange itself fails
+    HTTP_429 = "http_429"
+    HTTP_500 = "http_500"
+    HTTP_503 = "http_503"
+    STALL = "stall"
+    CONNECTION_RESET = "connection_reset"
+    TRUNCATED_BODY = "truncated_body"
+
+    @property
+    def is_transport(self) -> bool:
+        """True for faults of the HTTP exchange rather than of the model's answer."""
+        return self in TRANSPORT_FAULTS
+
+
+TRANSPORT_FAULTS = frozenset({Fault.HTTP_429, Fault.HTTP_500, Fault.HTTP_503, Fault.STALL,
+                              Fault.CONNECTION_RESET, Fault.TRUNCATED_BODY})
+TOOL_FAULTS = frozenset({Fault.MALFORMED_TOOL_ARGS, Fault.UNKNOWN_TOOL, Fault.SKIPPED_TOOL})
+OUTPUT_FAULTS = frozenset({Fault.WRONG_VALUE, Fault.OMITTED_FIELD})
+
+
+def applicable_faults(step: Step) -> frozenset[Fault]:
+    """The faults that can meet ``step``: tool faults need tools, a repeated effect a mutating tool."""
+    faults = set(Fault) - TOOL_FAULTS - OUTPUT_FAULTS - {Fault.REPEATED_SIDE_EFFECT}
+    if step.tool_calls:
+        faults |= TOOL_FAULTS
+    if step.mutating:
+        faults.add(Fault.REPEATED_SIDE_EFFECT)
+    if step.produces:
+        faults |= OUTPUT_FAULTS
+    return frozenset(faults)
+
+
+class ProfileError(ValueError):
+    """A fault profile is malformed or unknown."""
+
+
+@dataclass(frozen=True)
+class FaultProfile:
+    """A named mix of faults and the per-step rate at which one of them is injected."""
+
+    name: str
+    description: str
+    rate: float
+    """Probability that a step attempt meets a fault."""
+    weights: Mapping[Fault, float]
+    """Relative weight of each fault kind; renormalised over the kinds a step admits."""
+    stall_seconds: float = 5.0
+    """How long a stalled request hangs before the server drops it."""
+    retry_after_ms: int = 20
+    """The delay a 429 asks the client to wait."""
+
+
+def _unit_interval(*parts: Any) -> float:
+    """A uniform number in [0, 1) derived from ``parts`` by a stable hash."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def scheduled_fault(profile: FaultProfile, seed: int, episode_key: str, step: Step, attempt: int) -> Fault | None:
+    """The fault scheduled for ``step`` on ``attempt`` (0-based) of episode ``episode_key``."""
+    if profile.rate <= 0 or _unit_interval(seed, episode_key, step.id, attempt, "draw") >= profile.rate:
+        return None
+    admitted = applicable_faults(step)
+    candidates = [(fault, weight) for fault, weight in sorted(profile.weights.items()) if fault in admitted and weight > 0]
+    if not candidates:
+        return None
+    point = _unit_interval(seed, episode_key, step.id, attempt, "kind") * sum(w for _, w in candidates)
+    for fault, weight in candidates:
+        point -= weight
+        if point < 0:
+            return fault
+    return candidates[-1][0]
+
+
+@dataclass(frozen=True)
+class ForcedFault:
+    """A fault pinned on one step and attempt, for tests and demonstrations."""
+
+    step: str
+    fault: Fault
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """The schedule of one episode: profile and seed, plus any forced faults (which take precedence)."""
+
+    profile: FaultProfile
+    seed: int
+    forced: tuple[ForcedFault, ...] = field(default=())
+
+    def fault_for(self, episode_key: str, step: Step, attempt: int) -> Fault | None:
+        """The fault meeting ``step`` on ``attempt``; forced faults replace the drawn one."""
+        for forced in self.forced:
+            if forced.step == step.id and forced.attempt == attempt:
+                return forced.fault
+        return scheduled_fault(self.profile, self.seed, episode_key, step, attempt)
+
+
+def parse_fault(name: str) -> Fault:
+    """A fault by name, with "did you mean" on a typo."""
+    try:
+        return Fault(name)
+    except ValueError:
+        raise ProfileError(f"unknown fault {name!r}; {did_you_mean(name, [f.value for f in Fault])}") from None
+
+
+def profile_from_mapping(data: Any, source: str) -> FaultProfile:
+    """Build a profile from parsed YAML, naming the file and field of any problem."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a fault profile must be a mapping")
+    problems: list[str] = []
+    allowed = {"name", "description", "rate", "faults", "stall_seconds", "retry_after_ms"}
+    problems += [f"unknown field {k!r}; {did_you_mean(str(k), allowed)}" for k in data if k not in allowed]
+    rate = data.get("rate", 0.0)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+        problems.append(f"rate: must be a number in [0, 1], got {rate!r}")
+    weights: dict[Fault, float] = {}
+    for name, weight in (data.get("faults") or {}).items():
+        try:
+            fault = parse_fault(str(name))
+        except ProfileError as exc:
+            problems.append(f"faults.{name}: {exc}")
+            continue
+        if not isinstance(weight, (int, float)) or weight < 0:
+            problems.append(f"faults.{name}: weight must be a non-negative number")
+            continue
+        weights[fault] = float(weight)
+    if rate and not weights:
+        problems.append("faults: a profile with a non-zero rate needs at least one fault")
+    if not isinstance(data.get("name"), str):
+        problems.append("name: required")
+    if problems:
+        raise ProfileError(f"{source}: " + "; ".join(problems))
+    return FaultProfile(
+        name=data["name"], description=str(data.get("description", "")).strip(), rate=float(rate),
+        weights=weights, stall_seconds=float(data.get("stall_seconds", 5.0)),
+        retry_after_ms=int(data.get("retry_after_ms", 20)),
+    )
+
+
+def profile_names() -> list[str]:
+    """The built-in profiles' names."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> FaultProfile:
+    """A built-in profile by name, or a profile file by path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ProfileError(f"no fault profile {str(name_or_path)!r}; {did_you_mean(str(name_or_path), profile_names())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    return profile_from_mapping(data, str(path))
+
+
+def forced_faults(specs: Iterable[str]) -> tuple[ForcedFault, ...]:
+    """Parse ``STEP:FAULT[@ATTEMPT]`` strings (the CLI's ``--force``)."""
+    forced = []
+    for spec in specs:
+        step, _, rest = spec.partition(":")
+        fault, _, attempt = rest.partition("@")
+        if not step or not fault:
+            raise ProfileError(f"--force {spec!r}: expected STEP:FAULT or STEP:FAULT@ATTEMPT")
+        forced.append(ForcedFault(step, parse_fault(fault), int(attempt) if attempt else 0))
+    return tuple(forced)

@@ -1,0 +1,90 @@
+"""A guard that fails any network connection beyond the loopback interface.
+
+The lab must run fully offline: frameworks' telemetry, tokenizer downloads and hub lookups
+are defects here. The guard is a Python audit hook (PEP 578) on ``socket.connect`` and
+``socket.getaddrinfo``, so it sees every connection this process's Python code attempts,
+whichever library makes it, without patching any of them. Audit hooks cannot be removed;
+the guard is armed and disarmed by a flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+_LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
+
+
+class NetworkViolation(RuntimeError):
+    """Code tried to reach something other than 127.0.0.1 while the guard was armed."""
+
+
+def is_loopback(host: Any) -> bool:
+    """True for loopback addresses and names, and for Unix-domain socket paths."""
+    if isinstance(host, (bytes, bytearray)):
+        host = host.decode(errors="replace")
+    if not isinstance(host, str) or host.startswith("/"):
+        return True  # AF_UNIX paths never leave the machine
+    if host.lower() in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class _GuardState:
+    armed: int = 0
+    violations: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_STATE = _GuardState()
+_INSTALLED = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if not _STATE.armed:
+        return
+    if event == "socket.connect":
+        sock, address = args
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0]):
+            _refuse(f"connect to {address[0]}:{address[1]}")
+    elif event == "socket.getaddrinfo":
+        host = args[0]
+        if host is not None and not is_loopback(host):
+            _refuse(f"name lookup of {host!r}")
+
+
+def _refuse(what: str) -> None:
+    with _STATE.lock:
+        _STATE.violations.append(what)
+    raise NetworkViolation(f"network guard: {what} refused; coordlab runs on 127.0.0.1 only")
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Within the block, refuse (and record) every non-loopback connection or name lookup."""
+    global _INSTALLED
+    if not _INSTALLED:
+        sys.addaudithook(_audit)
+        _INSTALLED = True
+    with _STATE.lock:
+        _STATE.armed += 1
+    try:
+        yield
+    finally:
+        with _STATE.lock:
+            _STATE.armed -= 1
+
+
+def violations() -> list[str]:
+    """Every refused attempt so far in this process."""
+    with _STATE.lock:
+        return list(_STATE.violations)

@@ -1,0 +1,255 @@
+"""One simulated episode: the oracle's answers, the fault schedule, and the request log.
+
+The reply to a request is a function of what the request contains (step marker, values,
+tool results) plus three counters the simulator keeps per episode: how many answers each
+step has given (its attempt), which scheduled faults have fired, and what each field was
+last emitted as (to detect handoff failures). Nothing depends on which framework asks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from coordlab.runners.faults import Fault, FaultPlan
+from coordlab.tasks.oracle import (
+    PlannedCall, call_arguments, correct_outputs, corrupt_value, step_namespace,
+)
+from coordlab.tasks.schema import Step, Task
+
+from .log import HandoffIssue, RequestRecord
+from .reading import find_step, offered_tools, step_transcript, visible_values
+
+ROUTER_ROLE = "router"
+"""The URL role a delegating framework's routing model uses (manager, selector, supervisor)."""
+FINISH = "FINISH"
+"""What the simulated router answers when every step has produced its outputs."""
+_ROUTE_PARAMETERS = ("next", "next_agent", "next_role", "goto", "to", "target", "agent", "coworker",
+                     "worker", "role", "speaker", "assignee")
+PREMATURE_TEXT = "I have started on this and will report back with the result shortly."
+
+
+def estimate_tokens(text: str) -> int:
+    """A deterministic token estimate (4 characters a token) that needs no tokenizer download."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+@dataclass
+class Reply:
+    """What the simulated model says: text, tool calls, or both."""
+
+    kind: str
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    fault: Fault | None = None
+
+    @property
+    def finish_reason(self) -> str:
+        """``tool_calls`` when the reply calls tools, else ``stop``."""
+        return "tool_calls" if self.tool_calls else "stop"
+
+    def completion_text(self) -> str:
+        """Everything the reply generates, for the completion-token estimate."""
+        return (self.content or "") + "".join(c["name"] + c["arguments"] for c in self.tool_calls)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The simulator's answer to one request: a reply, or a transport fault to act out."""
+
+    record: RequestRecord
+    reply: Reply | None
+    transport_fault: Fault | None
+
+
+class EpisodeState:
+    """The server-side state of one episode, shared by all its roles' clients."""
+
+    def __init__(self, task: Task, plan: FaultPlan, episode_id: str | None = None):
+        self.id = episode_id or uuid.uuid4().hex[:12]
+        self.task = task
+        self.plan = plan
+        self.records: list[RequestRecord] = []
+        self.attempts: dict[str, int] = {s.id: 0 for s in task.steps}
+        self.emitted: dict[str, Any] = dict(task.inputs)
+        self._fired: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+        self._call_counter = 0
+
+    # -- entry point ---------------------------------------------------------------------
+    def decide(self, role: str, body: Mapping[str, Any], retry_count: int) -> Decision:
+        """Answer one chat-completions request made by ``role``'s client."""
+        with self._lock:
+            messages = [m for m in body.get("messages") or [] if isinstance(m, Mapping)]
+            prompt_tokens = estimate_tokens(json.dumps(messages, default=str)) + \
+                estimate_tokens(json.dumps(body.get("tools") or [], default=str))
+            base = dict(seq=len(self.records), episode_id=self.id, role=role, prompt_tokens=prompt_tokens,
+                        retry_count=retry_count, stream=bool(body.get("stream")), status=200)
+            if role == ROUTER_ROLE:
+                decision = self._route(messages, body, base)
+            else:
+                decision = self._work(role, messages, body, base)
+            self.records.append(decision.record)
+            return decision
+
+    def update_record(self, record: RequestRecord, **changes: Any) -> None:
+        """Amend a logged record once the server knows how the exchange ended (status, timing)."""
+        with self._lock:
+            self.records[record.seq] = replace(self.records[record.seq], **changes)
+
+    # -- faults ----------------------------------------------------------------------------
+    def _pending_fault(self, step: Step) -> Fault | None:
+        attempt = self.attempts[step.id]
+        if (step.id, attempt) in self._fired:
+            return None
+        return self.plan.fault_for(self.task.key, step, attempt)
+
+    def _fire(self, step: Step) -> None:
+        self._fired.add((step.id, self.attempts[step.id]))
+
+    # -- workers ---------------------------------------------------------------------------
+    def _work(self, role: str, messages: list[Mapping[str, Any]], body: Mapping[str, Any],
+              base: dict[str, Any]) -> Decision:
+        step, marker_index = find_step(self.task, role, messages)
+        if step is None:
+            reply = Reply("unidentified", content=f"I cannot tell which of the {role} steps this request is for.")
+            return self._decision(base, None, None, "unidentified", reply)
+        attempt = self.attempts[step.id]
+        fault = self._pending_fault(step)
+        if fault is not None and fault.is_transport:
+            self._fire(step)
+            record = RequestRecord(step=step.id, attempt=attempt, kind="transport_fault", fault=fault.value,
+                                   completion_tokens=0, **{**base, "status": 0})
+            return Decision(record, None, fault)
+
+        values = visible_values(messages)
+        issues = self._handoff_issues(step, values)
+        transcript = step_transcript(messages, marker_index)
+        results: dict[str, Any] = {}
+        pending: PlannedCall | None = None
+        for plan in step.tool_calls:
+            arguments = call_arguments(plan, step_namespace(step, values, results))
+            answered, result = transcript.result_for(plan.tool, arguments)
+            if not answered:
+                pending = PlannedCall(plan, arguments)
+                break
+            results[plan.bind] = result
+        namespace = step_namespace(step, values, results)
+
+        if pending is not None:
+            reply = self._tool_phase(step, pending, namespace, fault)
+        else:
+            reply = self._final_phase(step, namespace, fault)
+        if reply.fault is not None:
+            self._fire(step)
+        if reply.kind == "final":
+            self.attempts[step.id] += 1
+        return self._decision(base, step.id, attempt, reply.kind, reply, issues)
+
+    def _tool_phase(self, step: Step, pending: PlannedCall, namespace: Mapping[str, Any],
+                    fault: Fault | None) -> Reply:
+        if fault is Fault.SKIPPED_TOOL:
+            return self._answer(step, namespace, fault)
+        name, arguments = pending.plan.tool, json.dumps(pending.arguments)
+        if fault is Fault.MALFORMED_TOOL_ARGS:
+            return Reply("tool_call", tool_calls=[self._call(name, arguments[: max(1, len(arguments) // 2)])],
+                         fault=fault)
+        if fault is Fault.UNKNOWN_TOOL:
+            return Reply("tool_call", tool_calls=[self._call(f"{name}_v2", arguments)], fault=fault)
+        return Reply("tool_call", tool_calls=[self._call(name, arguments)])
+
+    def _final_phase(self, step: Step, namespace: Mapping[str, Any], fault: Fault | None) -> Reply:
+        if fault is Fault.REPEATED_SIDE_EFFECT:
+            mutating = [p for p in step.tool_calls if p.tool in {t.name for t in step.tools if t.mutating}]
+            plan = mutating[-1]
+            return Reply("tool_call", tool_calls=[self._call(plan.tool, json.dumps(call_arguments(plan, namespace)))],
+                         fault=fault)
+        if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):
+            return Reply("final", content=PREMATURE_TEXT if fault is Fault.PREMATURE_STOP else "", fault=fault)
+        return self._answer(step, namespace, fault if fault in (Fault.WRONG_VALUE, Fault.OMITTED_FIELD,
+                                                                  Fault.SKIPPED_TOOL) else None)
+
+    def _answer(self, step: Step, namespace: Mapping[str, Any], fault: Fault | None) -> Reply:
+        outputs = correct_outputs(step, namespace)
+        target = self._fault_target(step)
+        if fault is Fault.WRONG_VALUE and target is not None:
+            output = next(o for o in step.produces if o.name == target)
+            outputs[target] = corrupt_value(output, outputs[target], namespace)
+        elif fault is Fault.OMITTED_FIELD and target is not None:
+            outputs.pop(target)
+        self.emitted.update(outputs)
+        return Reply("final", content=json.dumps(outputs), fault=fault)
+
+    def _fault_target(self, step: Step) -> str | None:
+        """The output a value fault hits: one with a task-defined wrong value, else one used downstream."""
+        if not step.produces:
+            return None
+        for output in step.produces:
+            if output.wrong is not None:
+                return output.name
+        later_reads = {r for s in self.task.steps for r in s.reads}
+        return next((o.name for o in step.produces if o.name in later_reads), step.produces[0].name)
+
+    def _handoff_issues(self, step: Step, values: Mapping[str, Any]) -> tuple[HandoffIssue, ...]:
+        issues = []
+        for name in step.reads:
+            expected = self.emitted.get(name)
+            if name not in values:
+                issues.append(HandoffIssue(name, "missing", expected, None))
+            elif name in self.emitted and values[name] != expected:
+                issues.append(HandoffIssue(name, "corrupted", expected, values[name]))
+        return tuple(issues)
+
+    def _call(self, name: str, arguments: str) -> dict[str, Any]:
+        self._call_counter += 1
+        return {"id": f"call_{self.id}_{self._call_counter}", "name": name, "arguments": arguments}
+
+    # -- routers ---------------------------------------------------------------------------
+    def _route(self, messages: list[Mapping[str, Any]], body: Mapping[str, Any], base: dict[str, Any]) -> Decision:
+        values = visible_values(messages)
+        step = next((s for s in self.task.steps if any(o not in values for o in s.output_names)), None)
+        target, fault = FINISH, None
+        if step is not None:
+            target = step.role
+            scheduled = self._pending_fault(step)
+            if scheduled is Fault.WRONG_HANDOFF_TARGET:
+                self._fire(step)
+                fault = scheduled
+                target = next(r for r in sorted(self.task.roles) if r != step.role)
+        reply = self._route_reply(step, target, values, offered_tools(body))
+        reply.fault = fault
+        attempt = self.attempts[step.id] if step else None
+        return self._decision(base, step.id if step else None, attempt, "route", reply, route_target=target)
+
+    def _route_reply(self, step: Step | None, target: str, values: Mapping[str, Any],
+                     tools: Mapping[str, Mapping[str, Any]]) -> Reply:
+        """Name ``target`` the way the request asks: a transfer tool, a routing argument, or plain text."""
+        for name in tools:
+            if name.lower().endswith(target.lower()) and target != FINISH:
+                return Reply("route", tool_calls=[self._call(name, "{}")])
+        for name, schema in tools.items():
+            properties = schema.get("properties") or {}
+            key = next((p for p in _ROUTE_PARAMETERS if p in properties), None)
+            if key is None:
+                continue
+            arguments: dict[str, Any] = {key: target}
+            brief = (f"{step.instruction} {step.marker}" if step else "All steps are done.")
+            context = json.dumps({r: values.get(r) for r in (step.reads if step else ()) if r in values})
+            for other, spec in properties.items():
+                if other != key and isinstance(spec, Mapping) and spec.get("type", "string") == "string":
+                    arguments[other] = brief if other in ("task", "instruction", "instructions") else context
+            return Reply("route", tool_calls=[self._call(name, json.dumps(arguments))])
+        return Reply("route", content=target)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _decision(self, base: dict[str, Any], step: str | None, attempt: int | None, kind: str, reply: Reply,
+                  issues: tuple[HandoffIssue, ...] = (), route_target: str | None = None) -> Decision:
+        record = RequestRecord(
+            step=step, attempt=attempt, kind=kind, fault=reply.fault.value if reply.fault else None,
+            completion_tokens=estimate_tokens(reply.completion_text()), handoff_issues=issues,
+            route_target=route_target, tool_calls=tuple(c["name"] for c in reply.tool_calls), **base)
+        return Decision(record, reply, None)

@@ -1,0 +1,52 @@
+"""The simulator's request log: one record per HTTP request it answered (or failed on purpose)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class HandoffIssue:
+    """A step's input that differs from what its producer emitted, or is missing."""
+
+    field: str
+    kind: str
+    """``missing`` (not in the prompt) or ``corrupted`` (present but different)."""
+    expected: Any
+    received: Any
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """Everything the simulator knows about one request."""
+
+    seq: int
+    """Order of arrival within the episode, from 0."""
+    episode_id: str
+    role: str
+    step: str | None
+    """The step identified from the prompt; None when no marker of the role's steps was found."""
+    attempt: int | None
+    """How many answers the step had already given before this request (0 = first try)."""
+    kind: str
+    """``tool_call``, ``final``, ``route``, ``transport_fault`` or ``unidentified``."""
+    fault: str | None
+    """The fault injected into this request, if any."""
+    prompt_tokens: int
+    completion_tokens: int
+    retry_count: int
+    """The client's own retry counter (header ``x-stainless-retry-count``), 0 on a first send."""
+    stream: bool
+    status: int
+    """HTTP status sent (0 when the connection was dropped on purpose)."""
+    handoff_issues: tuple[HandoffIssue, ...] = field(default=())
+    route_target: str | None = None
+    """For routing requests: the role the simulated router named."""
+    tool_calls: tuple[str, ...] = field(default=())
+    """Names of the tools the reply called."""
+    elapsed_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of this record."""
+        return asdict(self)
