@@ -61,13 +61,14 @@ class TaskValidationError(ValueError):
                          "\n".join(f"  {p}" for p in problems))
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """A hint naming the closest known names, or listing them all."""
+def did_you_mean(name: str, known: Iterable[str], listed: Iterable[str] | None = None) -> str:
+    """A hint naming the closest known names, or else listing ``listed`` (default: all known)."""
     known = sorted(set(known))
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    return "known: " + (", ".join(known) if known else "(none)")
+    listed = sorted(set(known if listed is None else listed))
+    return "known: " + (", ".join(listed) if listed else "(none)")
 
 
 def _field_name(path: Path_) -> str:
@@ -116,6 +117,8 @@ class _Builder:
     def __init__(self, file: str, data: Any, lines: dict[Path_, int], overrides: Mapping[str, int]):
         self.file, self.data, self.lines, self.overrides = file, data, lines, overrides
         self.problems: list[Problem] = []
+        self.unresolved_steps: set[str] = set()
+        """Steps naming an unknown tool: checks that depend on their tools are skipped, not cascaded."""
 
     # -- reporting ----------------------------------------------------------------------
     def problem(self, path: Path_, message: str) -> None:
@@ -148,8 +151,9 @@ class _Builder:
             return None
         for name in sorted(expression.free_names - allowed - set(HELPERS)):
             kind = "function" if name in expression.called_names else "name"
+            listed = set(HELPERS) if kind == "function" else allowed
             self.problem(path, f"unknown {kind} {name!r} in {source!r}; "
-                               f"{did_you_mean(name, allowed | set(HELPERS))}")
+                               f"{did_you_mean(name, allowed | set(HELPERS), listed)}")
         return expression
 
     # -- building -----------------------------------------------------------------------
@@ -169,7 +173,7 @@ class _Builder:
         if "name" in data and (not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name)):
             self.problem(("name",), "must be a lower-case identifier such as 'incident_triage'")
         version = data.get("version", 0)
-        if "version" in data and not (self.expect(version, int, ("version",), "an integer") and version >= 1):
+        if "version" in data and self.expect(version, int, ("version",), "an integer") and version < 1:
             self.problem(("version",), "must be >= 1")
         params = self.params(data.get("params") or {})
         data = _substitute(data, params)
@@ -221,8 +225,10 @@ class _Builder:
                 continue
             self.unknown_keys(body, _ROLE_KEYS, path)
             for key in sorted(_ROLE_KEYS):
-                if not isinstance(body.get(key), str) or not body[key].strip():
+                if key not in body or body[key] is None:
                     self.problem(path + (key,), "required text is missing")
+                elif self.expect(body[key], str, path + (key,), "text") and not body[key].strip():
+                    self.problem(path + (key,), "required text is empty")
             roles[name] = {k: str(body.get(k, "")).strip() for k in _ROLE_KEYS}
         if not 2 <= len(roles) <= 4:
             self.problem(("roles",), f"a task has 2 to 4 roles, this one has {len(roles)}")
@@ -286,19 +292,22 @@ class _Builder:
             else:
                 reads = []
             scope = set(reads)
-            calls = self.tool_calls(raw.get("tools") or [], path + ("tools",), scope)
+            calls = self.tool_calls(raw.get("tools") or [], path + ("tools",), scope, step_id)
             produces = self.outputs(raw.get("produces"), path + ("produces",), scope)
             for output in produces:
                 if output.name in available:
                     self.problem(path + ("produces", output.name), f"field {output.name!r} is already produced earlier")
-            available |= {o.name for o in produces}
+            # Declared names count as available even when their expression is broken, so one
+            # bad expression is reported once instead of at every step that reads the field.
+            declared = raw.get("produces") if isinstance(raw.get("produces"), dict) else {}
+            available |= {o.name for o in produces} | {str(name) for name in declared}
             instruction = _substitute(instruction, inputs)
             steps.append(Step(step_id, str(role), instruction.strip(), tuple(reads), tuple(calls), tuple(produces)))
         if not 1 <= len(steps) <= 12:
             self.problem(("steps",), f"a task has 1 to 12 steps, this one has {len(steps)}")
         return steps
 
-    def tool_calls(self, spec: Any, path: Path_, scope: set[str]) -> list[ToolCallPlan]:
+    def tool_calls(self, spec: Any, path: Path_, scope: set[str], step_id: str) -> list[ToolCallPlan]:
         if not self.expect(spec, list, path, "a list of tool calls"):
             return []
         calls: list[ToolCallPlan] = []
@@ -310,6 +319,8 @@ class _Builder:
             name = raw.get("call")
             if name not in TOOLS:
                 self.problem(call_path + ("call",), f"unknown tool {name!r}; {did_you_mean(str(name), TOOLS)}")
+                self.unresolved_steps.add(step_id)
+                scope.add(str(raw.get("as", name)))
                 continue
             tool = TOOLS[name]
             args = raw.get("args") or {}
@@ -364,7 +375,7 @@ class _Builder:
                 self.problem(path + ("before",), f"unknown step {before!r}; {did_you_mean(str(before), by_id)}")
                 continue
             position = by_id[before]
-            if not steps[position].mutating:
+            if not steps[position].mutating and before not in self.unresolved_steps:
                 self.problem(path + ("before",), f"step {before!r} changes nothing; gates guard mutating steps")
             retry = raw.get("retry", steps[position - 1].id if position else before)
             if retry not in by_id or by_id[retry] > position:
@@ -380,7 +391,7 @@ class _Builder:
                 gates.append(Gate(before, predicate, str(retry), str(message or "").strip()))
         gated = {g.before for g in gates}
         for position, step in enumerate(steps):
-            if step.mutating and step.id not in gated:
+            if step.mutating and step.id not in gated and step.id not in self.unresolved_steps:
                 self.problem(("steps", position), f"mutating step {step.id!r} has no gate")
         return gates
 
@@ -410,7 +421,8 @@ def _parse(path: Path, params: Mapping[str, int]) -> tuple[Task | None, list[Pro
         data, lines = _read_yaml_with_lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        return None, [Problem(file, mark.line + 1 if mark else None, "(yaml)", str(exc).splitlines()[0])]
+        message = " ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+        return None, [Problem(file, mark.line + 1 if mark else None, "(yaml)", message or str(exc).splitlines()[0])]
     builder = _Builder(file, data, lines, params)
     task = builder.build()
     if task is not None:
