@@ -26,7 +26,7 @@ from coordlab.runners.faults import Fault, FaultPlan, FaultProfile, forced_fault
 from coordlab.tasks.loader import load_suite_task, load_task
 from coordlab.tasks.schema import Task
 
-from .episode import ROUTER_ROLE, Decision, EpisodeState, Reply
+from .episode import PREMATURE_TEXT, ROUTER_ROLE, Decision, EpisodeState, Reply
 
 MODEL_NAME = "coordlab-sim"
 """The model id the simulator lists; any requested model name is accepted and echoed."""
@@ -180,17 +180,19 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is Fault.CONNECTION_RESET:
             self._drop(reset=True)
             return 0
-        assert decision.reply is not None
+        # A truncated body never reaches the client whole, so the model's state must not advance:
+        # the episode logic returned no reply for it, and a placeholder is what gets cut short.
+        reply = decision.reply or Reply("transport_fault", content=PREMATURE_TEXT)
         model = str(body.get("model") or MODEL_NAME)
         response_id = f"chatcmpl-{record.episode_id}-{record.seq}"
         usage = {"prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
                  "total_tokens": record.prompt_tokens + record.completion_tokens}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            self._stream(_stream_chunks(decision.reply, model, response_id, usage if include_usage else None),
+            self._stream(_stream_chunks(reply, model, response_id, usage if include_usage else None),
                          truncate=fault is Fault.TRUNCATED_BODY)
         elif fault is Fault.TRUNCATED_BODY:
-            payload = json.dumps(_completion_payload(decision.reply, model, response_id, usage)).encode()
+            payload = json.dumps(_completion_payload(reply, model, response_id, usage)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -199,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self._drop()
         else:
-            self._send_json(200, _completion_payload(decision.reply, model, response_id, usage))
+            self._send_json(200, _completion_payload(reply, model, response_id, usage))
         return 200
 
     def _stream(self, chunks: list[dict[str, Any]], truncate: bool) -> None:

@@ -1,0 +1,69 @@
+"""The ``coordlab`` command: exit codes and messages a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordlab.runners.cli import main
+from coordlab.tasks.loader import SUITE_DIR
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_tasks_list(capsys) -> None:
+    code, out, _ = run(capsys, "tasks", "list")
+    assert code == 0 and "appointment_rebooking@1" in out and "chain@1[n=6]" in out
+
+
+def test_tasks_validate_suite_folder(capsys) -> None:
+    code, out, err = run(capsys, "tasks", "validate", str(SUITE_DIR))
+    assert code == 0 and "6 of 6 task file(s) valid" in out and err == ""
+
+
+def test_tasks_validate_reports_every_bad_file_and_fails(capsys, data_dir: Path) -> None:
+    files = [str(data_dir / "minimal.yaml"), str(data_dir / "broken" / "unknown_role.yaml"),
+             str(data_dir / "broken" / "yaml_syntax.yaml")]
+    code, out, err = run(capsys, "tasks", "validate", *files)
+    assert code == 1 and "1 of 3 task file(s) valid" in out
+    assert "unknown_role.yaml:25: steps[1].role: unknown role 'mailr'" in err and "yaml_syntax.yaml:10:" in err
+
+
+def test_simulate_run_prints_the_log_and_the_verdict(capsys) -> None:
+    code, out, _ = run(capsys, "simulate", "run", "chain", "--param", "n=3", "--force", "stage_2:wrong_value")
+    assert code == 1 and "wrong_value" in out and "chain@1[n=3]" in out and "failed" in out
+    code, out, _ = run(capsys, "simulate", "run", "chain", "--param", "n=3")
+    assert code == 0 and out.rstrip().endswith("success")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("simulate", "run", "chian"), "did you mean 'chain'"),
+    (("simulate", "run", "chain", "--profile", "semantic"), "no fault profile 'semantic'"),
+    (("simulate", "run", "chain", "--force", "stage_1"), "expected STEP:FAULT"),
+    (("simulate", "run", "chain", "--param", "n=x"), "expected NAME=INTEGER"),
+    (("simulate", "run", "chain", "--param", "n=40"), "n=40 is outside 1..12"),
+    (("simulate", "run", "chain", "--param", "m=4"), "no parameter 'm' to set"),
+])
+def test_bad_input_exits_2_with_a_clear_message(capsys, argv, message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_serve_binds_loopback_and_stops(capsys) -> None:
+    code, out, _ = run(capsys, "simulate", "serve", "--seconds", "0.2")
+    assert code == 0 and "serving on http://127.0.0.1:" in out
+
+
+def test_serve_refuses_a_public_address(capsys) -> None:
+    code, _, err = run(capsys, "simulate", "serve", "--host", "0.0.0.0", "--seconds", "0.1")
+    assert code == 1 and "loopback only" in err
+
+
+def test_faults_list(capsys) -> None:
+    code, out, _ = run(capsys, "faults", "list")
+    assert code == 0 and "semantic_3pct" in out and "transport" in out
