@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -88,6 +89,7 @@ class EpisodeState:
             prompt_tokens = estimate_tokens(json.dumps(messages, default=str)) + \
                 estimate_tokens(json.dumps(body.get("tools") or [], default=str))
             base = dict(seq=len(self.records), episode_id=self.id, role=role, prompt_tokens=prompt_tokens,
+                        received_at=time.perf_counter(),
                         retry_count=retry_count, stream=bool(body.get("stream")), status=200)
             if role == ROUTER_ROLE:
                 decision = self._route(messages, body, base)

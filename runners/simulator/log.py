@@ -46,6 +46,8 @@ class RequestRecord:
     tool_calls: tuple[str, ...] = field(default=())
     """Names of the tools the reply called."""
     elapsed_ms: float = 0.0
+    received_at: float = 0.0
+    """``time.perf_counter()`` on arrival: orders the request among the adapter's own trace events."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of this record."""

@@ -72,7 +72,7 @@ def test_answers_without_content_fail_the_episode(simulator: Simulator, fault: F
 
 
 def _comparable(records) -> list[dict]:
-    return [{k: v for k, v in asdict(r).items() if k not in ("elapsed_ms", "episode_id")} for r in records]
+    return [{k: v for k, v in asdict(r).items() if k not in ("elapsed_ms", "received_at", "episode_id")} for r in records]
 
 
 def test_same_seed_same_schedule_and_outcome(simulator: Simulator) -> None:

@@ -1,0 +1,141 @@
+"""The adapter protocol: build a task for a control variant against a model endpoint, run one episode.
+
+An adapter is thin on purpose. It wires the task's roles and steps in its framework's own
+idiom and hands every tool call, gate and handoff to the shared :class:`EpisodeContext`,
+which executes tools on the episode's world and records the normalised trace. The lab
+(simulator, scoring, trace joining) lives outside the adapter, so every framework is
+measured by the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from coordlab.tasks.schema import Task
+from coordlab.tasks.world import World
+
+from .trace import TraceRecorder
+
+
+class Variant(StrEnum):
+    """How a framework idiomatically wires the same task."""
+
+    LINEAR = "linear"
+    """The steps in order, outputs passed on, no verification."""
+    GATED = "gated"
+    """The task's gate before every mutating step, with a bounded number of retries."""
+    DELEGATED = "delegated"
+    """A model chooses who works next."""
+
+
+class Termination(StrEnum):
+    """How an episode ended, the same enum for every framework."""
+
+    COMPLETED = "completed"
+    """The flow ran to its end (the world is then scored)."""
+    GATE_EXHAUSTED = "gate_exhausted"
+    """A gate kept rejecting until the retry bound; the guarded step did not run."""
+    MAX_TURNS = "max_turns"
+    """The framework's iteration or recursion limit stopped it."""
+    ROUTED_OUT = "routed_out"
+    """A delegating model ended the flow (or looped) before every step ran."""
+    ERROR = "error"
+    """The framework raised (for example after the client gave up retrying)."""
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every setting that could tilt a comparison, fixed in one place and recorded with each outcome."""
+
+    temperature: float = 0.0
+    """Sampling temperature sent to the model (the simulator ignores it; live models do not)."""
+    max_iterations: int = 8
+    """Model turns an agent may take within one step (CrewAI ``max_iter``, AutoGen tool iterations...)."""
+    gate_retries: int = 2
+    """How many times a rejected step is redone before the episode gives up."""
+    max_routing_turns: int = 12
+    """Routing decisions a delegating model may make in one episode."""
+    tool_reflection: bool = False
+    """Whether an agent makes an extra model call to reflect on a tool result (AutoGen ``reflect_on_tool_use``)."""
+    client_max_retries: int | None = None
+    """HTTP retries of the model client; None keeps the client's default (openai SDK: 2)."""
+    client_timeout: float | None = None
+    """Seconds before the model client gives up on a request; None keeps the client's default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The knobs as a JSON-ready dict (stored with every outcome)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an adapter's model clients point: one base URL per role (and one for the router)."""
+
+    base_urls: dict[str, str]
+    model: str
+    api_key: str
+
+    def base_url(self, role: str) -> str:
+        """The base URL the client of ``role`` must use."""
+        return self.base_urls[role]
+
+
+@dataclass
+class EpisodeSpec:
+    """Everything an adapter needs to run one episode."""
+
+    task: Task
+    variant: Variant
+    endpoint: Endpoint
+    knobs: Knobs
+    world: World
+    trace: TraceRecorder
+
+    @property
+    def router_role(self) -> str:
+        """The role name a delegating model's client uses."""
+        return "router"
+
+
+@dataclass
+class AdapterOutcome:
+    """What an adapter reports after an episode (the lab adds the score and the simulator's log)."""
+
+    termination: Termination
+    final_output: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    """Where the variant departs from the ideal in this framework, said plainly."""
+    construction_ms: float = 0.0
+    execution_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class VariantSupport:
+    """Whether a framework expresses a variant faithfully, and how."""
+
+    faithful: bool
+    mechanism: str
+    """The framework feature used (e.g. "Task guardrail", "conditional edge", "Swarm handoffs")."""
+    note: str = ""
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """One framework (or the plain reference) behind the lab's single way in."""
+
+    name: str
+
+    def version(self) -> str:
+        """The framework's installed version (part of the episode key)."""
+        ...
+
+    def support(self, variant: Variant) -> VariantSupport:
+        """How (and how faithfully) this framework expresses ``variant``."""
+        ...
+
+    def run(self, spec: EpisodeSpec) -> AdapterOutcome:
+        """Run one episode; raise only for defects of the adapter itself."""
+        ...

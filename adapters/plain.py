@@ -1,0 +1,159 @@
+"""The framework-free reference: the same orchestration in plain Python with the ``openai`` SDK.
+
+It is the control group and the overhead floor. Each role has its own client; the
+orchestrator hands values on explicitly (the step prompt carries every input the step
+reads), applies the task's gates with a bounded retry, or lets a routing model choose who
+works next.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.metadata import version as installed_version
+from typing import Any
+
+import openai
+
+from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
+from .openai_loop import complete, run_agent
+from .registry import register
+from .toolkit import check_gate, execute_tool, parse_output, role_prompt, step_prompt, tool_specs
+
+_SUPPORT = {
+    Variant.LINEAR: VariantSupport(True, "a for-loop over the steps"),
+    Variant.GATED: VariantSupport(True, "an if before each mutating step; the retry step is redone with feedback"),
+    Variant.DELEGATED: VariantSupport(True, "a routing model with transfer_to_<role> tools"),
+}
+
+
+@register("plain")
+class PlainAdapter:
+    """Plain Python + the official openai client."""
+
+    name = "plain"
+
+    def version(self) -> str:
+        """The openai SDK's version: the only moving part besides the lab."""
+        return installed_version("openai")
+
+    def support(self, variant: Variant) -> VariantSupport:
+        """Every variant is expressible in plain Python."""
+        return _SUPPORT[variant]
+
+    def run(self, spec: EpisodeSpec) -> AdapterOutcome:
+        """Run one episode in the requested variant."""
+        started = time.perf_counter()
+        episode = _PlainEpisode(spec)
+        built = time.perf_counter()
+        try:
+            termination = {Variant.LINEAR: episode.linear, Variant.GATED: episode.gated,
+                           Variant.DELEGATED: episode.delegated}[spec.variant]()
+            error = None
+        except openai.OpenAIError as exc:
+            termination, error = Termination.ERROR, f"{type(exc).__name__}: {exc}"
+        finally:
+            episode.close()
+        return AdapterOutcome(termination, episode.final_output(), error, [],
+                              (built - started) * 1000, (time.perf_counter() - built) * 1000)
+
+
+class _PlainEpisode:
+    """The state of one plain episode: clients, values handed on, outputs per step."""
+
+    def __init__(self, spec: EpisodeSpec):
+        self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
+        options: dict[str, Any] = {}
+        if self.knobs.client_max_retries is not None:
+            options["max_retries"] = self.knobs.client_max_retries
+        if self.knobs.client_timeout is not None:
+            options["timeout"] = self.knobs.client_timeout
+        roles = [*self.task.roles, spec.router_role]
+        self.clients = {r: openai.OpenAI(base_url=spec.endpoint.base_url(r), api_key=spec.endpoint.api_key, **options)
+                        for r in roles}
+        self.values: dict[str, Any] = dict(self.task.inputs)
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self.previous_role: str | None = None
+
+    def close(self) -> None:
+        """Release every client's connection pool."""
+        for client in self.clients.values():
+            client.close()
+
+    def final_output(self) -> dict[str, Any]:
+        return self.outputs.get(self.task.steps[-1].id, {})
+
+    def run_step(self, index: int, feedback: str = "") -> None:
+        step = self.task.steps[index]
+        trace, world = self.spec.trace, self.spec.world
+        if self.previous_role != step.role:
+            trace.handoff(self.previous_role, step.role, "function return", step.id)
+        self.previous_role = step.role
+        prompt = step_prompt(self.task, step, self.values) + (f"\n{feedback}" if feedback else "")
+        messages = [{"role": "system", "content": role_prompt(self.task.roles[step.role])},
+                    {"role": "user", "content": prompt}]
+        answer = run_agent(self.clients[step.role], self.spec.endpoint.model, messages,
+                           tool_specs(self.task, step.role),
+                           lambda name, args: execute_tool(world, trace, step.role, step.id, name, args),
+                           self.knobs.max_iterations, temperature=self.knobs.temperature)
+        self.outputs[step.id] = parse_output(answer)
+        self.values.update(self.outputs[step.id])
+        trace.step_output(step.role, step.id, self.outputs[step.id])
+
+    def linear(self) -> Termination:
+        for index in range(len(self.task.steps)):
+            self.run_step(index)
+        return Termination.COMPLETED
+
+    def gated(self) -> Termination:
+        position = {s.id: i for i, s in enumerate(self.task.steps)}
+        index = 0
+        while index < len(self.task.steps):
+            step = self.task.steps[index]
+            gate = self.task.gate_before(step.id)
+            if gate is not None:
+                for retry in range(self.knobs.gate_retries + 1):
+                    verdict = check_gate(self.task, self.spec.world, self.spec.trace, step.id, self.values)
+                    if verdict.passed:
+                        break
+                    if retry == self.knobs.gate_retries:
+                        return Termination.GATE_EXHAUSTED
+                    self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
+                    for redo in range(position[gate.retry], index):
+                        self.run_step(redo, verdict.message if redo == position[gate.retry] else "")
+            self.run_step(index)
+            index += 1
+        return Termination.COMPLETED
+
+    def delegated(self) -> Termination:
+        router = self.spec.router_role
+        tools = [{"type": "function", "function": {
+            "name": f"transfer_to_{role}", "description": f"Hand the next piece of work to the {role}.",
+            "parameters": {"type": "object", "properties": {}}}} for role in self.task.roles]
+        roster = ", ".join(f"{r.name} ({r.goal})" for r in self.task.roles.values())
+        for _ in range(self.knobs.max_routing_turns):
+            messages = [{"role": "system", "content": f"You route work between: {roster}. "
+                                                      "Say FINISH when every step is done."},
+                        {"role": "user", "content": f"Task: {self.task.description}\n"
+                                                    f"Work so far: {json.dumps(self.values)}"}]
+            reply = complete(self.clients[router], self.spec.endpoint.model, messages, tools,
+                             temperature=self.knobs.temperature)
+            target = _routed_role(reply, set(self.task.roles))
+            if target is None:
+                done = len(self.outputs) == len(self.task.steps)
+                return Termination.COMPLETED if done else Termination.ROUTED_OUT
+            self.spec.trace.handoff(router, target, "transfer tool")
+            pending = [i for i, s in enumerate(self.task.steps) if s.role == target and s.id not in self.outputs]
+            if pending:
+                self.run_step(pending[0])
+        return Termination.MAX_TURNS
+
+
+def _routed_role(message: dict[str, Any], roles: set[str]) -> str | None:
+    """The role a routing reply names (a transfer tool call or the bare name), None for FINISH."""
+    for call in message.get("tool_calls") or []:
+        name = call["function"]["name"].removeprefix("transfer_to_")
+        if name in roles:
+            return name
+    content = (message.get("content") or "").strip()
+    return content if content in roles else None

@@ -1,0 +1,68 @@
+"""One way in for adapters: registered by name, imported only when asked for.
+
+Built-in adapters live in modules of this package and register themselves with
+:func:`register` when imported; third parties add theirs through the entry-point group
+``coordlab.adapters`` (each entry point loads a zero-argument factory returning an
+:class:`~coordlab.adapters.base.Adapter`). Importing the registry imports no framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Callable
+
+from coordlab.tasks.loader import did_you_mean
+
+from .base import Adapter
+
+ENTRY_POINT_GROUP = "coordlab.adapters"
+AdapterFactory = Callable[[], Adapter]
+
+_BUILTIN_MODULES: dict[str, tuple[str, str]] = {
+    # name -> (module, the distribution that provides its framework)
+    "plain": ("coordlab.adapters.plain", "openai"),
+    "crewai": ("coordlab.adapters.crewai_adapter", "crewai"),
+    "autogen": ("coordlab.adapters.autogen_adapter", "autogen-agentchat"),
+    "langgraph": ("coordlab.adapters.langgraph_adapter", "langgraph"),
+}
+_FACTORIES: dict[str, AdapterFactory] = {}
+
+
+class AdapterUnavailable(LookupError):
+    """An adapter is unknown, or its framework is not installed."""
+
+
+def register(name: str) -> Callable[[AdapterFactory], AdapterFactory]:
+    """Class or factory decorator: make an adapter available under ``name``."""
+    def decorate(factory: AdapterFactory) -> AdapterFactory:
+        _FACTORIES[name] = factory
+        return factory
+    return decorate
+
+
+def _plugin_factories() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def adapter_names() -> list[str]:
+    """Every adapter name that can be asked for (built-in and plug-in)."""
+    return sorted({*_BUILTIN_MODULES, *_FACTORIES, *_plugin_factories()})
+
+
+def get_adapter(name: str) -> Adapter:
+    """A fresh adapter by name; a clear error for a typo or a missing framework."""
+    if name not in _FACTORIES and name in _BUILTIN_MODULES:
+        module, distribution = _BUILTIN_MODULES[name]
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            raise AdapterUnavailable(
+                f"adapter {name!r} needs {distribution}, which is not installed ({exc.name} missing); "
+                f"install it with: pip install 'coordlab[{name}]'") from None
+    if name not in _FACTORIES:
+        plugin = _plugin_factories().get(name)
+        if plugin is None:
+            raise AdapterUnavailable(f"no adapter {name!r}; {did_you_mean(name, adapter_names())}")
+        _FACTORIES[name] = plugin.load()  # type: ignore[attr-defined]
+    return _FACTORIES[name]()

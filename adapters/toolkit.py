@@ -1,0 +1,106 @@
+"""What every adapter shares: step prompts, tool execution on the world, gates, output parsing.
+
+Keeping these in one place is what makes the comparison fair: every framework shows the
+model the same step text, executes the same tool code with the same error messages, and
+applies the same gate predicate. Only the wiring differs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from coordlab.runners.simulator.reading import json_objects
+from coordlab.tasks.schema import Role, Step, Task
+from coordlab.tasks.scoring import gate_passes
+from coordlab.tasks.tools import TOOLS, ToolError
+from coordlab.tasks.world import World, canonical_json
+
+from .trace import TraceRecorder
+
+
+def role_prompt(role: Role) -> str:
+    """The role's standing instructions (an agent's system message, backstory or prompt)."""
+    return (f"You are the {role.name}. Goal: {role.goal}\n{role.instructions}\n"
+            "When a step is done, answer with one JSON object holding exactly the fields the step asks for.")
+
+
+def step_prompt(task: Task, step: Step, values: Mapping[str, Any] | None = None) -> str:
+    """The step's instruction with its marker, the inputs it is handed, and the fields to produce.
+
+    ``values`` are the inputs an orchestrator passes explicitly; by default only the task's
+    own inputs, so that everything else must reach the step through the framework.
+    """
+    given = dict(task.inputs) if values is None else dict(values)
+    inputs = {name: given[name] for name in step.reads if name in given}
+    text = f"{step.instruction} {step.marker}\n"
+    if inputs:
+        text += f"Inputs: {json.dumps(inputs)}\n"
+    return text + f"Answer with one JSON object with exactly the fields: {', '.join(step.output_names)}."
+
+
+def expected_output(step: Step) -> str:
+    """A one-line description of the step's answer (CrewAI's ``expected_output`` and the like)."""
+    return f"One JSON object with the fields {', '.join(step.output_names)}."
+
+
+def parse_output(text: str | None) -> dict[str, Any]:
+    """The last JSON object in an answer ({} when there is none): what a step hands on."""
+    objects = list(json_objects(text or ""))
+    return objects[-1] if objects else {}
+
+
+def execute_tool(world: World, trace: TraceRecorder | None, role: str | None, step: str | None,
+                 name: str, arguments: Mapping[str, Any] | str | None) -> str:
+    """Run a model's tool call on the world; errors come back as text the model can read.
+
+    Results are JSON text so that every framework hands the model the same bytes.
+    """
+    tool = TOOLS.get(name)
+    if tool is None:
+        if trace:
+            trace.tool_call(role, step, name, False, False, "unknown tool")
+        return f"Error: there is no tool named {name!r}."
+    if isinstance(arguments, str) or arguments is None:
+        try:
+            arguments = json.loads(arguments or "{}")
+        except ValueError as exc:
+            if trace:
+                trace.tool_call(role, step, name, tool.mutating, False, "malformed arguments")
+            return f"Error: the arguments are not valid JSON ({exc})."
+    try:
+        result = canonical_json(tool(world, arguments))
+    except ToolError as exc:
+        if trace:
+            trace.tool_call(role, step, name, tool.mutating, False, str(exc))
+        return f"Error: {exc}"
+    if trace:
+        trace.tool_call(role, step, name, tool.mutating, True)
+    return result
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """A gate's decision and the message a rejected step is sent back with."""
+
+    passed: bool
+    message: str
+
+
+def check_gate(task: Task, world: World, trace: TraceRecorder | None, before: str,
+               values: Mapping[str, Any]) -> GateVerdict:
+    """Evaluate the gate in front of step ``before`` on the values the framework holds; record it."""
+    gate = task.gate_before(before)
+    if gate is None:
+        return GateVerdict(True, "")
+    passed = gate_passes(task, before, values, world)
+    message = "" if passed else f"Rejected by the gate before '{before}': {gate.message}"
+    if trace:
+        trace.gate(before, passed, message)
+    return GateVerdict(passed, message)
+
+
+def tool_specs(task: Task, role: str) -> list[dict[str, Any]]:
+    """The OpenAI tool specs of ``role``'s tools."""
+    return [TOOLS[name].openai_spec() for name in task.roles[role].tools]

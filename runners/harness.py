@@ -1,0 +1,178 @@
+"""Run one episode of one adapter against the simulator, then score it and build its trace.
+
+The harness is the same for every framework: it opens the simulator episode and a fresh
+world, hands the adapter an :class:`EpisodeSpec`, and afterwards joins the adapter's trace
+with the simulator's request log. Model calls, injected faults, transport retries and
+handoff failures are counted from that log, which knows both ends of every exchange, so
+no framework's own bookkeeping can flatter it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from coordlab.adapters.base import Adapter, AdapterOutcome, Endpoint, EpisodeSpec, Knobs, Termination, Variant
+from coordlab.adapters.trace import EventKind, TraceEvent, TraceRecorder
+from coordlab.tasks.schema import Task
+from coordlab.tasks.scoring import Verdict, score
+from coordlab.tasks.world import World
+
+from .faults import TRANSPORT_FAULTS, Fault, FaultPlan
+from .simulator import MODEL_NAME, ROUTER_ROLE, RequestRecord, Simulator
+
+API_KEY = "sk-coordlab-simulated"
+"""Any key works with the simulator; clients insist on having one."""
+
+
+class Status(StrEnum):
+    """An episode's outcome status."""
+
+    SUCCESS = "success"
+    FAILED_CHECK = "failed_check"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    INFRA_ERROR = "infra_error"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Per-episode counters, all measured from the trace and the simulator's log."""
+
+    model_calls: int
+    tool_calls: int
+    tool_errors: int
+    handoffs: int
+    handoff_failures: int
+    framework_retries: int
+    transport_retries: int
+    gate_rejections: int
+    faults_injected: int
+    faults_caught: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class EpisodeResult:
+    """One finished episode: key, status, score, counters, timing and the joined trace."""
+
+    task: str
+    framework: str
+    framework_version: str
+    variant: str
+    profile: str
+    seed: int
+    status: Status
+    harmful: bool
+    termination: Termination
+    verdict: Verdict
+    counts: Counts
+    wall_ms: float
+    construction_ms: float
+    execution_ms: float
+    knobs: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    trace: list[TraceEvent] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str, str, int]:
+        """The natural key: (task@version, framework@version, variant, fault profile, seed)."""
+        return (self.task, f"{self.framework}@{self.framework_version}", self.variant, self.profile, self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (trace and records included)."""
+        return asdict(self)
+
+
+def fault_caught(record: RequestRecord, later: list[RequestRecord]) -> bool:
+    """A fault counts as caught when its step was worked on again afterwards (a retry, a redo, a recovery)."""
+    if Fault(record.fault) in TRANSPORT_FAULTS:
+        return any(r.step == record.step and r.retry_count > 0 for r in later)
+    if record.kind == "route":
+        return any(r.step == record.step and r.kind != "route" for r in later)
+    return any(r.step == record.step and r.kind != "route" for r in later)
+
+
+def join_trace(events: list[TraceEvent], records: list[RequestRecord]) -> list[TraceEvent]:
+    """Merge the adapter's events with model calls, faults and transport retries from the simulator's log."""
+    joined = list(events)
+    for index, record in enumerate(records):
+        joined.append(TraceEvent(EventKind.MODEL_CALL, record.received_at, record.role, record.step, {
+            "attempt": record.attempt, "kind": record.kind, "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens, "status": record.status, "stream": record.stream,
+            "tool_calls": list(record.tool_calls), "route_target": record.route_target,
+            "handoff_issues": [asdict(i) for i in record.handoff_issues]}))
+        if record.retry_count:
+            joined.append(TraceEvent(EventKind.RETRY, record.received_at, record.role, record.step,
+                                     {"source": "transport", "reason": f"client retry {record.retry_count}"}))
+        if record.fault:
+            joined.append(TraceEvent(EventKind.FAULT, record.received_at, record.role, record.step,
+                                     {"fault": record.fault, "attempt": record.attempt,
+                                      "caught": fault_caught(record, records[index + 1:])}))
+    return sorted(joined, key=lambda e: e.at)
+
+
+def count(trace: list[TraceEvent], records: list[RequestRecord], world: World) -> Counts:
+    """The per-episode counters."""
+    of = lambda kind: [e for e in trace if e.kind is kind]  # noqa: E731
+    faults = of(EventKind.FAULT)
+    misroutes = sum(1 for r in records if r.kind == "route" and r.fault == Fault.WRONG_HANDOFF_TARGET.value)
+    return Counts(
+        model_calls=sum(1 for r in records if r.kind != "transport_fault"),
+        tool_calls=len(of(EventKind.TOOL_CALL)),
+        tool_errors=sum(1 for e in of(EventKind.TOOL_CALL) if not e.detail["ok"]),
+        handoffs=len(of(EventKind.HANDOFF)),
+        handoff_failures=sum(len(r.handoff_issues) for r in records) + misroutes,
+        framework_retries=sum(1 for e in of(EventKind.RETRY) if e.detail["source"] == "framework"),
+        transport_retries=sum(1 for r in records if r.retry_count > 0),
+        gate_rejections=sum(1 for e in of(EventKind.GATE) if not e.detail["passed"]),
+        faults_injected=len(faults),
+        faults_caught=sum(1 for e in faults if e.detail["caught"]),
+        prompt_tokens=sum(r.prompt_tokens for r in records),
+        completion_tokens=sum(r.completion_tokens for r in records),
+    )
+
+
+def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simulator, plan: FaultPlan,
+                knobs: Knobs | None = None) -> EpisodeResult:
+    """Run ``task`` once through ``adapter`` in ``variant`` against ``simulator`` under ``plan``."""
+    knobs = knobs or Knobs()
+    started = time.perf_counter()
+    episode = simulator.open_episode(task, plan)
+    world = World.from_fixtures(task.fixtures)
+    recorder = TraceRecorder()
+    endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
+                        MODEL_NAME, API_KEY)
+    try:
+        outcome = adapter.run(EpisodeSpec(task, variant, endpoint, knobs, world, recorder))
+    except Exception as exc:  # noqa: BLE001 - a crashing framework is an outcome, not a lab failure
+        outcome = AdapterOutcome(Termination.ERROR, error="".join(traceback.format_exception_only(exc)).strip())
+    finally:
+        records = list(simulator.close_episode(episode.id).records)
+    world.final_output = dict(outcome.final_output)
+    verdict = score(task, world)
+    trace = join_trace(recorder.events, records)
+    for effect in world.side_effects:
+        trace.append(TraceEvent(EventKind.SIDE_EFFECT, trace[-1].at if trace else started, None, None,
+                                {"tool": effect.tool, "arguments": dict(effect.arguments)}))
+    trace.append(TraceEvent(EventKind.TERMINATION, time.perf_counter(), None, None,
+                            {"termination": outcome.termination.value, "error": outcome.error}))
+    if outcome.termination is Termination.ERROR:
+        status = Status.ERROR
+    else:
+        status = Status.SUCCESS if verdict.success else Status.FAILED_CHECK
+    support = adapter.support(variant)
+    notes = list(outcome.notes) + ([] if support.faithful else [f"variant not faithful: {support.note}"])
+    return EpisodeResult(
+        task=task.key, framework=adapter.name, framework_version=adapter.version(), variant=variant.value,
+        profile=plan.profile.name, seed=plan.seed, status=status, harmful=verdict.harmful,
+        termination=outcome.termination, verdict=verdict, counts=count(trace, records, world),
+        wall_ms=(time.perf_counter() - started) * 1000, construction_ms=outcome.construction_ms,
+        execution_ms=outcome.execution_ms, knobs=knobs.to_dict(), notes=notes, error=outcome.error,
+        trace=trace, records=records)
