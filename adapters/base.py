@@ -43,6 +43,8 @@ class Termination(StrEnum):
     """A delegating model ended the flow (or looped) before every step ran."""
     ERROR = "error"
     """The framework raised (for example after the client gave up retrying)."""
+    TIMEOUT = "timeout"
+    """The lab killed the episode at its time limit."""
 
 
 @dataclass(frozen=True)

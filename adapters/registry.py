@@ -9,7 +9,8 @@ Built-in adapters live in modules of this package and register themselves with
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points
+from importlib.metadata import version as distribution_version
 from typing import Callable
 
 from coordlab.tasks.loader import did_you_mean
@@ -66,3 +67,25 @@ def get_adapter(name: str) -> Adapter:
             raise AdapterUnavailable(f"no adapter {name!r}; {did_you_mean(name, adapter_names())}")
         _FACTORIES[name] = plugin.load()  # type: ignore[attr-defined]
     return _FACTORIES[name]()
+
+
+def adapter_version(name: str) -> str:
+    """The version of the framework behind adapter ``name``, read without importing the framework.
+
+    The runner's parent process needs every episode key up front but must not import the
+    frameworks (they are never mixed in one process), so versions come from package metadata.
+    """
+    if name in _BUILTIN_MODULES:
+        distribution = _BUILTIN_MODULES[name][1]
+        try:
+            return distribution_version(distribution)
+        except PackageNotFoundError:
+            raise AdapterUnavailable(f"adapter {name!r} needs {distribution}, which is not installed; "
+                                     f"install it with: pip install 'coordlab[{name}]'") from None
+    plugin = _plugin_factories().get(name)
+    if plugin is not None:
+        dist = getattr(plugin, "dist", None)
+        return dist.version if dist is not None else "unknown"
+    if name in _FACTORIES:
+        return _FACTORIES[name]().version()
+    raise AdapterUnavailable(f"no adapter {name!r}; {did_you_mean(name, adapter_names())}")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -13,9 +14,17 @@ from tabulate import tabulate
 
 from coordlab.tasks.loader import TaskValidationError, load_suite, load_suite_task, load_task, validate_files
 
+from coordlab.adapters.base import Knobs
+
 from .demo import DEFAULT_DEMO_OUTPUT, run_demo
+from .export import EXPORT_FORMATS, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
+from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, run_sweep
 from .simulator import Simulator, SimulatorError
+from .store import Store, StoreError, open_readonly
+from .sweep import LiveEndpoint, Sweep, SweepError
+
+DEFAULT_STORE = Path("out/results.sqlite")
 
 EPILOG = """examples:
   coordlab tasks list
@@ -24,7 +33,12 @@ EPILOG = """examples:
   coordlab simulate serve --port 8800
   coordlab simulate run appointment_rebooking --profile semantic_10pct --seed 3
   coordlab simulate run chain --param n=12 --force stage_4:wrong_value
-  coordlab demo --seeds 5
+  coordlab run                                   # the default comparison suite
+  coordlab run --tasks chain:n=8 --frameworks plain langgraph --variants linear --faults semantic_10pct --seeds 20
+  coordlab run --sweep my_sweep.yaml --workers 2 --time-limit 60
+  coordlab show 'chain@1[n=6]/plain/linear/semantic_3pct/3'
+  coordlab export --format otel --out traces.json
+  coordlab demo
 """
 
 
@@ -113,6 +127,54 @@ def cmd_simulate_run(args: argparse.Namespace) -> int:
     return 0 if result.verdict.success else 1
 
 
+def _sweep_from_args(args: argparse.Namespace) -> Sweep:
+    live = None
+    if args.base_url:
+        if not args.model:
+            raise UsageError("--base-url needs --model (the model name the endpoint serves)")
+        live = LiveEndpoint(args.base_url, args.model, args.api_key_env)
+    if args.sweep:
+        if any([args.tasks, args.frameworks, args.variants, args.faults, args.seeds]):
+            raise UsageError("--sweep and matrix flags (--tasks, --frameworks, ...) cannot be combined")
+        sweep = Sweep.from_file(args.sweep)
+        return sweep if live is None else replace(sweep, live=live)
+    knobs = Knobs(**{k: v for k, v in (("client_max_retries", args.client_max_retries),
+                                       ("client_timeout", args.client_timeout)) if v is not None})
+    return Sweep.build(args.tasks, args.frameworks, args.variants, args.faults, args.seeds, knobs, live)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    sweep = _sweep_from_args(args)
+    if sweep.live is not None and sweep.profiles != ("none",):
+        print("coordlab: note: a live endpoint gets no fault injection; running the 'none' profile only",
+              file=sys.stderr)
+        sweep = replace(sweep, profiles=("none",))
+    try:
+        summary = run_sweep(sweep, args.store, workers=args.workers, time_limit=args.time_limit, fresh=args.fresh)
+    except RunInterrupted as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 130
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new to run"
+    print(f"run {summary.run_id} ({'resumed' if summary.resumed else 'new'}): {summary.total} episodes, "
+          f"{summary.skipped} already recorded, {summary.ran} run ({statuses}) in {summary.elapsed_s:.1f} s; "
+          f"store {args.store}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with open_readonly(args.store) as store:
+        print(render_episode(store, find_episode(store, args.key)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"out/episodes.{'json' if args.format == 'otel' else args.format}")
+    with open_readonly(args.store) as store:
+        count = export_episodes(store, out, args.format, args.run)
+    print(f"{count} episode(s) written to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(Path(args.out), seeds=args.seeds, progress=sys.stderr)
     print(f"report written: {report}")
@@ -156,6 +218,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stream", action="store_true", help="use streaming completions")
     run.set_defaults(handler=cmd_simulate_run)
 
+    run_parser = commands.add_parser("run", help="run a sweep (default: the default comparison suite)",
+                                     epilog="Rerunning the same command resumes: recorded episodes are skipped.")
+    matrix = run_parser.add_argument_group("the matrix (defaults: the default comparison suite)")
+    matrix.add_argument("--sweep", metavar="FILE", help="a sweep YAML file instead of the matrix flags")
+    matrix.add_argument("--tasks", nargs="+", metavar="TASK", help="suite names or files; NAME:n=8 sets a parameter")
+    matrix.add_argument("--frameworks", nargs="+", metavar="NAME", help="adapters (plain crewai autogen langgraph)")
+    matrix.add_argument("--variants", nargs="+", metavar="NAME", help="linear gated delegated")
+    matrix.add_argument("--faults", nargs="+", metavar="PROFILE", help="fault profile names or files")
+    matrix.add_argument("--seeds", metavar="N|A-B|A,B,C", help="a count, an inclusive range or a list")
+    runtime = run_parser.add_argument_group("runtime (not part of the run's identity)")
+    runtime.add_argument("--workers", type=int, default=None, help="parallel worker slots (default: CPU count)")
+    runtime.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
+                         help=f"per-episode limit; a hung episode is killed and recorded as timeout "
+                              f"(default {DEFAULT_TIME_LIMIT_S:g})")
+    run_parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"results file (default {DEFAULT_STORE})")
+    run_parser.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")
+    client = run_parser.add_argument_group("model endpoint (default: the built-in simulator)")
+    client.add_argument("--base-url", help="any OpenAI-compatible endpoint (a live run: no oracle, no faults)")
+    client.add_argument("--model", help="the model name to request from --base-url")
+    client.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    client.add_argument("--client-max-retries", type=int, help="HTTP retries of every model client")
+    client.add_argument("--client-timeout", type=float, help="seconds before a model request times out")
+    run_parser.set_defaults(handler=cmd_run)
+
+    show = commands.add_parser("show", help="print one episode's outcome and trace")
+    show.add_argument("key", help="TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED")
+    show.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    show.set_defaults(handler=cmd_show)
+
+    export = commands.add_parser("export", help="write episodes as CSV/JSONL, or traces as OpenTelemetry spans")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
+    export.add_argument("--out", help="output file (default out/episodes.<format>)")
+    export.add_argument("--run", help="only this run id")
+    export.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    export.set_defaults(handler=cmd_export)
+
     demo = commands.add_parser("demo", help="run the default comparison and write a report")
     demo.add_argument("--out", default=str(DEFAULT_DEMO_OUTPUT), help=f"output folder (default {DEFAULT_DEMO_OUTPUT})")
     demo.add_argument("--seeds", type=int, default=20, help="seeds per task and profile (default 20)")
@@ -168,13 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (UsageError, ProfileError, KeyError) as exc:
+    except (UsageError, ProfileError, LookupError) as exc:
         print(f"coordlab: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 2
     except TaskValidationError as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 2
-    except SimulatorError as exc:
+    except (SweepError, ValueError) as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 2
+    except (SimulatorError, StoreError) as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 1
 

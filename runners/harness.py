@@ -9,6 +9,7 @@ no framework's own bookkeeping can flatter it.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,29 @@ class EpisodeResult:
     records: list[RequestRecord] = field(default_factory=list)
 
     @property
+    def simulator_ms(self) -> float:
+        """Time the simulator spent answering this episode's requests (server side)."""
+        return sum(r.elapsed_ms for r in self.records)
+
+    def to_row(self) -> dict[str, Any]:
+        """The episode as a row of the results store's ``episodes`` table."""
+        return {
+            "task": self.task, "framework": self.framework, "framework_version": self.framework_version,
+            "variant": self.variant, "profile": self.profile, "seed": self.seed, "status": self.status.value,
+            "harmful": int(self.harmful), "termination": self.termination.value,
+            "verdict_json": json.dumps(asdict(self.verdict)), **asdict(self.counts),
+            "wall_ms": self.wall_ms, "construction_ms": self.construction_ms, "execution_ms": self.execution_ms,
+            "simulator_ms": self.simulator_ms, "knobs_json": json.dumps(self.knobs),
+            "notes_json": json.dumps(self.notes), "error": self.error, "finished_at": time.time(),
+        }
+
+    def event_rows(self) -> list[dict[str, Any]]:
+        """The trace as rows of the ``events`` table, times in ms since the first event."""
+        origin = self.trace[0].at if self.trace else 0.0
+        return [{"kind": e.kind.value, "at_ms": (e.at - origin) * 1000, "role": e.role, "step": e.step,
+                 "detail": e.detail} for e in self.trace]
+
+    @property
     def key(self) -> tuple[str, str, str, str, int]:
         """The natural key: (task@version, framework@version, variant, fault profile, seed)."""
         return (self.task, f"{self.framework}@{self.framework_version}", self.variant, self.profile, self.seed)
@@ -106,6 +130,7 @@ def join_trace(events: list[TraceEvent], records: list[RequestRecord]) -> list[T
         joined.append(TraceEvent(EventKind.MODEL_CALL, record.received_at, record.role, record.step, {
             "attempt": record.attempt, "kind": record.kind, "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens, "status": record.status, "stream": record.stream,
+            "elapsed_ms": record.elapsed_ms,
             "tool_calls": list(record.tool_calls), "route_target": record.route_target,
             "handoff_issues": [asdict(i) for i in record.handoff_issues]}))
         if record.retry_count:
@@ -139,22 +164,32 @@ def count(trace: list[TraceEvent], records: list[RequestRecord], world: World) -
     )
 
 
-def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simulator, plan: FaultPlan,
-                knobs: Knobs | None = None) -> EpisodeResult:
-    """Run ``task`` once through ``adapter`` in ``variant`` against ``simulator`` under ``plan``."""
+def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simulator | None, plan: FaultPlan,
+                knobs: Knobs | None = None, live: Endpoint | None = None) -> EpisodeResult:
+    """Run ``task`` once through ``adapter`` in ``variant`` against ``simulator`` under ``plan``.
+
+    With ``live``, the adapter talks to that endpoint instead: no oracle, no faults, no
+    request log; only the end state scores the episode.
+    """
     knobs = knobs or Knobs()
     started = time.perf_counter()
-    episode = simulator.open_episode(task, plan)
     world = World.from_fixtures(task.fixtures)
     recorder = TraceRecorder()
-    endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
-                        MODEL_NAME, API_KEY)
+    episode = None
+    if live is None:
+        if simulator is None:
+            raise ValueError("run_episode needs a simulator or a live endpoint")
+        episode = simulator.open_episode(task, plan)
+        endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
+                            MODEL_NAME, API_KEY)
+    else:
+        endpoint = live
     try:
         outcome = adapter.run(EpisodeSpec(task, variant, endpoint, knobs, world, recorder))
     except Exception as exc:  # noqa: BLE001 - a crashing framework is an outcome, not a lab failure
         outcome = AdapterOutcome(Termination.ERROR, error="".join(traceback.format_exception_only(exc)).strip())
     finally:
-        records = list(simulator.close_episode(episode.id).records)
+        records = list(simulator.close_episode(episode.id).records) if simulator and episode else []
     world.final_output = dict(outcome.final_output)
     verdict = score(task, world)
     trace = join_trace(recorder.events, records)

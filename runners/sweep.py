@@ -1,0 +1,241 @@
+"""A sweep: the matrix of tasks x frameworks x variants x fault profiles x seeds, and its identity.
+
+A sweep comes from flags or a YAML file and expands into episode jobs keyed by their
+natural key. Its *identity* hashes what decides the outcomes (tasks and their versions,
+framework versions, variants, profiles and their contents, seeds, knobs, endpoint) and
+nothing that only decides speed (workers, time limit), so changing those resumes the same
+run instead of starting another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from coordlab.adapters.base import Knobs, Variant
+from coordlab.adapters.registry import adapter_names, adapter_version
+from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suite_names
+from coordlab.tasks.schema import Task
+
+from .faults import FaultProfile, load_profile
+from .store import EpisodeKey
+
+DEFAULT_FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
+DEFAULT_VARIANTS = (Variant.LINEAR, Variant.GATED)
+DEFAULT_PROFILES = ("none", "semantic_3pct")
+DEFAULT_SEEDS = 5
+"""Seeds per cell of the default sweep, tuned so it finishes in under 10 minutes on 2 cores (see README)."""
+
+
+class SweepError(ValueError):
+    """A sweep cannot be built from what was given; the message says which flag or field."""
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task as a sweep names it: a suite name or a file path, plus parameter overrides."""
+
+    name: str
+    params: tuple[tuple[str, int], ...] = ()
+
+    def load(self) -> Task:
+        """The task itself."""
+        params = dict(self.params)
+        if self.name.endswith((".yaml", ".yml")):
+            return load_task(self.name, params)
+        return load_suite_task(self.name, params)
+
+    @classmethod
+    def parse(cls, text: str) -> "TaskRef":
+        """``NAME`` or ``NAME:param=value[:param=value]`` (e.g. ``chain:n=8``)."""
+        name, *assignments = text.strip().split(":")
+        params = []
+        for assignment in assignments:
+            key, sep, value = assignment.partition("=")
+            if not sep or not value.lstrip("-").isdigit():
+                raise SweepError(f"task {text!r}: parameters are NAME:param=INTEGER, e.g. chain:n=8")
+            params.append((key, int(value)))
+        if not name.endswith((".yaml", ".yml")) and name not in suite_names():
+            raise SweepError(f"no task {name!r} in the suite; {did_you_mean(name, suite_names())}")
+        return cls(name, tuple(sorted(params)))
+
+    def __str__(self) -> str:
+        return ":".join([self.name, *(f"{k}={v}" for k, v in self.params)])
+
+
+@dataclass(frozen=True)
+class LiveEndpoint:
+    """Any OpenAI-compatible endpoint in place of the simulator (no oracle, no fault injection)."""
+
+    base_url: str
+    model: str
+    api_key_env: str
+    """The environment variable holding the key: the key itself is never stored."""
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    """One episode to run: its key and how to rebuild everything it needs in a worker."""
+
+    key: EpisodeKey
+    task: TaskRef
+    framework: str
+    variant: Variant
+    profile: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The matrix to run, and the knobs every episode of it shares."""
+
+    tasks: tuple[TaskRef, ...]
+    frameworks: tuple[str, ...] = DEFAULT_FRAMEWORKS
+    variants: tuple[Variant, ...] = DEFAULT_VARIANTS
+    profiles: tuple[str, ...] = DEFAULT_PROFILES
+    seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))
+    knobs: Knobs = field(default_factory=Knobs)
+    live: LiveEndpoint | None = None
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def default(cls) -> "Sweep":
+        """The default comparison: every suite task, four adapters, linear and gated, none and 3%."""
+        return cls(tasks=tuple(TaskRef(name) for name in suite_names()))
+
+    @classmethod
+    def build(cls, tasks: Iterable[str] | None = None, frameworks: Iterable[str] | None = None,
+              variants: Iterable[str] | None = None, profiles: Iterable[str] | None = None,
+              seeds: str | int | Iterable[int] | None = None, knobs: Knobs | None = None,
+              live: LiveEndpoint | None = None) -> "Sweep":
+        """A sweep from flag-like values; anything not given keeps the default suite's value."""
+        sweep = cls.default()
+        changes: dict[str, Any] = {}
+        if tasks:
+            changes["tasks"] = tuple(TaskRef.parse(t) for t in tasks)
+        if frameworks:
+            known = adapter_names()
+            for name in frameworks:
+                if name not in known:
+                    raise SweepError(f"--frameworks: no adapter {name!r}; {did_you_mean(name, known)}")
+            changes["frameworks"] = tuple(dict.fromkeys(frameworks))
+        if variants:
+            changes["variants"] = tuple(_variant(v) for v in dict.fromkeys(variants))
+        if profiles:
+            for profile in profiles:
+                load_profile(profile)  # raises ProfileError with "did you mean"
+            changes["profiles"] = tuple(dict.fromkeys(profiles))
+        if seeds is not None:
+            changes["seeds"] = parse_seeds(seeds)
+        if knobs is not None:
+            changes["knobs"] = knobs
+        if live is not None:
+            changes["live"] = live
+        return replace(sweep, **changes)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Sweep":
+        """A sweep from YAML with the same fields as the flags (tasks, frameworks, variants, profiles, seeds, knobs)."""
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise SweepError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise SweepError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise SweepError(f"{path}: a sweep file is a mapping")
+        allowed = {"tasks", "frameworks", "variants", "profiles", "seeds", "knobs"}
+        for key in data:
+            if key not in allowed:
+                raise SweepError(f"{path}: unknown field {key!r}; {did_you_mean(str(key), allowed)}")
+        knob_fields = set(Knobs.__dataclass_fields__)
+        knobs = data.get("knobs") or {}
+        for key in knobs:
+            if key not in knob_fields:
+                raise SweepError(f"{path}: knobs.{key}: unknown knob; {did_you_mean(str(key), knob_fields)}")
+        try:
+            return cls.build(data.get("tasks"), data.get("frameworks"), data.get("variants"),
+                             data.get("profiles"), data.get("seeds"), Knobs(**knobs) if knobs else None)
+        except SweepError as exc:
+            raise SweepError(f"{path}: {exc}") from None
+
+    # -- expansion and identity ---------------------------------------------------------------------
+    def loaded_tasks(self) -> list[tuple[TaskRef, Task]]:
+        """Each task reference with its loaded task (validated)."""
+        return [(ref, ref.load()) for ref in self.tasks]
+
+    def versions(self) -> dict[str, str]:
+        """Framework versions, read from package metadata (the parent never imports a framework)."""
+        return {name: adapter_version(name) for name in self.frameworks}
+
+    def jobs(self) -> list[EpisodeJob]:
+        """Every episode of the matrix, grouped by framework so workers rarely switch frameworks."""
+        versions = self.versions()
+        tasks = self.loaded_tasks()
+        jobs = []
+        for framework in self.frameworks:
+            for ref, task in tasks:
+                for variant in self.variants:
+                    for profile in self.profiles:
+                        for seed in self.seeds:
+                            key = EpisodeKey(task.key, framework, versions[framework], variant.value, profile, seed)
+                            jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed))
+        return jobs
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description of the sweep (stored with the run)."""
+        return {"tasks": [str(t) for t in self.tasks], "frameworks": list(self.frameworks),
+                "variants": [v.value for v in self.variants], "profiles": list(self.profiles),
+                "seeds": list(self.seeds), "knobs": self.knobs.to_dict(),
+                "live": None if self.live is None else {"base_url": self.live.base_url, "model": self.live.model,
+                                                        "api_key_env": self.live.api_key_env}}
+
+    def identity(self) -> str:
+        """A hash of everything that decides outcomes (not workers or time limits)."""
+        profiles: dict[str, Any] = {}
+        for name in self.profiles:
+            profile: FaultProfile = load_profile(name)
+            profiles[name] = [profile.rate, sorted((f.value, w) for f, w in profile.weights.items()),
+                              profile.stall_seconds, profile.retry_after_ms]
+        material = {**self.to_dict(), "task_keys": [t.key for _, t in self.loaded_tasks()],
+                    "versions": self.versions(), "profile_contents": profiles}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _variant(name: str) -> Variant:
+    try:
+        return Variant(name)
+    except ValueError:
+        raise SweepError(f"--variants: no variant {name!r}; {did_you_mean(name, [v.value for v in Variant])}") from None
+
+
+def parse_seeds(seeds: str | int | Iterable[int] | Mapping[str, int]) -> tuple[int, ...]:
+    """``5`` (seeds 0..4), ``"3-7"`` (inclusive), ``"1,4,9"``, or a list of integers."""
+    if isinstance(seeds, bool):
+        raise SweepError("--seeds: expected a count, a range A-B or a list")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise SweepError(f"--seeds: need at least 1 seed, got {seeds}")
+        return tuple(range(seeds))
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            if text.isdigit():
+                return parse_seeds(int(text))
+            if "-" in text and "," not in text:
+                low, high = (int(p) for p in text.split("-", 1))
+                if low > high:
+                    raise SweepError(f"--seeds {text!r}: the range is empty")
+                return tuple(range(low, high + 1))
+            return tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
+        except ValueError:
+            raise SweepError(f"--seeds {text!r}: expected a count (5), a range (3-7) or a list (1,4,9)") from None
+    values = tuple(dict.fromkeys(int(s) for s in seeds))  # type: ignore[union-attr]
+    if not values:
+        raise SweepError("--seeds: the list is empty")
+    return values
