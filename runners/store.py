@@ -126,9 +126,6 @@ class Store:
             self.connection = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
             self.connection.row_factory = sqlite3.Row
             self.connection.execute("PRAGMA foreign_keys = ON")
-            if not readonly:
-                self.connection.execute("PRAGMA journal_mode = WAL")
-                self.connection.execute("PRAGMA synchronous = NORMAL")
             self._check_schema(readonly)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(_describe(exc, self.path) if isinstance(exc, sqlite3.Error)
@@ -147,6 +144,9 @@ class Store:
             if version is None:
                 raise StoreError(f"{self.path} is not a coordlab store (no schema version)")
             return
+        # Only now that the file is known to be ours and not newer may anything be written to it.
+        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -163,14 +163,21 @@ class Store:
             return self.store.connection
 
         def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+            connection = self.store.connection
             if kind is None:
                 try:
-                    self.store.connection.execute("COMMIT")
+                    connection.execute("COMMIT")
                     return
                 except sqlite3.Error:
-                    self.store.connection.execute("ROLLBACK")
+                    self._rollback()
                     raise
-            self.store.connection.execute("ROLLBACK")
+            self._rollback()
+
+        def _rollback(self) -> None:
+            # SQLite has already rolled back by itself after some errors (a full disk among them);
+            # a second ROLLBACK would then raise and hide the error that matters.
+            if self.store.connection.in_transaction:
+                self.store.connection.execute("ROLLBACK")
 
     def transaction(self) -> "_Transaction":
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error."""

@@ -224,9 +224,9 @@ def parse_seeds(seeds: str | int | Iterable[int] | Mapping[str, int]) -> tuple[i
         return tuple(range(seeds))
     if isinstance(seeds, str):
         text = seeds.strip()
+        if text.isdigit():
+            return parse_seeds(int(text))
         try:
-            if text.isdigit():
-                return parse_seeds(int(text))
             if "-" in text and "," not in text:
                 low, high = (int(p) for p in text.split("-", 1))
                 if low > high:
