@@ -8,7 +8,6 @@ works next.
 
 from __future__ import annotations
 
-import json
 import time
 from importlib.metadata import version as installed_version
 from typing import Any
@@ -18,7 +17,10 @@ import openai
 from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
 from .openai_loop import complete, run_agent
 from .registry import register
-from .toolkit import check_gate, execute_tool, parse_output, role_prompt, step_prompt, tool_specs
+from .toolkit import (
+    check_gate, execute_tool, parse_output, role_prompt, routed_role, routing_messages, routing_tools, step_prompt,
+    tool_specs,
+)
 
 _SUPPORT = {
     Variant.LINEAR: VariantSupport(True, "a for-loop over the steps"),
@@ -83,10 +85,11 @@ class _PlainEpisode:
     def final_output(self) -> dict[str, Any]:
         return self.outputs.get(self.task.steps[-1].id, {})
 
-    def run_step(self, index: int, feedback: str = "") -> None:
+    def run_step(self, index: int, feedback: str = "", handoff: bool = True) -> None:
+        """Run one step; ``handoff`` records the role change (off when a router already handed off)."""
         step = self.task.steps[index]
         trace, world = self.spec.trace, self.spec.world
-        if self.previous_role != step.role:
+        if handoff and self.previous_role != step.role:
             trace.handoff(self.previous_role, step.role, "function return", step.id)
         self.previous_role = step.role
         prompt = step_prompt(self.task, step, self.values) + (f"\n{feedback}" if feedback else "")
@@ -127,33 +130,16 @@ class _PlainEpisode:
 
     def delegated(self) -> Termination:
         router = self.spec.router_role
-        tools = [{"type": "function", "function": {
-            "name": f"transfer_to_{role}", "description": f"Hand the next piece of work to the {role}.",
-            "parameters": {"type": "object", "properties": {}}}} for role in self.task.roles]
-        roster = ", ".join(f"{r.name} ({r.goal})" for r in self.task.roles.values())
+        tools = routing_tools(self.task)
         for _ in range(self.knobs.max_routing_turns):
-            messages = [{"role": "system", "content": f"You route work between: {roster}. "
-                                                      "Say FINISH when every step is done."},
-                        {"role": "user", "content": f"Task: {self.task.description}\n"
-                                                    f"Work so far: {json.dumps(self.values)}"}]
-            reply = complete(self.clients[router], self.spec.endpoint.model, messages, tools,
-                             temperature=self.knobs.temperature)
-            target = _routed_role(reply, set(self.task.roles))
+            reply = complete(self.clients[router], self.spec.endpoint.model, routing_messages(self.task, self.values),
+                             tools, temperature=self.knobs.temperature)
+            target = routed_role(reply, set(self.task.roles))
             if target is None:
                 done = len(self.outputs) == len(self.task.steps)
                 return Termination.COMPLETED if done else Termination.ROUTED_OUT
             self.spec.trace.handoff(router, target, "transfer tool")
             pending = [i for i, s in enumerate(self.task.steps) if s.role == target and s.id not in self.outputs]
             if pending:
-                self.run_step(pending[0])
+                self.run_step(pending[0], handoff=False)
         return Termination.MAX_TURNS
-
-
-def _routed_role(message: dict[str, Any], roles: set[str]) -> str | None:
-    """The role a routing reply names (a transfer tool call or the bare name), None for FINISH."""
-    for call in message.get("tool_calls") or []:
-        name = call["function"]["name"].removeprefix("transfer_to_")
-        if name in roles:
-            return name
-    content = (message.get("content") or "").strip()
-    return content if content in roles else None

@@ -104,3 +104,27 @@ def check_gate(task: Task, world: World, trace: TraceRecorder | None, before: st
 def tool_specs(task: Task, role: str) -> list[dict[str, Any]]:
     """The OpenAI tool specs of ``role``'s tools."""
     return [TOOLS[name].openai_spec() for name in task.roles[role].tools]
+
+
+def routing_tools(task: Task) -> list[dict[str, Any]]:
+    """One ``transfer_to_<role>`` tool per role: how a routing model names who works next."""
+    return [{"type": "function", "function": {
+        "name": f"transfer_to_{role}", "description": f"Hand the next piece of work to the {role}.",
+        "parameters": {"type": "object", "properties": {}}}} for role in task.roles]
+
+
+def routing_messages(task: Task, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The routing model's prompt: the roster, the task, and the work so far (the same for every adapter)."""
+    roster = ", ".join(f"{r.name} ({r.goal})" for r in task.roles.values())
+    return [{"role": "system", "content": f"You route work between: {roster}. Say FINISH when every step is done."},
+            {"role": "user", "content": f"Task: {task.description}\nWork so far: {json.dumps(dict(values))}"}]
+
+
+def routed_role(message: Mapping[str, Any], roles: set[str]) -> str | None:
+    """The role a routing reply names (a transfer tool call or the bare name); None means FINISH."""
+    for call in message.get("tool_calls") or []:
+        name = call["function"]["name"].removeprefix("transfer_to_")
+        if name in roles:
+            return name
+    content = (message.get("content") or "").strip()
+    return content if content in roles else None

@@ -21,7 +21,7 @@ from .export import EXPORT_FORMATS, export_episodes, find_episode, render_episod
 from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
 from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, run_sweep
 from .simulator import Simulator, SimulatorError
-from .store import Store, StoreError, open_readonly
+from .store import StoreError, open_readonly
 from .sweep import LiveEndpoint, Sweep, SweepError
 
 DEFAULT_STORE = Path("out/results.sqlite")

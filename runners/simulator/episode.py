@@ -229,9 +229,17 @@ class EpisodeState:
 
     def _route_reply(self, step: Step | None, target: str, values: Mapping[str, Any],
                      tools: Mapping[str, Mapping[str, Any]]) -> Reply:
-        """Name ``target`` the way the request asks: a transfer tool, a routing argument, or plain text."""
+        """Name ``target`` the way the request asks: a transfer tool, a routing argument, or plain text.
+
+        FINISH is always said in text, followed by the last step's outputs: a routing tool
+        called with FINISH as its worker would be rejected, and a manager whose answer ends
+        the flow must hand on the flow's result.
+        """
+        if target == FINISH:
+            last = self.task.steps[-1].output_names
+            return Reply("route", content=f"{FINISH} {json.dumps({o: values[o] for o in last if o in values})}")
         for name in tools:
-            if name.lower().endswith(target.lower()) and target != FINISH:
+            if name.lower().endswith(target.lower()):
                 return Reply("route", tool_calls=[self._call(name, "{}")])
         for name, schema in tools.items():
             properties = schema.get("properties") or {}
@@ -239,8 +247,9 @@ class EpisodeState:
             if key is None:
                 continue
             arguments: dict[str, Any] = {key: target}
-            brief = (f"{step.instruction} {step.marker}" if step else "All steps are done.")
-            context = json.dumps({r: values.get(r) for r in (step.reads if step else ()) if r in values})
+            assert step is not None  # FINISH was answered above
+            brief = f"{step.instruction} {step.marker}"
+            context = json.dumps({r: values.get(r) for r in step.reads if r in values})
             for other, spec in properties.items():
                 if other != key and isinstance(spec, Mapping) and spec.get("type", "string") == "string":
                     arguments[other] = brief if other in ("task", "instruction", "instructions") else context

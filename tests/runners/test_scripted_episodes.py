@@ -149,4 +149,4 @@ def test_router_says_finish_when_everything_is_produced(simulator: Simulator) ->
     with httpx.Client() as http:
         reply = http.post(f"{simulator.base_url(episode.id, ROUTER_ROLE)}/chat/completions", json={
             "model": "m", "messages": [{"role": "user", "content": json.dumps({"value_1": 224})}]})
-    assert reply.json()["choices"][0]["message"]["content"] == FINISH
+    assert reply.json()["choices"][0]["message"]["content"] == f"{FINISH} " + json.dumps({"value_1": 224})
