@@ -249,13 +249,16 @@ class _Episode:
         logger = logging.getLogger(EVENT_LOGGER_NAME)
         handler, level = _SelectorRetryLog(self.spec, {*self.task.roles, _FINISH}), logger.level
         logger.addHandler(handler)
+        propagate = logger.propagate
         if not logger.isEnabledFor(logging.INFO):
             logger.setLevel(logging.INFO)
+            logger.propagate = False  # raised only for our handler: keep the INFO flood out of the user's logs
         try:
             yield
         finally:
             logger.removeHandler(handler)
             logger.setLevel(level)
+            logger.propagate = propagate
 
     # -- building ------------------------------------------------------------------------------------
     def _client(self, role: str) -> OpenAIChatCompletionClient:
