@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench env clean constraints
+.PHONY: demo test bench baseline env clean constraints
 
 demo: $(STAMP)  ## run the default comparison suite on the simulated model and write a report
 	$(BIN)/coordlab demo
@@ -17,6 +17,12 @@ test: $(STAMP)  ## run the test suite (pytest's "no tests collected", exit 5, is
 bench: $(STAMP)  ## print the benchmarks (ratios measured side by side in one run)
 	$(BIN)/python bench/simulator_overhead.py
 	$(BIN)/python bench/adapter_overhead.py
+	$(BIN)/python bench/runner_throughput.py
+	$(BIN)/python bench/report_large.py
+
+baseline: $(STAMP)  ## regenerate the published baseline report under docs/baseline
+	$(BIN)/coordlab run --store out/baseline.sqlite --fresh
+	$(BIN)/coordlab report --store out/baseline.sqlite --out docs/baseline
 
 env: $(STAMP)
 

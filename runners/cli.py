@@ -16,7 +16,7 @@ from coordlab.tasks.loader import TaskValidationError, load_suite, load_suite_ta
 
 from coordlab.adapters.base import Knobs
 
-from .demo import DEFAULT_DEMO_OUTPUT, run_demo
+from .experiments import EXPERIMENTS, run_experiment
 from .export import EXPORT_FORMATS, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
 from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, run_sweep
@@ -25,6 +25,7 @@ from .store import StoreError, open_readonly
 from .sweep import LiveEndpoint, Sweep, SweepError
 
 DEFAULT_STORE = Path("out/results.sqlite")
+DEFAULT_DEMO_OUTPUT = Path("out/demo")
 
 EPILOG = """examples:
   coordlab tasks list
@@ -38,7 +39,10 @@ EPILOG = """examples:
   coordlab run --sweep my_sweep.yaml --workers 2 --time-limit 60
   coordlab show 'chain@1[n=6]/plain/linear/semantic_3pct/3'
   coordlab export --format otel --out traces.json
-  coordlab demo
+  coordlab report --store out/results.sqlite --out out/report
+  coordlab experiment compounding        # chain n=1..12 at 3% per step, linear: measured vs 0.97^n
+  coordlab experiment gate               # every task, linear vs gated, at 3% and 10%
+  coordlab demo                          # the default comparison, then its report
 """
 
 
@@ -175,10 +179,40 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    report = run_demo(Path(args.out), seeds=args.seeds, progress=sys.stderr)
-    print(f"report written: {report}")
+def cmd_report(args: argparse.Namespace) -> int:
+    from coordlab.reports.build import ReportError, build_report
+    from coordlab.reports.render import write_report
+
+    try:
+        report = build_report(args.store, per_task=args.per_task, prices_path=args.prices)
+        report.provenance.setdefault("command", f"coordlab report --store {args.store} --out {args.out}")
+        path = write_report(report, Path(args.out))
+    except ReportError as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 1
+    print(f"report written: {path}")
     return 0
+
+
+def _experiment(name: str, args: argparse.Namespace, out: Path) -> int:
+    try:
+        summary, path = run_experiment(name, out, seeds=args.seeds, frameworks=args.frameworks,
+                                       workers=args.workers, time_limit=args.time_limit, fresh=args.fresh)
+    except RunInterrupted as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 130
+    print(f"{name}: {summary.total} episodes ({summary.skipped} already recorded, {summary.ran} run) "
+          f"in {summary.elapsed_s:.1f} s; store {out / 'results.sqlite'}")
+    print(f"report written: {path}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    return _experiment(args.name, args, Path(args.out or f"out/experiments/{args.name}"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _experiment("default", args, Path(args.out))
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -254,9 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--store", type=Path, default=DEFAULT_STORE)
     export.set_defaults(handler=cmd_export)
 
-    demo = commands.add_parser("demo", help="run the default comparison and write a report")
+    report = commands.add_parser("report", help="write REPORT.md, report.html, summary.json and plots from a store")
+    report.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"results file (default {DEFAULT_STORE})")
+    report.add_argument("--out", default="out/report", help="output folder (default out/report)")
+    report.add_argument("--per-task", action="store_true", help="add per-task tables")
+    report.add_argument("--prices", type=Path, help="a price table YAML (default: the built-in reports/prices.yaml)")
+    report.set_defaults(handler=cmd_report)
+
+    def experiment_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--seeds", type=int, help="seeds per cell (default: the experiment's own)")
+        sub.add_argument("--frameworks", nargs="+", metavar="NAME", help="adapters (default: all four)")
+        sub.add_argument("--workers", type=int, default=None, help="parallel worker slots (default: CPU count)")
+        sub.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS")
+        sub.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")
+
+    experiment = commands.add_parser("experiment", help="run a headline experiment and write its report")
+    experiment.add_argument("name", choices=[n for n in EXPERIMENTS if n != "default"],
+                            help="; ".join(f"{e.name}: {e.question}" for e in EXPERIMENTS.values() if e.name != "default"))
+    experiment.add_argument("--out", help="output folder (default out/experiments/NAME)")
+    experiment_flags(experiment)
+    experiment.set_defaults(handler=cmd_experiment)
+
+    demo = commands.add_parser("demo", help="run the default comparison suite on the simulated model and report it")
     demo.add_argument("--out", default=str(DEFAULT_DEMO_OUTPUT), help=f"output folder (default {DEFAULT_DEMO_OUTPUT})")
-    demo.add_argument("--seeds", type=int, default=20, help="seeds per task and profile (default 20)")
+    experiment_flags(demo)
     demo.set_defaults(handler=cmd_demo)
     return parser
 

@@ -22,7 +22,7 @@ from coordlab.tasks.schema import Task
 from coordlab.tasks.scoring import Verdict, score
 from coordlab.tasks.world import World
 
-from .faults import TRANSPORT_FAULTS, Fault, FaultPlan
+from .faults import Fault, FaultPlan
 from .simulator import MODEL_NAME, ROUTER_ROLE, RequestRecord, Simulator
 
 API_KEY = "sk-coordlab-simulated"
@@ -115,11 +115,11 @@ class EpisodeResult:
 
 
 def fault_caught(record: RequestRecord, later: list[RequestRecord]) -> bool:
-    """A fault counts as caught when its step was worked on again afterwards (a retry, a redo, a recovery)."""
-    if Fault(record.fault) in TRANSPORT_FAULTS:
-        return any(r.step == record.step and r.retry_count > 0 for r in later)
-    if record.kind == "route":
-        return any(r.step == record.step and r.kind != "route" for r in later)
+    """A fault counts as caught when its step was worked on again afterwards.
+
+    For a transport fault that is a re-send (by the SDK or by the framework); for a model
+    fault, a redo after a gate, a recovery after a tool error, or a correct re-routing.
+    """
     return any(r.step == record.step and r.kind != "route" for r in later)
 
 
@@ -134,6 +134,8 @@ def join_trace(events: list[TraceEvent], records: list[RequestRecord]) -> list[T
             "tool_calls": list(record.tool_calls), "route_target": record.route_target,
             "handoff_issues": [asdict(i) for i in record.handoff_issues]}))
         if record.retry_count:
+            # The SDK's own retries, counted the same way for every framework: a framework that
+            # re-sends on its own (CrewAI after the SDK gives up on a 429) shows as a caught fault.
             joined.append(TraceEvent(EventKind.RETRY, record.received_at, record.role, record.step,
                                      {"source": "transport", "reason": f"client retry {record.retry_count}"}))
         if record.fault:
@@ -155,7 +157,7 @@ def count(trace: list[TraceEvent], records: list[RequestRecord], world: World) -
         handoffs=len(of(EventKind.HANDOFF)),
         handoff_failures=sum(len(r.handoff_issues) for r in records) + misroutes,
         framework_retries=sum(1 for e in of(EventKind.RETRY) if e.detail["source"] == "framework"),
-        transport_retries=sum(1 for r in records if r.retry_count > 0),
+        transport_retries=sum(1 for e in of(EventKind.RETRY) if e.detail["source"] == "transport"),
         gate_rejections=sum(1 for e in of(EventKind.GATE) if not e.detail["passed"]),
         faults_injected=len(faults),
         faults_caught=sum(1 for e in faults if e.detail["caught"]),
