@@ -42,6 +42,7 @@ def _offline_defaults() -> None:
 _offline_defaults()
 
 import json  # noqa: E402 - crewai must see the environment above at import time
+import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from importlib.metadata import version as installed_version  # noqa: E402
@@ -65,6 +66,11 @@ from .registry import register  # noqa: E402
 from .toolkit import (  # noqa: E402
     check_gate, execute_tool, expected_output, parse_output, role_prompt, step_prompt,
 )
+
+# CrewAI warns on every call that it estimates tokens for a model it does not know (the
+# simulator); the lab counts tokens at the server, so the warning says nothing and would
+# drown the runner's progress line.
+logging.getLogger("crewai.llms.base_llm").setLevel(logging.ERROR)
 
 TASK_CONTEXT = "task context"
 """Handoff mechanism of a sequential crew: the next Task receives its producers' outputs as context."""

@@ -91,7 +91,7 @@ marks = {}
 with Simulator() as simulator:
     for index in range(1, total + 1):
         run_episode(adapter, task, Variant.GATED, simulator, FaultPlan(plan.profile, index))
-        release_memory()  # as the worker loop does after every episode
+        release_memory(index)  # as the worker loop does after every episode
         if index in (50, total):
             marks[index] = rss_kb()
 print(json.dumps(marks))

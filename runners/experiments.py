@@ -17,7 +17,7 @@ from typing import Callable, TextIO
 from coordlab.tasks.loader import suite_names
 
 from .runner import DEFAULT_TIME_LIMIT_S, RunSummary, run_sweep
-from .sweep import Sweep
+from .sweep import DEFAULT_SEEDS, Sweep
 
 
 @dataclass(frozen=True)
@@ -26,22 +26,23 @@ class Experiment:
 
     name: str
     question: str
-    sweep: Callable[[int | None], Sweep]
+    sweep: Callable[[int], Sweep]
     default_seeds: int
+    """Seeds per cell when none are given: enough for a readable interval, tuned to the run time."""
 
 
-def _compounding(seeds: int | None) -> Sweep:
+def _compounding(seeds: int) -> Sweep:
     return Sweep.build(tasks=[f"chain:n={n}" for n in range(1, 13)], variants=["linear"],
-                       profiles=["semantic_3pct"], seeds=seeds or 100)
+                       profiles=["semantic_3pct"], seeds=seeds)
 
 
-def _gate(seeds: int | None) -> Sweep:
+def _gate(seeds: int) -> Sweep:
     return Sweep.build(tasks=[n for n in suite_names() if n != "chain"], variants=["linear", "gated"],
-                       profiles=["semantic_3pct", "semantic_10pct"], seeds=seeds or 40)
+                       profiles=["semantic_3pct", "semantic_10pct"], seeds=seeds)
 
 
-def _default(seeds: int | None) -> Sweep:
-    return Sweep.build(seeds=seeds) if seeds else Sweep.default()
+def _default(seeds: int) -> Sweep:
+    return Sweep.build(seeds=seeds)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -49,7 +50,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                               "from it?", _compounding, 100),
     Experiment("gate", "How much does one verification gate before each side effect cut failures?", _gate, 40),
     Experiment("default", "The default comparison: every task, four adapters, linear and gated, none and 3%.",
-               _default, 5),
+               _default, DEFAULT_SEEDS),
 )}
 
 
@@ -61,7 +62,7 @@ def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks
     from coordlab.reports.render import write_report
 
     experiment = EXPERIMENTS[name]
-    sweep = experiment.sweep(seeds)
+    sweep = experiment.sweep(seeds or experiment.default_seeds)
     if frameworks:
         sweep = Sweep.build([str(t) for t in sweep.tasks], frameworks, [v.value for v in sweep.variants],
                             list(sweep.profiles), list(sweep.seeds), sweep.knobs)

@@ -28,7 +28,7 @@ from .store import EpisodeKey
 DEFAULT_FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
 DEFAULT_VARIANTS = (Variant.LINEAR, Variant.GATED)
 DEFAULT_PROFILES = ("none", "semantic_3pct")
-DEFAULT_SEEDS = 5
+DEFAULT_SEEDS = 20
 """Seeds per cell of the default sweep, tuned so it finishes in under 10 minutes on 2 cores (see README)."""
 
 

@@ -1,0 +1,164 @@
+"""Build a :class:`~coordlab.reports.model.Report` from a results store: provenance, tables, plots, notes.
+
+This is the one entry point the CLI and the experiments call. Everything that can go
+wrong for a user (no store, an empty one, one where nothing could be scored, a broken
+price table) raises :class:`ReportError` with a sentence to act on; the renderers then
+only write what this returns.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from .data import (UNFAITHFUL_PREFIX, PriceTable, PriceTableError, ReportError, StoreData, load_prices,
+                   load_store)
+from .model import Figure, Report, Table
+from .plots import cost_vs_reliability, gate_effect, success_vs_fault_rate, success_vs_length
+from .tables import (coordination_table, faults_table, framework_sort_key, latency_table, overhead_table,
+                     paired_table, pass_k_table, resolve_max_k, success_table, usage_table, variant_sort_key)
+
+__all__ = ["PriceTableError", "ReportError", "build_report", "build_figures", "build_tables"]
+
+
+def build_report(store_path: str | Path, *, per_task: bool = False, prices_path: str | Path | None = None,
+                 max_k: int | None = None) -> Report:
+    """The report of every scored episode in ``store_path``.
+
+    pass^k always comes per task too (it is defined per task); ``per_task`` adds a per-task
+    copy of every other table; ``prices_path`` replaces the built-in
+    price table; ``max_k`` sets the K of pass^1..pass^K (default: the most seeds any task
+    has, at most 8). The store is opened read-only and its traces are never read.
+    """
+    prices = load_prices(prices_path)
+    data = load_store(store_path)
+    if data.total_rows == 0:
+        raise ReportError(f"store {data.path}: no episodes recorded yet: run `coordlab run` first")
+    if not data.episodes:
+        infra = sum(data.infra_errors.values())
+        raise ReportError(f"store {data.path}: all {infra} recorded episode(s) ended in infra_error (the lab could "
+                          f"not run them, so nothing can be scored); run the same `coordlab run` command again to "
+                          f"retry them")
+    try:
+        k = resolve_max_k(data.episodes, max_k)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    return Report(title="coordlab report", provenance=provenance(data, prices),
+                  tables=build_tables(data, prices, per_task=per_task, max_k=k),
+                  figures=build_figures(data, prices), notes=notes(data, prices))
+
+
+def build_tables(data: StoreData, prices: PriceTable, *, per_task: bool, max_k: int) -> list[Table]:
+    """Every table with rows: framework x variant x profile first, pass^k by task, then the other per-task copies
+    when asked for. A table without rows (a paired comparison of a single framework) is left out."""
+    episodes = data.episodes
+    tables = [success_table(episodes), pass_k_table(episodes, max_k), coordination_table(episodes),
+              faults_table(episodes), usage_table(episodes, prices), latency_table(episodes),
+              overhead_table(episodes), paired_table(episodes), pass_k_table(episodes, max_k, by_task=True)]
+    if per_task:
+        tables += [success_table(episodes, True), coordination_table(episodes, True), faults_table(episodes, True),
+                   usage_table(episodes, prices, True), latency_table(episodes, True),
+                   overhead_table(episodes, True), paired_table(episodes, True)]
+    return [t for t in tables if t.rows]
+
+
+def build_figures(data: StoreData, prices: PriceTable) -> list[Figure]:
+    """Every plot whose data the store holds (a plot without data is left out, not drawn empty)."""
+    episodes = data.episodes
+    figures = [success_vs_fault_rate(episodes), success_vs_length(episodes), gate_effect(episodes),
+               cost_vs_reliability(episodes, prices)]
+    return [f for f in figures if f is not None]
+
+
+def provenance(data: StoreData, prices: PriceTable) -> dict[str, Any]:
+    """Where the numbers come from: the store, its runs with their versions, commit and knobs, the prices.
+
+    Package versions, git commit, knobs, machine and runtime are shown once when every run
+    agrees on them (the usual case) and per run id when they differ, which a reader must see.
+    """
+    versions: dict[str, list[str]] = {}
+    for framework, version in sorted({(e.framework, e.framework_version) for e in data.episodes}):
+        versions.setdefault(framework, []).append(version)
+    runs = []
+    for run in data.runs:
+        sweep = {k: run.spec[k] for k in ("tasks", "frameworks", "variants", "profiles") if k in run.spec}
+        runs.append({
+            "run_id": run.run_id, "status": run.status,
+            "created_at": _dt.datetime.fromtimestamp(run.created_at, _dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": run.model, **sweep, "seeds": seed_ranges(run.spec.get("seeds", [])),
+        })
+    result: dict[str, Any] = {
+        "store": str(data.path),
+        "episodes": {"recorded": data.total_rows, "scored": len(data.episodes),
+                     "infra_errors": sum(data.infra_errors.values()), "superseded": data.superseded},
+        "runs": runs,
+    }
+    for field in ("git_commit", "packages", "knobs", "machine", "runtime"):
+        by_run = {run.run_id: run.metadata.get(field) for run in data.runs}
+        distinct = {json.dumps(value, sort_keys=True) for value in by_run.values()}
+        result[field] = next(iter(by_run.values())) if len(distinct) == 1 else by_run
+    result["framework_versions"] = versions
+    result["prices"] = {"source": prices.source, "currency": prices.currency, "note": prices.note}
+    result["adapter_notes"] = {f"{system}/{variant}": sorted(counter)
+                               for (system, variant), counter in sorted(data.notes.items(), key=lambda item: (
+                                   framework_sort_key(item[0][0]), variant_sort_key(item[0][1])))}
+    return result
+
+
+def seed_ranges(seeds: Any) -> str:
+    """Seeds as compact text: ``[0, 1, 2, 3, 7]`` -> ``"0-3, 7"`` (a sweep of 100 seeds stays one short line)."""
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        return str(seeds)
+    parts: list[str] = []
+    ordered = sorted(set(seeds))
+    start = 0
+    for index in range(1, len(ordered) + 1):
+        if index == len(ordered) or ordered[index] != ordered[index - 1] + 1:
+            low, high = ordered[start], ordered[index - 1]
+            parts.append(str(low) if low == high else f"{low}-{high}")
+            start = index
+    return ", ".join(parts)
+
+
+def notes(data: StoreData, prices: PriceTable) -> list[str]:
+    """The caveats every reader should see next to the numbers."""
+    result = []
+    infra = sum(data.infra_errors.values())
+    scoring = "Timeouts and errors count as failures."
+    if infra:
+        where = ", ".join(f"{system}/{variant} {n}" for (system, variant), n in sorted(
+            data.infra_errors.items(), key=lambda item: (framework_sort_key(item[0][0]), variant_sort_key(item[0][1]))))
+        scoring += (f" {infra} episode(s) ended in infra_error (the lab, not the framework, failed) and are excluded "
+                    f"from every score ({where}); `coordlab run` with the same arguments retries them.")
+    else:
+        scoring += " No episode ended in infra_error."
+    result.append(scoring)
+    if data.superseded:
+        result.append(f"{data.superseded} recorded episode(s) were superseded by a newer episode of the same key "
+                      f"(same task, framework version, variant, profile and seed, e.g. from a run with --fresh); "
+                      f"only the newest of each key is scored.")
+    for (system, variant), counter in sorted(data.notes.items(), key=lambda item: (
+            framework_sort_key(item[0][0]), variant_sort_key(item[0][1]))):
+        for note, count in sorted(counter.items()):
+            if note.startswith(UNFAITHFUL_PREFIX):
+                result.append(f"{system}/{variant}: {note} ({count} episode(s)).")
+    multi = sorted({e.framework for e in data.episodes if e.system != e.framework})
+    if multi:
+        result.append(f"The store holds more than one version of {', '.join(multi)}; their rows are labelled "
+                      f"name@version and never pooled.")
+    live_runs = [run for run in data.runs if run.live]
+    if live_runs:
+        result.append("Run(s) " + ", ".join(f"{r.run_id} ({r.model})" for r in live_runs) + " used a live endpoint: "
+                      "without the simulator's request log their model calls, tokens, faults and overhead are not "
+                      "measured, so they are scored for success but left out of those tables.")
+    if any(not e.live for e in data.episodes):
+        result.append("Token counts are the simulator's estimate at 4 characters a token (no tokenizer is "
+                      f"downloaded), and costs apply the {prices.currency} prices of {prices.source}"
+                      + (f": {prices.note}" if prices.note else "."))
+    systems = {e.system.partition("@")[0] for e in data.episodes}
+    if "plain" not in systems:
+        result.append("No episode of the plain reference adapter is recorded, so overhead ratios to plain are empty.")
+    return result
+

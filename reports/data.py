@@ -1,0 +1,352 @@
+"""What a report reads: the episodes of a results store, the price table, and task sizes.
+
+Reports read the store only through :func:`load_store`, which opens it read-only, selects
+just the columns the tables need (no traces: a report never needs the events table, and
+it is by far the largest), keeps one episode per natural key, and sets infra errors apart
+so that no score can include them by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from coordlab.runners.simulator import MODEL_NAME
+from coordlab.runners.store import COUNT_COLUMNS, StoreError, open_readonly
+
+DEFAULT_PRICES = Path(__file__).parent / "prices.yaml"
+"""The built-in price table (illustrative prices; pass your own with ``--prices``)."""
+
+SCORED_FAILURES = ("failed_check", "error", "timeout")
+"""Statuses that count as failures. ``infra_error`` is not among them: it is not scored at all."""
+
+UNFAITHFUL_PREFIX = "variant not faithful:"
+"""How the harness marks, in ``notes_json``, a variant a framework cannot express faithfully."""
+
+
+class ReportError(RuntimeError):
+    """A report cannot be built; the message says why and what to do (the CLI prints it, no traceback)."""
+
+
+class PriceTableError(ReportError):
+    """A price table file is missing or malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRecord:
+    """One scored episode, with the columns the report needs and nothing else.
+
+    ``system`` is the framework as the report labels it: its name, or ``name@version``
+    when the store holds more than one version of that framework (so two versions are
+    never pooled into one row).
+    """
+
+    episode_id: int
+    run_id: str
+    task: str
+    framework: str
+    framework_version: str
+    variant: str
+    profile: str
+    seed: int
+    status: str
+    harmful: bool
+    model_calls: int
+    tool_calls: int
+    tool_errors: int
+    handoffs: int
+    handoff_failures: int
+    framework_retries: int
+    transport_retries: int
+    gate_rejections: int
+    faults_injected: int
+    faults_caught: int
+    prompt_tokens: int
+    completion_tokens: int
+    wall_ms: float
+    execution_ms: float
+    simulator_ms: float
+    system: str
+    model: str
+    """The model the episode's run talked to (what the price table is looked up by)."""
+    live: bool
+    """True for a run against a live endpoint: no simulator log, so its call, token and fault counters are not measured."""
+
+    @property
+    def success(self) -> bool:
+        """Only ``success`` succeeds; ``failed_check``, ``error`` and ``timeout`` are failures."""
+        return self.status == "success"
+
+    @property
+    def harmful_failure(self) -> bool:
+        """A failure that left a wrong, extra or repeated side effect behind."""
+        return self.harmful and not self.success
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of the store, as provenance shows it."""
+
+    run_id: str
+    identity: str
+    created_at: float
+    status: str
+    spec: dict[str, Any]
+    metadata: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        """The model this run's episodes talked to: the live endpoint's, else the simulator's."""
+        live = self.spec.get("live") or {}
+        return str(live.get("model") or MODEL_NAME)
+
+    @property
+    def live(self) -> bool:
+        """Whether the run used a live endpoint instead of the simulator."""
+        return bool(self.spec.get("live"))
+
+
+@dataclass
+class StoreData:
+    """Everything a report is computed from."""
+
+    path: Path
+    runs: list[RunInfo]
+    episodes: list[EpisodeRecord]
+    """Scored episodes: the newest non-infra episode of each natural key, in episode order."""
+    total_rows: int
+    """Rows in the episodes table, before anything was set apart."""
+    infra_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Keys whose only outcome is ``infra_error``, counted by (system, variant)."""
+    superseded: int = 0
+    """Rows left out because a newer episode of the same natural key exists (a rerun with --fresh)."""
+    notes: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
+    """Adapter notes by (system, variant): each distinct note and how many episodes carry it."""
+
+
+_COLUMNS = ("episode_id", "run_id", "task", "framework", "framework_version", "variant", "profile", "seed",
+            "status", "harmful", *COUNT_COLUMNS, "wall_ms", "execution_ms", "simulator_ms")
+
+
+def load_store(path: str | Path) -> StoreData:
+    """Read a store read-only into :class:`StoreData`; a missing or foreign file raises :class:`ReportError`."""
+    path = Path(path)
+    try:
+        store = open_readonly(path)
+    except StoreError as exc:
+        raise ReportError(str(exc)) from None
+    try:
+        connection = store.connection
+        runs = [RunInfo(row["run_id"], row["identity"], row["created_at"], row["status"],
+                        _json_object(row["spec_json"]), _json_object(row["metadata_json"]))
+                for row in connection.execute("SELECT * FROM runs ORDER BY created_at, run_id")]
+        by_run = {run.run_id: run for run in runs}
+        versions: dict[str, set[str]] = {}
+        for framework, version in connection.execute("SELECT DISTINCT framework, framework_version FROM episodes"):
+            versions.setdefault(framework, set()).add(version)
+        labels = {(f, v): (f if len(vs) == 1 else f"{f}@{v}") for f, vs in versions.items() for v in vs}
+
+        cursor = connection.cursor()
+        cursor.row_factory = None  # plain tuples: several times faster than sqlite3.Row for 100,000 rows
+        rows = cursor.execute(f"SELECT {', '.join(_COLUMNS)} FROM episodes ORDER BY episode_id").fetchall()
+        latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        infra: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for row in rows:
+            key = (row[2], row[3], row[4], row[5], row[6], row[7])
+            if row[8] == "infra_error":
+                infra[key] = row
+            else:
+                latest[key] = row  # rows come in episode order: the newest of a key wins
+        superseded = len(rows) - len(latest) - len(infra)
+        infra_only = Counter((labels[(row[3], row[4])], row[5]) for key, row in infra.items() if key not in latest)
+        superseded += sum(1 for key in infra if key in latest)
+        episodes = []
+        for row in sorted(latest.values(), key=lambda r: r[0]):
+            run = by_run.get(row[1])
+            episodes.append(EpisodeRecord(*row[:9], bool(row[9]), *row[10:], labels[(row[3], row[4])],
+                                          run.model if run else MODEL_NAME, run.live if run else False))
+
+        notes: dict[tuple[str, str], Counter[str]] = {}
+        for framework, version, variant, notes_json, count in connection.execute(
+                "SELECT framework, framework_version, variant, notes_json, COUNT(*) FROM episodes "
+                "WHERE notes_json != '[]' AND status != 'infra_error' GROUP BY 1, 2, 3, 4"):
+            bucket = notes.setdefault((labels[(framework, version)], variant), Counter())
+            for note in _json_list(notes_json):
+                bucket[str(note)] += count
+    except sqlite3.Error as exc:  # a damaged or half-migrated file: a report error, not a traceback
+        raise ReportError(f"store {path} cannot be read: {exc}") from None
+    finally:
+        store.close()
+    return StoreData(path, runs, episodes, len(rows), infra_only, superseded, notes)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _json_list(text: str) -> list[Any]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    return value if isinstance(value, list) else []
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+_TASK_KEY = re.compile(r"^(?P<name>[^@\[\]]+)@(?P<version>[^\[\]]+)(?:\[(?P<params>[^\]]*)\])?$")
+
+
+def parse_task_key(key: str) -> tuple[str, str, dict[str, int]]:
+    """Split ``name@version[p=v,...]`` (e.g. ``chain@1[n=6]``) into name, version and integer params."""
+    match = _TASK_KEY.match(key)
+    if not match:
+        raise ValueError(f"task key {key!r}: expected NAME@VERSION[param=value,...]")
+    params: dict[str, int] = {}
+    for part in filter(None, (match["params"] or "").split(",")):
+        name, sep, value = part.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise ValueError(f"task key {key!r}: parameter {part!r} is not NAME=INTEGER")
+        params[name.strip()] = int(value)
+    return match["name"], match["version"], params
+
+
+@lru_cache(maxsize=None)
+def task_steps(key: str) -> int | None:
+    """How many steps the task ``key`` has, or None when that cannot be known.
+
+    The store records task keys, not task shapes, so the count comes from the built-in
+    suite, and only when the suite still has that exact key (same version and params); a
+    task from a user's file or an older version gives None, and the analytical curve that
+    needs n is then not drawn for it rather than drawn wrong.
+    """
+    try:
+        name, _, params = parse_task_key(key)
+        from coordlab.tasks.loader import load_suite_task
+
+        task = load_suite_task(name, params)
+    except Exception:  # noqa: BLE001 - unknown name, changed version, invalid params: n is unknown
+        return None
+    return len(task.steps) if task.key == key else None
+
+
+# -- prices --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Price:
+    """What one model costs, in the table's currency per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+    note: str = ""
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The cost of this many prompt and completion tokens."""
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Prices per model, read from YAML so anyone can edit them without touching code."""
+
+    source: str
+    currency: str
+    models: Mapping[str, Price]
+    note: str = ""
+
+    def price(self, model: str) -> Price | None:
+        """The price of ``model``, or None when the table does not list it."""
+        return self.models.get(model)
+
+
+def load_prices(path: str | Path | None = None) -> PriceTable:
+    """Read a price table (default: the built-in ``reports/prices.yaml``).
+
+    Format::
+
+        currency: USD
+        note: what these prices are
+        models:
+          MODEL_NAME: {input_per_mtok: 0.15, output_per_mtok: 0.60, note: optional}
+
+    Any problem raises :class:`PriceTableError` naming the file and the field.
+    """
+    source = Path(path) if path is not None else DEFAULT_PRICES
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PriceTableError(f"price table {source}: no such file") from None
+    except OSError as exc:
+        raise PriceTableError(f"price table {source}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise PriceTableError(f"price table {source}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PriceTableError(f"price table {source}: expected a mapping with a 'models' field")
+    unknown = sorted(set(data) - {"currency", "note", "models"})
+    if unknown:
+        raise PriceTableError(f"price table {source}: unknown field {unknown[0]!r} (expected currency, note, models)")
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise PriceTableError(f"price table {source}: models: expected a mapping of model name to prices")
+    prices: dict[str, Price] = {}
+    for name, entry in models.items():
+        where = f"price table {source}: models.{name}"
+        if not isinstance(entry, dict):
+            raise PriceTableError(f"{where}: expected {{input_per_mtok: N, output_per_mtok: N}}")
+        extra = sorted(set(entry) - {"input_per_mtok", "output_per_mtok", "note"})
+        if extra:
+            raise PriceTableError(f"{where}: unknown field {extra[0]!r} (expected input_per_mtok, output_per_mtok, "
+                                  f"note)")
+        values = []
+        for field_name in ("input_per_mtok", "output_per_mtok"):
+            value = entry.get(field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise PriceTableError(f"{where}.{field_name}: expected a non-negative number, got {value!r}")
+            values.append(float(value))
+        prices[str(name)] = Price(values[0], values[1], str(entry.get("note") or ""))
+    currency = data.get("currency", "USD")
+    if not isinstance(currency, str) or not currency.strip():
+        raise PriceTableError(f"price table {source}: currency: expected a currency code such as USD")
+    return PriceTable(str(source), currency.strip(), prices, str(data.get("note") or "").strip())
+
+
+# -- fault profiles ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfileInfo:
+    """What the plots need to know about a fault profile: its per-step rate and whether it is semantic only."""
+
+    rate: float
+    transport: bool
+    """True when the profile injects transport faults, which clients retry, so (1-p)^n does not apply."""
+
+
+@lru_cache(maxsize=None)
+def profile_info(name: str) -> ProfileInfo | None:
+    """The built-in profile called ``name``, or None for a profile this coordlab does not ship.
+
+    Like task sizes, rates are not in the store, so a profile from a user's file (or one
+    whose built-in definition was renamed) has no known rate and stays off the rate axis.
+    """
+    from coordlab.runners.faults import ProfileError, load_profile
+
+    try:
+        profile = load_profile(name)
+    except (ProfileError, OSError, ValueError):
+        return None
+    if profile.name != name:
+        return None
+    return ProfileInfo(profile.rate, any(fault.is_transport for fault, weight in profile.weights.items() if weight > 0))

@@ -1,0 +1,393 @@
+"""The report's tables, each built from scored episodes into a :class:`~coordlab.reports.model.Table`.
+
+Every builder groups episodes by framework x variant x fault profile (plus task when
+``by_task``), computes its numbers with :mod:`coordlab.reports.stats`, and emits cells
+whose value is the exact number and whose text is how a person reads it. Groups never
+pool two fault profiles: a success rate averaged over "no faults" and "10% faults"
+answers no question anyone asks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from itertools import combinations
+from operator import attrgetter
+from typing import Callable, Iterable, Sequence
+
+from .data import EpisodeRecord, PriceTable, parse_task_key, profile_info
+from .model import Cell, Table
+from .stats import geometric_mean, mcnemar_exact, median, pass_hat_k, percentile, wilson_interval
+
+REFERENCE = "plain"
+"""The framework-free reference adapter: the control group and the overhead floor."""
+
+DEFAULT_MAX_K = 8
+"""pass^k is shown up to this k unless asked otherwise (tau-bench reports k = 1..8)."""
+
+Key = tuple[str, ...]
+
+# -- ordering -----------------------------------------------------------------------------------
+
+_FRAMEWORK_ORDER = {"plain": 0, "crewai": 1, "autogen": 2, "langgraph": 3}
+_VARIANT_ORDER = {"linear": 0, "gated": 1, "delegated": 2}
+
+
+def framework_sort_key(system: str) -> tuple[int, str]:
+    """``plain`` first (the reference), then CrewAI, AutoGen, LangGraph, then anything else by name."""
+    return _FRAMEWORK_ORDER.get(system.partition("@")[0], len(_FRAMEWORK_ORDER)), system
+
+
+def variant_sort_key(variant: str) -> tuple[int, str]:
+    """linear, gated, delegated: from least to most control."""
+    return _VARIANT_ORDER.get(variant, len(_VARIANT_ORDER)), variant
+
+
+def profile_sort_key(profile: str) -> tuple[float, str]:
+    """By fault rate (``none`` first); profiles of unknown rate last, by name."""
+    info = profile_info(profile)
+    return (info.rate if info else math.inf), profile
+
+
+def task_sort_key(task: str) -> tuple[str, str, tuple[tuple[str, int], ...]]:
+    """By name, then version, then parameters numerically (``chain n=2`` before ``n=10``)."""
+    try:
+        name, version, params = parse_task_key(task)
+    except ValueError:
+        return task, "", ()
+    return name, version, tuple(sorted(params.items()))
+
+
+_DIMENSIONS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "framework": ("system", framework_sort_key),
+    "variant": ("variant", variant_sort_key),
+    "profile": ("profile", profile_sort_key),
+    "task": ("task", task_sort_key),
+}
+"""Each grouping column: the EpisodeRecord attribute it reads, and how its values sort."""
+
+
+def dimensions(by_task: bool) -> list[str]:
+    """The grouping columns: framework, variant, profile (and task)."""
+    return ["framework", "variant", "profile", *(["task"] if by_task else [])]
+
+
+def group(episodes: Iterable[EpisodeRecord], dims: Sequence[str]) -> list[tuple[Key, list[EpisodeRecord]]]:
+    """Episodes grouped by ``dims``, groups in the report's order (not the store's)."""
+    # attrgetter reads several attributes in C: this loop runs over every episode of every table.
+    getter = attrgetter(*(_DIMENSIONS[d][0] for d in dims))
+    groups: dict[Key, list[EpisodeRecord]] = defaultdict(list)
+    if len(dims) == 1:
+        for episode in episodes:
+            groups[(getter(episode),)].append(episode)
+    else:
+        for episode in episodes:
+            groups[getter(episode)].append(episode)
+    sorters = [_DIMENSIONS[d][1] for d in dims]
+    return sorted(groups.items(), key=lambda item: tuple(s(v) for s, v in zip(sorters, item[0])))  # type: ignore[misc]
+
+
+# -- cells --------------------------------------------------------------------------------------
+
+def text(value: str) -> Cell:
+    """A label cell."""
+    return Cell(value, value)
+
+
+def count(value: int) -> Cell:
+    """An integer count."""
+    return Cell(value, f"{value:,}")
+
+
+def rate(value: float | None) -> Cell:
+    """A proportion shown as a percentage with one decimal."""
+    return Cell.of(value, "{:.1%}")
+
+
+def number(value: float | None, decimals: int = 2) -> Cell:
+    """A plain number."""
+    return Cell.of(value, f"{{:,.{decimals}f}}")
+
+
+def millis(value: float | None) -> Cell:
+    """A duration in milliseconds."""
+    return Cell.of(value, "{:,.1f}" if value is None or abs(value) < 1000 else "{:,.0f}")
+
+
+def ratio(value: float | None) -> Cell:
+    """A ratio such as 1.84x."""
+    return Cell.of(value, "{:.2f}x")
+
+
+def money(value: float | None, currency: str = "USD") -> Cell:
+    """An amount with three significant digits even when it is a small fraction of a cent."""
+    if value is None:
+        return Cell(None, "—")
+    symbol = "$" if currency == "USD" else f"{currency} "
+    if value == 0:
+        return Cell(value, f"{symbol}0")
+    decimals = max(2, 2 - math.floor(math.log10(abs(value))))
+    return Cell(value, f"{symbol}{value:,.{decimals}f}")
+
+
+def p_value(value: float) -> Cell:
+    """A p-value; below 0.001 it reads "<0.001" (the value keeps every digit)."""
+    return Cell(value, "<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _labels(key: Key) -> list[Cell]:
+    return [text(part) for part in key]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _scope(by_task: bool) -> str:
+    return " by task" if by_task else ""
+
+
+def _key(name: str, by_task: bool) -> str:
+    return f"{name}_by_task" if by_task else name
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+def success_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
+    """Success rate with its 95% Wilson interval, the harmful-failure rate and how the failures ended."""
+    dims = dimensions(by_task)
+    rows = []
+    for key, group_episodes in group(episodes, dims):
+        n = len(group_episodes)
+        successes = sum(e.success for e in group_episodes)
+        harmful = sum(e.harmful_failure for e in group_episodes)
+        low, high = wilson_interval(successes, n)
+        statuses = [sum(e.status == s for e in group_episodes) for s in ("failed_check", "error", "timeout")]
+        rows.append([*_labels(key), count(n), count(successes), rate(successes / n), rate(low), rate(high),
+                     count(harmful), rate(harmful / n), *map(count, statuses)])
+    return Table(_key("success", by_task), f"Success rate{_scope(by_task)}",
+                 [*dims, "episodes", "successes", "success rate", "95% CI low", "95% CI high", "harmful failures",
+                  "harmful rate", "failed check", "error", "timeout"], rows,
+                 note="Success means the end state matched the oracle's side effects exactly and every check held; "
+                      "failed checks, errors and timeouts are failures. The interval is Wilson's 95% score "
+                      "interval; a harmful failure left a wrong, extra or repeated side effect behind.")
+
+
+def resolve_max_k(episodes: Sequence[EpisodeRecord], max_k: int | None) -> int:
+    """The K of pass^1..pass^K: ``max_k`` if given, else the largest seed count of any task group, at most 8."""
+    if max_k is not None:
+        if max_k < 1:
+            raise ValueError(f"max_k must be at least 1, got {max_k}")
+        return max_k
+    sizes = [len(g) for _, g in group(episodes, dimensions(True))]
+    return max(1, min(DEFAULT_MAX_K, max(sizes, default=1)))
+
+
+def pass_k_table(episodes: Sequence[EpisodeRecord], max_k: int, by_task: bool = False) -> Table:
+    """pass^k for k = 1..max_k (tau-bench), each task's seeds being the repeated trials.
+
+    Within a task group (one task key, framework, variant, profile) the n seeds are the
+    trials and c of them succeed: pass^k = C(c, k) / C(n, k). Without ``by_task`` the
+    value is the mean over the row's task groups that have at least k seeds, as tau-bench
+    averages over tasks.
+    """
+    dims = dimensions(by_task)
+    rows = []
+    for key, group_episodes in group(episodes, dims):
+        trials = [(sum(e.success for e in g), len(g)) for _, g in group(group_episodes, ["task"])]
+        values = []
+        for k in range(1, max_k + 1):
+            estimates = [pass_hat_k(c, n, k) for c, n in trials if n >= k]
+            values.append(number(_mean(estimates), 3))
+        size = [count(trials[0][1])] if by_task else [count(len(trials)), count(len(group_episodes))]
+        rows.append([*_labels(key), *size, *values])
+    size_columns = ["seeds"] if by_task else ["tasks", "episodes"]
+    return Table(_key("pass_k", by_task), f"pass^k: success on every one of k tries{_scope(by_task)}",
+                 [*dims, *size_columns, *(f"pass^{k}" for k in range(1, max_k + 1))], rows,
+                 note="pass^k = C(c,k)/C(n,k) over a task's n seeds with c successes (tau-bench's estimator)"
+                      + ("" if by_task else ", averaged over the row's tasks that have at least k seeds") +
+                      "; a dash means no task has k seeds. It falls with k unless a task always or never succeeds.")
+
+
+def coordination_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
+    """Handoff failures, framework retries, transport retries and gate rejections per episode."""
+    dims = dimensions(by_task)
+    rows = []
+    for key, group_episodes in group(episodes, dims):
+        measured = [e for e in group_episodes if not e.live]
+        per_episode = [_mean([getattr(e, name) for e in measured]) for name in
+                       ("handoffs", "handoff_failures", "framework_retries", "transport_retries", "gate_rejections")]
+        rows.append([*_labels(key), count(len(measured)), *(number(v) for v in per_episode)])
+    return Table(_key("coordination", by_task), f"Coordination events per episode{_scope(by_task)}",
+                 [*dims, "episodes", "handoffs / ep", "handoff failures / ep", "framework retries / ep",
+                  "transport retries / ep", "gate rejections / ep"], rows,
+                 note="A handoff failure is a value that arrived lost, truncated or corrupted, a required input "
+                      "missing, or work routed to the wrong agent, measured by the simulator, which sees both ends. "
+                      "Transport retries are requests re-sent after a failed HTTP exchange.")
+
+
+def faults_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
+    """Faults injected against faults caught (their step was worked on again afterwards)."""
+    dims = dimensions(by_task)
+    rows = []
+    for key, group_episodes in group(episodes, dims):
+        measured = [e for e in group_episodes if not e.live]
+        injected = sum(e.faults_injected for e in measured)
+        caught = sum(e.faults_caught for e in measured)
+        rows.append([*_labels(key), count(len(measured)), count(injected), count(caught),
+                     rate(caught / injected if injected else None),
+                     number(injected / len(measured) if measured else None)])
+    return Table(_key("faults", by_task), f"Faults injected and caught{_scope(by_task)}",
+                 [*dims, "episodes", "faults injected", "faults caught", "caught share", "injected / ep"], rows,
+                 note="A fault counts as caught when its step was worked on again after it (a gate's redo, a "
+                      "recovery after a tool error, a re-sent request); caught is not the same as fixed.")
+
+
+def usage_table(episodes: Sequence[EpisodeRecord], prices: PriceTable, by_task: bool = False) -> Table:
+    """Model calls and tokens per episode, prompt tokens per call, and cost per successful episode.
+
+    Cost per successful episode is everything the group spent (failed episodes included)
+    divided by its successes: what one good outcome really costs.
+    """
+    dims = dimensions(by_task)
+    rows = []
+    missing: set[str] = set()
+    for key, group_episodes in group(episodes, dims):
+        measured = [e for e in group_episodes if not e.live]
+        n = len(measured)
+        calls = sum(e.model_calls for e in measured)
+        prompt = sum(e.prompt_tokens for e in measured)
+        completion = sum(e.completion_tokens for e in measured)
+        cost = episode_costs(measured, prices, missing)
+        successes = sum(e.success for e in measured)
+        rows.append([*_labels(key), count(n), number(calls / n if n else None), number(prompt / n if n else None, 1),
+                     number(completion / n if n else None, 1), number(prompt / calls if calls else None, 1),
+                     money(cost / n if cost is not None and n else None, prices.currency),
+                     money(cost / successes if cost is not None and successes else None, prices.currency)])
+    note = ("Token counts are the simulator's estimate (4 characters a token; no tokenizer is downloaded). Cost per "
+            "successful episode divides everything spent, failures included, by the successes; prices come from "
+            f"{prices.source}" + (f" ({prices.note})" if prices.note else "") + ".")
+    if missing:
+        note += f" No price for {', '.join(sorted(missing))}: those costs are left empty."
+    return Table(_key("usage", by_task), f"Model calls, tokens and cost{_scope(by_task)}",
+                 [*dims, "episodes", "model calls / ep", "prompt tokens / ep", "completion tokens / ep",
+                  "prompt tokens / call", "cost / ep", "cost / successful ep"], rows, note=note)
+
+
+def episode_costs(episodes: Iterable[EpisodeRecord], prices: PriceTable, missing: set[str] | None = None) -> float | None:
+    """The total cost of ``episodes``, or None when a model they used has no price (added to ``missing``)."""
+    total = 0.0
+    known = True
+    for episode in episodes:
+        price = prices.price(episode.model)
+        if price is None:
+            known = False
+            if missing is not None:
+                missing.add(episode.model)
+            continue
+        total += price.cost(episode.prompt_tokens, episode.completion_tokens)
+    return total if known else None
+
+
+def latency_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
+    """p50 and p95 wall time per episode."""
+    dims = dimensions(by_task)
+    rows = []
+    for key, group_episodes in group(episodes, dims):
+        walls = [e.wall_ms for e in group_episodes]
+        rows.append([*_labels(key), count(len(walls)), millis(percentile(walls, 50)), millis(percentile(walls, 95))])
+    return Table(_key("latency", by_task), f"Wall time per episode{_scope(by_task)}",
+                 [*dims, "episodes", "p50 wall (ms)", "p95 wall (ms)"], rows,
+                 note="Wall time covers building the framework's objects and running the episode; percentiles "
+                      "interpolate linearly between order statistics (p50 is the median).")
+
+
+def overhead_per_call(episode: EpisodeRecord) -> float | None:
+    """(execution time - simulator time) / model calls: what the framework itself spends per model call."""
+    if episode.live or episode.model_calls <= 0:
+        return None
+    return (episode.execution_ms - episode.simulator_ms) / episode.model_calls
+
+
+def overhead_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
+    """Framework overhead per model call, and its ratio to ``plain`` on the same task, variant and profile.
+
+    Per task the ratio is the framework's median over plain's median. Across tasks it is
+    the geometric mean of the per-task ratios, so a task where plain is fast and one
+    where it is slow weigh alike, and 2x on one task and 0.5x on another average to 1x.
+    """
+    per_cell: dict[Key, list[float]] = {}
+    for key, group_episodes in group(episodes, dimensions(True)):
+        values = [v for v in map(overhead_per_call, group_episodes) if v is not None]
+        if values:
+            per_cell[key] = values
+    medians = {key: median(values) for key, values in per_cell.items()}
+
+    reference_medians: dict[Key, float] = {}
+    for key in sorted(medians, key=lambda k: k[0]):  # with several plain versions, the lowest label is the reference
+        if key[0].partition("@")[0] == REFERENCE:
+            reference_medians.setdefault(key[1:], medians[key])
+
+    def plain_median(key: Key) -> float | None:
+        return reference_medians.get(key[1:])
+
+    def task_ratio(key: Key) -> float | None:
+        reference = plain_median(key)
+        if reference is None or reference <= 0 or medians[key] <= 0:
+            return None
+        return medians[key] / reference
+
+    dims = dimensions(by_task)
+    rows = []
+    if by_task:
+        for key in medians:  # already in the report's order: built from the sorted groups
+            rows.append([*_labels(key), count(len(per_cell[key])), millis(medians[key]), millis(plain_median(key)),
+                         ratio(task_ratio(key))])
+        columns = [*dims, "episodes", "median overhead / call (ms)", "plain median (ms)", "ratio to plain"]
+    else:
+        for key, group_episodes in group(episodes, dims):
+            values = [v for v in map(overhead_per_call, group_episodes) if v is not None]
+            if not values:
+                continue
+            ratios = [r for k in medians if k[:3] == key and (r := task_ratio(k)) is not None]
+            rows.append([*_labels(key), count(len(values)), millis(median(values)),
+                         ratio(geometric_mean(ratios) if ratios else None), count(len(ratios))])
+        columns = [*dims, "episodes", "median overhead / call (ms)", "ratio to plain", "tasks compared"]
+    return Table(_key("overhead", by_task), f"Framework overhead per model call{_scope(by_task)}", columns, rows,
+                 note="Overhead per call is (execution time - time the simulator spent answering) / model calls, "
+                      "per episode; the ratio compares medians with plain's on the same task, variant and profile"
+                      + ("." if by_task else ", as a geometric mean over tasks."))
+
+
+def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
+    """Frameworks compared on identical episodes (same task, variant, profile and seed), with McNemar's exact test.
+
+    Pairing removes the luck of the fault draw: both frameworks met the very same faults,
+    so only the discordant pairs (one succeeded, the other did not) carry evidence.
+    """
+    dims = ["variant", "profile", *(["task"] if by_task else [])]
+    rows = []
+    for key, group_episodes in group(episodes, dims):
+        outcomes: dict[str, dict[tuple[str, int], bool]] = defaultdict(dict)
+        for e in group_episodes:
+            outcomes[e.system][(e.task, e.seed)] = e.success
+        systems = sorted(outcomes, key=framework_sort_key)
+        for a, b in combinations(systems, 2):
+            shared = outcomes[a].keys() & outcomes[b].keys()
+            if not shared:
+                continue
+            both = sum(outcomes[a][k] and outcomes[b][k] for k in shared)
+            only_a = sum(outcomes[a][k] and not outcomes[b][k] for k in shared)
+            only_b = sum(outcomes[b][k] and not outcomes[a][k] for k in shared)
+            n = len(shared)
+            rate_a, rate_b = (both + only_a) / n, (both + only_b) / n
+            rows.append([*_labels(key), text(a), text(b), count(n), count(both), count(only_a), count(only_b),
+                         count(n - both - only_a - only_b), rate(rate_a), rate(rate_b),
+                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"), p_value(mcnemar_exact(only_a, only_b))])
+    return Table(_key("paired", by_task), f"Paired comparison on identical episodes{_scope(by_task)}",
+                 [*dims, "framework A", "framework B", "pairs", "both succeed", "only A", "only B", "neither",
+                  "A success", "B success", "difference", "McNemar p"], rows,
+                 note="Pairs share task, variant, fault profile and seed, so both frameworks met the same faults; "
+                      "success rates here are over the pairs, and the difference is A's minus B's in percentage "
+                      "points. McNemar's exact test is the two-sided binomial test on the discordant pairs (only A "
+                      "vs only B); p-values are not adjusted for the number of comparisons.")
