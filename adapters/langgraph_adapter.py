@@ -36,7 +36,7 @@ from langgraph.types import Command
 from coordlab.tasks.schema import Gate, Step
 
 from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
-from .openai_loop import complete, run_agent
+from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
 from .toolkit import (
     check_gate, execute_tool, parse_output, role_prompt, routed_role, routing_messages, routing_tools, step_prompt,
@@ -121,14 +121,7 @@ class _GraphEpisode:
 
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
-        options: dict[str, Any] = {}
-        if self.knobs.client_max_retries is not None:
-            options["max_retries"] = self.knobs.client_max_retries
-        if self.knobs.client_timeout is not None:
-            options["timeout"] = self.knobs.client_timeout
-        roles = [*self.task.roles] + ([spec.router_role] if spec.variant is Variant.DELEGATED else [])
-        self.clients = {r: openai.OpenAI(base_url=spec.endpoint.base_url(r), api_key=spec.endpoint.api_key, **options)
-                        for r in roles}
+        self.clients = openai_clients(spec)
         build: dict[Variant, Callable[[], tuple[CompiledStateGraph, int]]] = {
             Variant.LINEAR: self._linear, Variant.GATED: self._gated, Variant.DELEGATED: self._delegated}
         self.graph, self.recursion_limit = build[spec.variant]()

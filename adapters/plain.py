@@ -15,7 +15,7 @@ from typing import Any
 import openai
 
 from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
-from .openai_loop import complete, run_agent
+from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
 from .toolkit import (
     check_gate, execute_tool, parse_output, role_prompt, routed_role, routing_messages, routing_tools, step_prompt,
@@ -65,14 +65,7 @@ class _PlainEpisode:
 
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
-        options: dict[str, Any] = {}
-        if self.knobs.client_max_retries is not None:
-            options["max_retries"] = self.knobs.client_max_retries
-        if self.knobs.client_timeout is not None:
-            options["timeout"] = self.knobs.client_timeout
-        roles = [*self.task.roles, spec.router_role]
-        self.clients = {r: openai.OpenAI(base_url=spec.endpoint.base_url(r), api_key=spec.endpoint.api_key, **options)
-                        for r in roles}
+        self.clients = openai_clients(spec)
         self.values: dict[str, Any] = dict(self.task.inputs)
         self.outputs: dict[str, dict[str, Any]] = {}
         self.previous_role: str | None = None

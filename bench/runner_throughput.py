@@ -114,7 +114,7 @@ def memory_growth(framework: str, episodes: int) -> tuple[int, int] | str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10, help="seeds of the throughput sweep (x12 episodes)")
+    parser.add_argument("--seeds", type=int, default=30, help="seeds of the throughput sweep (x12 episodes)")
     parser.add_argument("--share-seeds", type=int, default=3)
     parser.add_argument("--memory-episodes", type=int, default=1000)
     parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from .progress import Progress
-from .store import Store, StoreError
+from .store import COUNT_COLUMNS, Store, StoreError
 from .sweep import EpisodeJob, Sweep
 from .worker import WorkerFailed, WorkerHandle
 
@@ -77,9 +77,7 @@ def run_metadata(sweep: Sweep, workers: int, time_limit: float) -> dict[str, Any
 
 def _infra_row(job: EpisodeJob, status: str, termination: str, error: str, wall_ms: float) -> dict[str, Any]:
     """A store row for an episode the lab could not finish (timeout or infra error)."""
-    counts = dict.fromkeys(("model_calls", "tool_calls", "tool_errors", "handoffs", "handoff_failures",
-                            "framework_retries", "transport_retries", "gate_rejections", "faults_injected",
-                            "faults_caught", "prompt_tokens", "completion_tokens"), 0)
+    counts = dict.fromkeys(COUNT_COLUMNS, 0)
     return {"task": job.key.task, "framework": job.framework, "framework_version": job.key.framework_version,
             "variant": job.variant.value, "profile": job.profile, "seed": job.seed, "status": status,
             "harmful": 0, "termination": termination, "verdict_json": "{}", **counts, "wall_ms": wall_ms,

@@ -295,3 +295,12 @@ def test_live_endpoint_key_is_read_from_the_environment_and_never_stored(tmp_pat
     assert b"sk-very-secret" not in (tmp_path / "live.sqlite").read_bytes()
     for wal in tmp_path.glob("live.sqlite*"):
         assert b"sk-very-secret" not in wal.read_bytes()
+
+
+def test_store_counter_columns_are_the_harness_counters() -> None:
+    from dataclasses import fields
+
+    from coordlab.runners.harness import Counts
+    from coordlab.runners.store import COUNT_COLUMNS
+
+    assert COUNT_COLUMNS == tuple(f.name for f in fields(Counts))
