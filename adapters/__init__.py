@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Framework adapters behind one protocol: plain, crewai, autogen, langgraph (see registry.get_adapter)."""

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The lab: simulated model and faults, episode harness, sweeps, workers, results store, export and the CLI."""
