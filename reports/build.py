@@ -17,7 +17,7 @@ from .data import (UNFAITHFUL_PREFIX, PriceTable, PriceTableError, ReportError, 
                    load_store)
 from .model import Figure, Report, Table
 from .plots import cost_vs_reliability, gate_effect, success_vs_fault_rate, success_vs_length
-from .tables import (coordination_table, faults_table, framework_sort_key, latency_table, overhead_table,
+from .tables import (compounding_table, coordination_table, faults_table, framework_sort_key, latency_table, overhead_table,
                      paired_table, pass_k_table, resolve_max_k, success_table, usage_table, variant_sort_key)
 
 __all__ = ["PriceTableError", "ReportError", "build_report", "build_figures", "build_tables"]
@@ -56,7 +56,8 @@ def build_tables(data: StoreData, prices: PriceTable, *, per_task: bool, max_k: 
     episodes = data.episodes
     tables = [success_table(episodes), pass_k_table(episodes, max_k), coordination_table(episodes),
               faults_table(episodes), usage_table(episodes, prices), latency_table(episodes),
-              overhead_table(episodes), paired_table(episodes), pass_k_table(episodes, max_k, by_task=True)]
+              overhead_table(episodes), paired_table(episodes), compounding_table(episodes),
+              pass_k_table(episodes, max_k, by_task=True)]
     if per_task:
         tables += [success_table(episodes, True), coordination_table(episodes, True), faults_table(episodes, True),
                    usage_table(episodes, prices, True), latency_table(episodes, True),

@@ -391,3 +391,36 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
                       "success rates here are over the pairs, and the difference is A's minus B's in percentage "
                       "points. McNemar's exact test is the two-sided binomial test on the discordant pairs (only A "
                       "vs only B); p-values are not adjusted for the number of comparisons.")
+
+
+def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:
+    """Measured success of ``chain`` at each length n against the analytical (1-p)^n.
+
+    This is the compounding claim made checkable: with an error rate p per step and no
+    gate, a pipeline of n steps should succeed (1-p)^n of the time. A framework whose
+    interval excludes the curve departs from it (a handoff that loses values fails more
+    often; a framework that silently retries would fail less).
+    """
+    cells: dict[tuple[str, str, str, int], list[EpisodeRecord]] = defaultdict(list)
+    for episode in episodes:
+        try:
+            name, _, params = parse_task_key(episode.task)
+        except ValueError:
+            continue
+        info = profile_info(episode.profile)
+        if name == "chain" and "n" in params and info is not None and not info.transport and info.rate > 0:
+            cells[(episode.system, episode.variant, episode.profile, params["n"])].append(episode)
+    rows = []
+    for (system, variant, profile, n), cell in sorted(cells.items(), key=lambda item: (
+            framework_sort_key(item[0][0]), variant_sort_key(item[0][1]), profile_sort_key(item[0][2]), item[0][3])):
+        successes = sum(e.success for e in cell)
+        low, high = wilson_interval(successes, len(cell))
+        expected = (1 - profile_info(profile).rate) ** n  # type: ignore[union-attr]
+        rows.append([text(system), text(variant), text(profile), count(n), count(len(cell)),
+                     rate(successes / len(cell)), rate(low), rate(high), number(expected, 3),
+                     Cell(low <= expected <= high, "yes" if low <= expected <= high else "NO")])
+    return Table("compounding", "Compounding: chain success against (1-p)^n",
+                 ["framework", "variant", "profile", "n", "episodes", "success rate", "95% CI low", "95% CI high",
+                  "(1-p)^n", "within CI"], rows,
+                 "p is the profile's per-step fault rate; the chain has no gate, so every fault is a failure. "
+                 "\"NO\" marks where a framework departs from the analytical curve beyond its 95% Wilson interval.")

@@ -336,7 +336,10 @@ def test_golden_notes_provenance_and_options(golden: Report, tmp_path: Path, pri
     assert golden.provenance["episodes"] == {"recorded": 33, "scored": 32, "infra_errors": 1, "superseded": 0}
     keys = [t.key for t in golden.tables]
     assert keys == ["success", "pass_k", "coordination", "faults", "usage", "latency", "overhead", "paired",
-                    "pass_k_by_task"]
+                    "compounding", "pass_k_by_task"]
+    compounding = table(golden, "compounding").values()  # T1 is chain n=3 at 10% per step: 0.9^3 = 0.729
+    assert {row["framework"] for row in compounding} == {"plain", "langgraph"}
+    assert all(row["n"] == 3 and row["(1-p)^n"] == pytest.approx(0.729, abs=1e-9) for row in compounding)
     store = tmp_path / "golden.sqlite"
     detailed = build_report(store, per_task=True, prices_path=prices, max_k=2)
     assert table(detailed, "pass_k").columns[-2:] == ["pass^1", "pass^2"]
@@ -457,3 +460,19 @@ def test_rate_and_length_plots_appear_with_two_rates_and_two_lengths(tmp_path: P
                                         counts={"model_calls": n}))
     report = build_report(write_store(tmp_path / "chain.sqlite", rows), prices_path=prices)
     assert figure_keys(report) == {"success_vs_fault_rate", "success_vs_length", "cost_vs_reliability"}
+
+
+def test_compounding_table_against_the_analytical_curve(tmp_path: Path, prices: Path) -> None:
+    # chain n=2 at 10% per step: (0.9)^2 = 0.81. 8 of 10 succeed -> Wilson 95% [0.490, 0.943] holds 0.81.
+    # chain n=6: 0.9^6 = 0.531441. 10 of 10 succeed -> Wilson [0.722, 1.0] excludes it: a departure.
+    rows = [episode_row("chain@1[n=2]", "plain", "linear", "semantic_10pct", seed, "success" if seed < 8 else F)
+            for seed in range(10)]
+    rows += [episode_row("chain@1[n=6]", "plain", "linear", "semantic_10pct", seed, "success") for seed in range(10)]
+    report = build_report(write_store(tmp_path / "chain.sqlite", rows), prices_path=prices)
+    values = {row["n"]: row for row in table(report, "compounding").values()}
+    assert values[2]["(1-p)^n"] == pytest.approx(0.81, abs=1e-9)
+    assert values[2]["success rate"] == pytest.approx(0.8, abs=1e-9) and values[2]["within CI"] is True
+    assert values[6]["(1-p)^n"] == pytest.approx(0.9 ** 6, abs=1e-9) and values[6]["within CI"] is False
+    low, high = wilson_interval(8, 10)
+    assert (values[2]["95% CI low"], values[2]["95% CI high"]) == (pytest.approx(low, abs=1e-9),
+                                                                    pytest.approx(high, abs=1e-9))
