@@ -23,7 +23,7 @@ from .tools import TOOLS
 SUITE_DIR = Path(__file__).parent / "suite"
 """Where the built-in suite's task files live."""
 
-Path_ = tuple[Any, ...]
+FieldPath = tuple[Any, ...]
 
 _TOP_LEVEL = {"schema_version", "name", "version", "description", "params", "inputs", "roles",
               "steps", "gates", "checks", "fixtures"}
@@ -71,18 +71,18 @@ def did_you_mean(name: str, known: Iterable[str], listed: Iterable[str] | None =
     return "known: " + (", ".join(listed) if listed else "(none)")
 
 
-def _field_name(path: Path_) -> str:
+def _field_name(path: FieldPath) -> str:
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(file)"
 
 
-def _read_yaml_with_lines(text: str) -> tuple[Any, dict[Path_, int]]:
+def _read_yaml_with_lines(text: str) -> tuple[Any, dict[FieldPath, int]]:
     """Parse YAML safely, returning the data and the 1-based line of every node by path."""
-    lines: dict[Path_, int] = {}
+    lines: dict[FieldPath, int] = {}
 
-    def convert(node: yaml.Node, path: Path_) -> Any:
+    def convert(node: yaml.Node, path: FieldPath) -> Any:
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
@@ -114,31 +114,31 @@ def _substitute(value: Any, names: Mapping[str, Any]) -> Any:
 class _Builder:
     """Turns one parsed task file into a :class:`Task`, collecting every problem on the way."""
 
-    def __init__(self, file: str, data: Any, lines: dict[Path_, int], overrides: Mapping[str, int]):
+    def __init__(self, file: str, data: Any, lines: dict[FieldPath, int], overrides: Mapping[str, int]):
         self.file, self.data, self.lines, self.overrides = file, data, lines, overrides
         self.problems: list[Problem] = []
         self.unresolved_steps: set[str] = set()
         """Steps naming an unknown tool: checks that depend on their tools are skipped, not cascaded."""
 
     # -- reporting ----------------------------------------------------------------------
-    def problem(self, path: Path_, message: str) -> None:
+    def problem(self, path: FieldPath, message: str) -> None:
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
         self.problems.append(Problem(self.file, self.lines.get(probe), _field_name(path), message))
 
-    def expect(self, value: Any, kind: type | tuple[type, ...], path: Path_, what: str) -> bool:
+    def expect(self, value: Any, kind: type | tuple[type, ...], path: FieldPath, what: str) -> bool:
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return True
         self.problem(path, f"expected {what}, got {type(value).__name__}")
         return False
 
-    def unknown_keys(self, mapping: Mapping[str, Any], allowed: set[str], path: Path_) -> None:
+    def unknown_keys(self, mapping: Mapping[str, Any], allowed: set[str], path: FieldPath) -> None:
         for key in mapping:
             if key not in allowed:
                 self.problem(path + (key,), f"unknown field {key!r}; {did_you_mean(str(key), allowed)}")
 
-    def expression(self, source: Any, path: Path_, allowed: set[str]) -> Expression | None:
+    def expression(self, source: Any, path: FieldPath, allowed: set[str]) -> Expression | None:
         if isinstance(source, (int, float, bool)) and not isinstance(source, str):
             source = repr(source)
         if not isinstance(source, str):
@@ -234,9 +234,9 @@ class _Builder:
             self.problem(("roles",), f"a task has 2 to 4 roles, this one has {len(roles)}")
         return roles
 
-    def expand_steps(self, spec: list[Any]) -> list[tuple[Path_, dict[str, Any]]]:
+    def expand_steps(self, spec: list[Any]) -> list[tuple[FieldPath, dict[str, Any]]]:
         """Unroll ``repeat`` steps; each result keeps the path of its template for error lines."""
-        expanded: list[tuple[Path_, dict[str, Any]]] = []
+        expanded: list[tuple[FieldPath, dict[str, Any]]] = []
         for index, raw in enumerate(spec):
             path = ("steps", index)
             if not self.expect(raw, dict, path, "a step mapping"):
@@ -307,7 +307,7 @@ class _Builder:
             self.problem(("steps",), f"a task has 1 to 12 steps, this one has {len(steps)}")
         return steps
 
-    def tool_calls(self, spec: Any, path: Path_, scope: set[str], step_id: str) -> list[ToolCallPlan]:
+    def tool_calls(self, spec: Any, path: FieldPath, scope: set[str], step_id: str) -> list[ToolCallPlan]:
         if not self.expect(spec, list, path, "a list of tool calls"):
             return []
         calls: list[ToolCallPlan] = []
@@ -340,7 +340,7 @@ class _Builder:
             scope.add(bind)
         return calls
 
-    def outputs(self, spec: Any, path: Path_, scope: set[str]) -> list[OutputField]:
+    def outputs(self, spec: Any, path: FieldPath, scope: set[str]) -> list[OutputField]:
         if spec is None:
             self.problem(path, "required field is missing: what the step produces")
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,31 @@ def test_serve_refuses_a_public_address(capsys) -> None:
 def test_faults_list(capsys) -> None:
     code, out, _ = run(capsys, "faults", "list")
     assert code == 0 and "semantic_3pct" in out and "transport" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("report", "--store", "/nonexistent/results.sqlite"), "/nonexistent/results.sqlite"),
+    (("show", "chain@1[n=6]/plain/linear/none/0", "--store", "/nonexistent/results.sqlite"), "no store at"),
+    (("export", "--store", "/nonexistent/results.sqlite"), "no store at"),
+])
+def test_reading_a_missing_store_is_a_clear_message(capsys, argv, message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_show_and_export_a_recorded_episode(capsys, tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite"
+    code, out, _ = run(capsys, "run", "--frameworks", "plain", "--tasks", "chain:n=2", "--variants", "linear",
+                       "--faults", "none", "--seeds", "1", "--store", str(store))
+    assert code == 0 and "1 run (1 success)" in out
+    code, out, _ = run(capsys, "show", "chain@1[n=2]/plain/linear/none/0", "--store", str(store))
+    assert code == 0 and "status success" in out and "model_call" in out
+    code, _, err = run(capsys, "show", "chain@1[n=2]/plain/linear/none/9", "--store", str(store))
+    assert code == 1 and "no episode" in err
+    for fmt in ("csv", "jsonl", "otel"):
+        code, out, _ = run(capsys, "export", "--format", fmt, "--out", str(tmp_path / f"e.{fmt}"), "--store", str(store))
+        assert code == 0 and "1 episode(s) written" in out
+    spans = json.loads((tmp_path / "e.otel").read_text())["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    chats = [s for s in spans if s["name"].startswith("chat")]
+    attributes = {a["key"] for a in chats[0]["attributes"]}
+    assert len(chats) == 2 and {"gen_ai.operation.name", "gen_ai.usage.input_tokens"} <= attributes
