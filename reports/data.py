@@ -320,7 +320,8 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     currency = data.get("currency", "USD")
     if not isinstance(currency, str) or not currency.strip():
         raise PriceTableError(f"price table {source}: currency: expected a currency code such as USD")
-    return PriceTable(str(source), currency.strip(), prices, str(data.get("note") or "").strip())
+    label = "the built-in reports/prices.yaml" if path is None else str(source)  # no install path in a published report
+    return PriceTable(label, currency.strip(), prices, str(data.get("note") or "").strip())
 
 
 # -- fault profiles ----------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         report = build_report(args.store, per_task=args.per_task, prices_path=args.prices)
-        report.provenance.setdefault("command", f"coordlab report --store {args.store} --out {args.out}")
+        report.provenance.setdefault("command", args.command or f"coordlab report --store {args.store} --out {args.out}")
         path = write_report(report, Path(args.out))
     except ReportError as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="out/report", help="output folder (default out/report)")
     report.add_argument("--per-task", action="store_true", help="add per-task tables")
     report.add_argument("--prices", type=Path, help="a price table YAML (default: the built-in reports/prices.yaml)")
+    report.add_argument("--command", help="the command to print under 'Regenerate with' (default: this one)")
     report.set_defaults(handler=cmd_report)
 
     def experiment_flags(sub: argparse.ArgumentParser) -> None:
