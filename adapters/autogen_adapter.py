@@ -38,7 +38,6 @@ import inspect
 import logging
 import time
 from contextlib import contextmanager
-from importlib.metadata import version as installed_version
 from typing import Annotated, Any, AsyncGenerator, Iterator, Mapping, Sequence
 
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
@@ -58,7 +57,7 @@ from autogen_ext.models.openai import OpenAIChatCompletionClient
 from coordlab.tasks.schema import Gate, Step
 from coordlab.tasks.tools import TOOLS, Tool
 
-from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
+from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
 from .registry import register
 from .toolkit import check_gate, execute_tool, parse_output, role_prompt, step_prompt
 
@@ -86,18 +85,13 @@ _JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "
 
 
 @register("autogen")
-class AutoGenAdapter:
+class AutoGenAdapter(FrameworkAdapter):
     """AutoGen AgentChat (``GraphFlow`` / ``SelectorGroupChat``) on ``OpenAIChatCompletionClient``."""
 
     name = "autogen"
 
-    def version(self) -> str:
-        """The installed autogen-agentchat version."""
-        return installed_version("autogen-agentchat")
-
-    def support(self, variant: Variant) -> VariantSupport:
-        """Every variant maps onto an AutoGen team (GraphFlow edges, conditional edges, selector)."""
-        return _SUPPORT[variant]
+    distribution = "autogen-agentchat"
+    variant_support = _SUPPORT  # GraphFlow edges, conditional edges, a selector
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Build fresh clients, agents and team inside one event loop, stream the team, map how it ended."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from importlib.metadata import version as installed_version
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 from coordlab.tasks.schema import Task
 from coordlab.tasks.world import World
@@ -122,6 +123,24 @@ class VariantSupport:
     mechanism: str
     """The framework feature used (e.g. "Task guardrail", "conditional edge", "Swarm handoffs")."""
     note: str = ""
+
+
+class FrameworkAdapter:
+    """Shared plumbing of the built-in adapters: the version is the framework distribution's,
+    and how faithfully each variant is expressed is a table the adapter declares."""
+
+    name: str
+    distribution: str
+    """The package whose installed version is part of the episode key."""
+    variant_support: Mapping[Variant, VariantSupport]
+
+    def version(self) -> str:
+        """The framework's installed version, read from package metadata."""
+        return installed_version(self.distribution)
+
+    def support(self, variant: Variant) -> VariantSupport:
+        """How (and how faithfully) this framework expresses ``variant``."""
+        return self.variant_support[variant]
 
 
 @runtime_checkable

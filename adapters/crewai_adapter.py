@@ -45,7 +45,6 @@ import json  # noqa: E402 - crewai must see the environment above at import time
 import logging  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from importlib.metadata import version as installed_version  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 from crewai import LLM, Agent, Crew, Process, Task, TaskOutput  # noqa: E402
@@ -61,7 +60,7 @@ from pydantic import PrivateAttr  # noqa: E402
 from coordlab.tasks.schema import Gate, Step  # noqa: E402
 from coordlab.tasks.tools import TOOLS  # noqa: E402
 
-from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport  # noqa: E402
+from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport  # noqa: E402
 from .registry import register  # noqa: E402
 from .toolkit import (  # noqa: E402
     check_gate, execute_tool, expected_output, parse_output, role_prompt, step_prompt,
@@ -114,18 +113,13 @@ _WINDOW_NOTE = ("respect_context_window=False: CrewAI's proactive summarisation 
 
 
 @register("crewai")
-class CrewAIAdapter:
+class CrewAIAdapter(FrameworkAdapter):
     """CrewAI crews (sequential or hierarchical) on CrewAI's native OpenAI client."""
 
     name = "crewai"
 
-    def version(self) -> str:
-        """The installed crewai distribution's version."""
-        return installed_version("crewai")
-
-    def support(self, variant: Variant) -> VariantSupport:
-        """How CrewAI expresses each variant."""
-        return _SUPPORT[variant]
+    distribution = "crewai"
+    variant_support = _SUPPORT
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Build a fresh crew for ``spec`` and kick it off once; CrewAI's exceptions become outcomes.

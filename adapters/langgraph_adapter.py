@@ -23,7 +23,6 @@ errors too, and transport retries belong to the SDK, as in every other adapter.
 from __future__ import annotations
 
 import time
-from importlib.metadata import version as installed_version
 from typing import Annotated, Any, Callable, TypedDict
 
 import openai
@@ -35,7 +34,7 @@ from langgraph.types import Command
 
 from coordlab.tasks.schema import Gate, Step
 
-from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
+from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
 from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
 from .toolkit import (
@@ -84,18 +83,13 @@ class GraphState(TypedDict, total=False):
 
 
 @register("langgraph")
-class LangGraphAdapter:
+class LangGraphAdapter(FrameworkAdapter):
     """LangGraph ``StateGraph`` with nodes on the official openai SDK."""
 
     name = "langgraph"
 
-    def version(self) -> str:
-        """The installed langgraph version."""
-        return installed_version("langgraph")
-
-    def support(self, variant: Variant) -> VariantSupport:
-        """Every variant maps onto a LangGraph primitive (edge, conditional edge, Command)."""
-        return _SUPPORT[variant]
+    distribution = "langgraph"
+    variant_support = _SUPPORT  # every variant maps onto a primitive: edge, conditional edge, Command
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Build the graph for the variant, stream it to the end, map how it ended."""

@@ -9,12 +9,11 @@ works next.
 from __future__ import annotations
 
 import time
-from importlib.metadata import version as installed_version
 from typing import Any
 
 import openai
 
-from .base import AdapterOutcome, EpisodeSpec, Termination, Variant, VariantSupport
+from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
 from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
 from .toolkit import (
@@ -30,18 +29,13 @@ _SUPPORT = {
 
 
 @register("plain")
-class PlainAdapter:
+class PlainAdapter(FrameworkAdapter):
     """Plain Python + the official openai client."""
 
     name = "plain"
 
-    def version(self) -> str:
-        """The openai SDK's version: the only moving part besides the lab."""
-        return installed_version("openai")
-
-    def support(self, variant: Variant) -> VariantSupport:
-        """Every variant is expressible in plain Python."""
-        return _SUPPORT[variant]
+    distribution = "openai"  # the SDK is the only moving part besides the lab
+    variant_support = _SUPPORT
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Run one episode in the requested variant."""
