@@ -18,10 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 from coordlab.runners.simulator import MODEL_NAME
 from coordlab.runners.store import COUNT_COLUMNS, StoreError, open_readonly
+from coordlab.tasks.yaml_files import read_yaml_file
 
 DEFAULT_PRICES = Path(__file__).parent / "prices.yaml"
 """The built-in price table (illustrative prices; pass your own with ``--prices``)."""
@@ -285,14 +285,7 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     Any problem raises :class:`PriceTableError` naming the file and the field.
     """
     source = Path(path) if path is not None else DEFAULT_PRICES
-    try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PriceTableError(f"price table {source}: no such file") from None
-    except OSError as exc:
-        raise PriceTableError(f"price table {source}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise PriceTableError(f"price table {source}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(source, PriceTableError, f"price table {source}")
     if not isinstance(data, dict):
         raise PriceTableError(f"price table {source}: expected a mapping with a 'models' field")
     unknown = sorted(set(data) - {"currency", "note", "models"})

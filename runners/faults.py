@@ -16,10 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 
 from coordlab.tasks.loader import did_you_mean
 from coordlab.tasks.schema import Step
+from coordlab.tasks.yaml_files import read_yaml_file
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 """Where the built-in fault profiles live."""
@@ -191,13 +191,7 @@ def load_profile(name_or_path: str | Path) -> FaultProfile:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             raise ProfileError(f"no fault profile {str(name_or_path)!r}; {did_you_mean(str(name_or_path), profile_names())}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
-    return profile_from_mapping(data, str(path))
+    return profile_from_mapping(read_yaml_file(path, ProfileError), str(path))
 
 
 def forced_faults(specs: Iterable[str]) -> tuple[ForcedFault, ...]:

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 
 from coordlab.adapters.base import Knobs, Variant
 from coordlab.adapters.registry import adapter_names, adapter_version
 from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suite_names
 from coordlab.tasks.schema import Task
+from coordlab.tasks.yaml_files import read_yaml_file
 
 from .faults import FaultProfile, load_profile
 from .store import EpisodeKey
@@ -141,12 +141,7 @@ class Sweep:
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
         """A sweep from YAML with the same fields as the flags (tasks, frameworks, variants, profiles, seeds, knobs)."""
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise SweepError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise SweepError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        data = read_yaml_file(path, SweepError) or {}
         if not isinstance(data, dict):
             raise SweepError(f"{path}: a sweep file is a mapping")
         allowed = {"tasks", "frameworks", "variants", "profiles", "seeds", "knobs"}
