@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-
 from coordlab.runners.simulator import MODEL_NAME
 from coordlab.runners.store import COUNT_COLUMNS, StoreError, open_readonly
 from coordlab.tasks.yaml_files import read_yaml_file

@@ -16,7 +16,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-
 from coordlab.tasks.loader import did_you_mean
 from coordlab.tasks.schema import Step
 from coordlab.tasks.yaml_files import read_yaml_file

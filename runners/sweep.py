@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-
 from coordlab.adapters.base import Knobs, Variant
 from coordlab.adapters.registry import adapter_names, adapter_version
 from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suite_names
