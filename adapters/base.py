@@ -9,6 +9,7 @@ measured by the same code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from importlib.metadata import version as installed_version
@@ -67,9 +68,42 @@ class Knobs:
     client_timeout: float | None = None
     """Seconds before the model client gives up on a request; None keeps the client's default."""
 
+    def __post_init__(self) -> None:
+        problems = knob_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         """The knobs as a JSON-ready dict (stored with every outcome)."""
         return asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def knob_problems(knobs: Knobs) -> list[str]:
+    """Every knob whose type or range no framework could honour, as ``knobs.NAME: ...`` sentences."""
+    checks: list[tuple[str, bool, str]] = [
+        ("temperature", _is_finite(knobs.temperature) and 0 <= knobs.temperature <= 2, "a number in [0, 2]"),
+        ("max_iterations", _is_int(knobs.max_iterations) and 1 <= knobs.max_iterations <= 100,
+         "an integer in [1, 100]"),
+        ("gate_retries", _is_int(knobs.gate_retries) and 0 <= knobs.gate_retries <= 20, "an integer in [0, 20]"),
+        ("max_routing_turns", _is_int(knobs.max_routing_turns) and 1 <= knobs.max_routing_turns <= 200,
+         "an integer in [1, 200]"),
+        ("tool_reflection", isinstance(knobs.tool_reflection, bool), "true or false"),
+        ("client_max_retries", knobs.client_max_retries is None
+         or (_is_int(knobs.client_max_retries) and 0 <= knobs.client_max_retries <= 20),
+         "an integer in [0, 20] (or unset for the client's default)"),
+        ("client_timeout", knobs.client_timeout is None
+         or (_is_finite(knobs.client_timeout) and 0 < knobs.client_timeout <= 3600),
+         "seconds in (0, 3600] (or unset for the client's default)"),
+    ]
+    return [f"knobs.{name}: must be {what}, got {getattr(knobs, name)!r}" for name, ok, what in checks if not ok]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from coordlab.adapters.base import Knobs
 from .experiments import EXPERIMENTS, run_experiment
 from .export import EXPORT_FORMATS, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
-from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, run_sweep
+from .netguard import loopback_only
+from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, RunSummary, run_sweep
 from .simulator import Simulator, SimulatorError
 from .store import StoreError, open_readonly
 from .sweep import LiveEndpoint, Sweep, SweepError
@@ -162,7 +163,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run {summary.run_id} ({'resumed' if summary.resumed else 'new'}): {summary.total} episodes, "
           f"{summary.skipped} already recorded, {summary.ran} run ({statuses}) in {summary.elapsed_s:.1f} s; "
           f"store {args.store}")
-    return 0
+    return _infra_exit(summary)
+
+
+EXIT_INFRA = 3
+"""Exit code of a run that finished but could not run some episodes (infra errors, kept out of the scores)."""
+
+
+def _infra_exit(summary: RunSummary) -> int:
+    """0, or :data:`EXIT_INFRA` with a sentence when some episodes hit infrastructure errors."""
+    infra = summary.statuses.get("infra_error", 0)
+    if not infra:
+        return 0
+    print(f"coordlab: {infra} episode(s) could not be run (infra_error: the lab's side, e.g. a worker or endpoint "
+          f"that failed; see `coordlab export` for each error); run the same command again to retry them",
+          file=sys.stderr)
+    return EXIT_INFRA
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -204,7 +220,7 @@ def _experiment(name: str, args: argparse.Namespace, out: Path) -> int:
     print(f"{name}: {summary.total} episodes ({summary.skipped} already recorded, {summary.ran} run) "
           f"in {summary.elapsed_s:.1f} s; store {out / 'results.sqlite'}")
     print(f"report written: {path}")
-    return 0
+    return _infra_exit(summary)
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -318,10 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``coordlab`` console script."""
+    """Entry point of the ``coordlab`` console script.
+
+    The network guard is armed for every command: the parent process never needs more
+    than 127.0.0.1 (a live run's workers arm their own guard, which lets the endpoint through).
+    """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        with loopback_only():
+            return int(args.handler(args))
     except (UsageError, ProfileError, LookupError) as exc:
         print(f"coordlab: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 2

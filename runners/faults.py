@@ -11,6 +11,9 @@ numbers), which makes comparisons across rates less noisy.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -87,6 +90,22 @@ class FaultProfile:
     """How long a stalled request hangs before the server drops it."""
     retry_after_ms: int = 20
     """The delay a 429 asks the client to wait."""
+    builtin: bool = False
+    """True for a profile shipped with coordlab (read from its profiles folder)."""
+
+    @property
+    def key(self) -> str:
+        """The profile as episode keys name it: a built-in's name, or ``name@digest`` for a user's file.
+
+        The digest is over the profile's contents, so a user's profile never pools with a
+        built-in of the same name, two files with the same contents are one profile, and an
+        edited file is a new one; the same key is used for jobs, rows and resume.
+        """
+        if self.builtin:
+            return self.name
+        contents = [self.rate, sorted((f.value, w) for f, w in self.weights.items()), self.stall_seconds,
+                    self.retry_after_ms]
+        return f"{self.name}@{hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:8]}"
 
 
 def _unit_interval(*parts: Any) -> float:
@@ -144,38 +163,61 @@ def parse_fault(name: str) -> Fault:
         raise ProfileError(f"unknown fault {name!r}; {did_you_mean(name, [f.value for f in Fault])}") from None
 
 
-def profile_from_mapping(data: Any, source: str) -> FaultProfile:
-    """Build a profile from parsed YAML, naming the file and field of any problem."""
-    if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a fault profile must be a mapping")
-    problems: list[str] = []
-    allowed = {"name", "description", "rate", "faults", "stall_seconds", "retry_after_ms"}
-    problems += [f"unknown field {k!r}; {did_you_mean(str(k), allowed)}" for k in data if k not in allowed]
-    rate = data.get("rate", 0.0)
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
-        problems.append(f"rate: must be a number in [0, 1], got {rate!r}")
+_PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_PROFILE_FIELDS = {"name", "description", "rate", "faults", "stall_seconds", "retry_after_ms"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _weights(spec: Any, problems: list[str]) -> dict[Fault, float]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        problems.append(f"faults: expected a mapping of fault names to weights, got {type(spec).__name__}")
+        return {}
     weights: dict[Fault, float] = {}
-    for name, weight in (data.get("faults") or {}).items():
+    for name, weight in spec.items():
         try:
             fault = parse_fault(str(name))
         except ProfileError as exc:
             problems.append(f"faults.{name}: {exc}")
             continue
-        if not isinstance(weight, (int, float)) or weight < 0:
-            problems.append(f"faults.{name}: weight must be a non-negative number")
+        if not _is_number(weight) or weight < 0:
+            problems.append(f"faults.{name}: weight must be a non-negative number (finite), got {weight!r}")
             continue
         weights[fault] = float(weight)
-    if rate and not weights:
+    return weights
+
+
+def profile_from_mapping(data: Any, source: str, builtin: bool = False) -> FaultProfile:
+    """Build a profile from parsed YAML, naming the file and field of every problem."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a fault profile must be a mapping")
+    problems = [f"unknown field {k!r}; {did_you_mean(str(k), _PROFILE_FIELDS)}" for k in data if k not in _PROFILE_FIELDS]
+    name = data.get("name")
+    if not isinstance(name, str) or not _PROFILE_NAME.fullmatch(name):
+        problems.append(f"name: required, lower-case letters, digits, '_', '.' or '-' (at most 64), got {name!r}")
+    rate = data.get("rate", 0.0)
+    if not _is_number(rate) or not 0.0 <= rate <= 1.0:
+        problems.append(f"rate: must be a number in [0, 1], got {rate!r}")
+    weights = _weights(data.get("faults"), problems)
+    if _is_number(rate) and rate and not weights:
         problems.append("faults: a profile with a non-zero rate needs at least one fault")
-    if not isinstance(data.get("name"), str):
-        problems.append("name: required")
+    stall = data.get("stall_seconds", 5.0)
+    if not _is_number(stall) or not 0 < stall <= 600:
+        problems.append(f"stall_seconds: must be a number of seconds in (0, 600], got {stall!r}")
+    retry_after = data.get("retry_after_ms", 20)
+    if not isinstance(retry_after, int) or isinstance(retry_after, bool) or not 0 <= retry_after <= 600_000:
+        problems.append(f"retry_after_ms: must be an integer in [0, 600000], got {retry_after!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"description: expected text, got {type(description).__name__}")
     if problems:
         raise ProfileError(f"{source}: " + "; ".join(problems))
-    return FaultProfile(
-        name=data["name"], description=str(data.get("description", "")).strip(), rate=float(rate),
-        weights=weights, stall_seconds=float(data.get("stall_seconds", 5.0)),
-        retry_after_ms=int(data.get("retry_after_ms", 20)),
-    )
+    return FaultProfile(name=name, description=description.strip(), rate=float(rate), weights=weights,
+                        stall_seconds=float(stall), retry_after_ms=retry_after, builtin=builtin)
 
 
 def profile_names() -> list[str]:
@@ -187,10 +229,11 @@ def load_profile(name_or_path: str | Path) -> FaultProfile:
     """A built-in profile by name, or a profile file by path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        path = PROFILES_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
+        if str(name_or_path) not in profile_names():
             raise ProfileError(f"no fault profile {str(name_or_path)!r}; {did_you_mean(str(name_or_path), profile_names())}")
-    return profile_from_mapping(read_yaml_file(path, ProfileError), str(path))
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    builtin = path.resolve().parent == PROFILES_DIR.resolve()
+    return profile_from_mapping(read_yaml_file(path, ProfileError), str(path), builtin)
 
 
 def forced_faults(specs: Iterable[str]) -> tuple[ForcedFault, ...]:
@@ -199,7 +242,7 @@ def forced_faults(specs: Iterable[str]) -> tuple[ForcedFault, ...]:
     for spec in specs:
         step, _, rest = spec.partition(":")
         fault, _, attempt = rest.partition("@")
-        if not step or not fault:
-            raise ProfileError(f"--force {spec!r}: expected STEP:FAULT or STEP:FAULT@ATTEMPT")
+        if not step or not fault or (attempt and not attempt.isdigit()):
+            raise ProfileError(f"--force {spec!r}: expected STEP:FAULT or STEP:FAULT@ATTEMPT (ATTEMPT a number from 0)")
         forced.append(ForcedFault(step, parse_fault(fault), int(attempt) if attempt else 0))
     return tuple(forced)

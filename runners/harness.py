@@ -208,7 +208,7 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     notes = list(outcome.notes) + ([] if support.faithful else [f"variant not faithful: {support.note}"])
     return EpisodeResult(
         task=task.key, framework=adapter.name, framework_version=adapter.version(), variant=variant.value,
-        profile=plan.profile.name, seed=plan.seed, status=status, harmful=verdict.harmful,
+        profile=plan.profile.key, seed=plan.seed, status=status, harmful=verdict.harmful,
         termination=outcome.termination, verdict=verdict, counts=count(trace, records, world),
         wall_ms=(time.perf_counter() - started) * 1000, construction_ms=outcome.construction_ms,
         execution_ms=outcome.execution_ms, knobs=knobs.to_dict(), notes=notes, error=outcome.error,

@@ -14,8 +14,9 @@ import ipaddress
 import socket
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
 
@@ -41,6 +42,8 @@ def is_loopback(host: Any) -> bool:
 @dataclass
 class _GuardState:
     armed: int = 0
+    allowed: Counter[str] = field(default_factory=Counter)
+    """Hosts (names and addresses) beyond loopback that an armed guard lets through, e.g. a live endpoint."""
     violations: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,12 +57,20 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         return
     if event == "socket.connect":
         sock, address = args
-        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0]):
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6) and not _permitted(address[0]):
             _refuse(f"connect to {address[0]}:{address[1]}")
     elif event == "socket.getaddrinfo":
         host = args[0]
-        if host is not None and not is_loopback(host):
+        if host is not None and not _permitted(host):
             _refuse(f"name lookup of {host!r}")
+
+
+def _permitted(host: Any) -> bool:
+    if is_loopback(host):
+        return True
+    if isinstance(host, (bytes, bytearray)):
+        host = host.decode(errors="replace")
+    return isinstance(host, str) and _STATE.allowed[host.split("%", 1)[0].lower()] > 0
 
 
 def _refuse(what: str) -> None:
@@ -69,19 +80,26 @@ def _refuse(what: str) -> None:
 
 
 @contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """Within the block, refuse (and record) every non-loopback connection or name lookup."""
+def loopback_only(allow: Iterable[str] = ()) -> Iterator[None]:
+    """Within the block, refuse (and record) every connection or name lookup beyond loopback.
+
+    ``allow`` names the few hosts a live run must reach (its model endpoint's name and the
+    addresses it resolves to); everything else stays refused.
+    """
     global _INSTALLED
+    allowed = [host.lower() for host in allow]
     if not _INSTALLED:
         sys.addaudithook(_audit)
         _INSTALLED = True
     with _STATE.lock:
         _STATE.armed += 1
+        _STATE.allowed.update(allowed)
     try:
         yield
     finally:
         with _STATE.lock:
             _STATE.armed -= 1
+            _STATE.allowed.subtract(allowed)
 
 
 def violations() -> list[str]:

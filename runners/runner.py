@@ -9,6 +9,7 @@ of the score and run again on resume.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import signal
@@ -24,7 +25,7 @@ from typing import Any, Callable, TextIO
 
 from .progress import Progress
 from .store import COUNT_COLUMNS, Store, StoreError
-from .sweep import EpisodeJob, Sweep
+from .sweep import EpisodeJob, Sweep, SweepError
 from .worker import WorkerFailed, WorkerHandle
 
 DEFAULT_TIME_LIMIT_S = 120.0
@@ -50,10 +51,17 @@ class RunSummary:
 
 @dataclass
 class _Slot:
+    """One worker slot: idle (no job), starting (its worker is not ready yet) or running a job."""
+
     worker: WorkerHandle | None = None
     job: EpisodeJob | None = None
     sent_at: float = 0.0
     deadline: float = 0.0
+    """The running episode's time limit; while the worker starts, its start-up limit."""
+
+    @property
+    def starting(self) -> bool:
+        return self.job is not None and self.worker is not None and not self.worker.ready
 
 
 def run_metadata(sweep: Sweep, workers: int, time_limit: float) -> dict[str, Any]:
@@ -90,9 +98,10 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
               progress_stream: TextIO | None = None,
               on_episode: Callable[[EpisodeJob, str], None] | None = None) -> RunSummary:
     """Run every episode of ``sweep`` not yet recorded in the store's matching run."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    if time_limit <= 0:
-        raise ValueError(f"--time-limit must be positive, got {time_limit}")
+    workers = check_runtime(workers, time_limit)
+    if sweep.live is not None and os.environ.get(sweep.live.api_key_env) is None:
+        raise SweepError(f"--api-key-env {sweep.live.api_key_env}: that environment variable is not set; "
+                         "export the endpoint's key in it (the key is read by the workers and never stored)")
     jobs = sweep.jobs()
     identity = sweep.identity()
     with Store(store_path) as store:
@@ -114,12 +123,25 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
             store.set_run_status(run_id, "interrupted")
             raise RunInterrupted(f"interrupted: {summary.skipped + summary.ran} of {summary.total} episodes are "
                                  f"recorded in run {run_id}; run the same command again to resume") from None
+        except BaseException:
+            store.set_run_status(run_id, "interrupted")  # whatever broke, what is recorded stays resumable
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             progress.close()
         store.set_run_status(run_id, "finished")
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+
+def check_runtime(workers: int | None, time_limit: float) -> int:
+    """The number of worker slots to use; a clear error for a count or limit that cannot work."""
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise SweepError(f"--workers must be a whole number of at least 1, got {workers!r}")
+    if (not isinstance(time_limit, (int, float)) or isinstance(time_limit, bool) or not math.isfinite(time_limit)
+            or time_limit <= 0):
+        raise SweepError(f"--time-limit must be positive, a finite number of seconds, got {time_limit!r}")
+    return workers or os.cpu_count() or 1
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -133,7 +155,6 @@ def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], wo
     for job in todo:
         queues.setdefault(job.framework, deque()).append(job)
     slots = [_Slot() for _ in range(min(workers, len(todo)) or 1)]
-    startup_failures: Counter[str] = Counter()
 
     def record(job: EpisodeJob, row: dict[str, Any], events: list[dict[str, Any]]) -> None:
         store.record_episode(run_id, row, events)
@@ -143,80 +164,153 @@ def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], wo
         if on_episode is not None:
             on_episode(job, row["status"])
 
+    feeder = _Feeder(queues, sweep, time_limit, record)
     try:
         while True:
             for slot in slots:
                 if slot.job is None:
-                    _assign(slot, queues, sweep, time_limit, record, startup_failures)
+                    feeder.assign(slot)
             busy = [s for s in slots if s.job is not None]
             if not busy:
                 return
-            now = time.monotonic()
+            # Every deadline is watched here, the starting workers' too: nothing blocks this loop.
             ready = wait([s.worker.connection for s in busy if s.worker],  # type: ignore[union-attr]
-                         timeout=max(0.0, min(s.deadline for s in busy) - now))
+                         timeout=max(0.0, min(s.deadline for s in busy) - time.monotonic()))
             for slot in busy:
-                assert slot.worker is not None and slot.job is not None
-                job = slot.job
-                if slot.worker.connection in ready:
-                    try:
-                        message = slot.worker.connection.recv()
-                    except (EOFError, OSError):
-                        message = ("infra_error", f"the {job.framework} worker died")
-                    if message[0] == "result":
-                        record(job, message[1], message[2])
-                    else:
-                        record(job, _infra_row(job, "infra_error", "error", message[1],
-                                               (time.monotonic() - slot.sent_at) * 1000), [])
-                        slot.worker.kill()
-                        slot.worker = None
-                    slot.job = None
+                if slot.worker is not None and slot.worker.connection in ready:
+                    feeder.on_message(slot)
                 elif time.monotonic() >= slot.deadline:
-                    slot.worker.kill()
-                    slot.worker = None
-                    record(job, _infra_row(job, "timeout", "timeout", f"killed after the {time_limit:g} s limit",
-                                           (time.monotonic() - slot.sent_at) * 1000), [])
-                    slot.job = None
+                    feeder.on_deadline(slot)
     finally:
         for slot in slots:
             if slot.worker is not None:
-                slot.worker.kill() if slot.job is not None else slot.worker.stop()
+                slot.worker.kill() if slot.job is not None else feeder.retire(slot.worker)
+        feeder.close()
 
 
-def _assign(slot: _Slot, queues: dict[str, deque[EpisodeJob]], sweep: Sweep, time_limit: float,
-            record: Callable[[EpisodeJob, dict[str, Any], list[dict[str, Any]]], None],
-            startup_failures: Counter[str]) -> None:
-    """Give an idle slot its next job, keeping its worker's framework while it has work.
+@dataclass
+class _Feeder:
+    """Keeps the slots fed: assigns jobs, starts workers, and turns what comes back into store rows.
 
     A framework whose worker fails to start twice is given up on for this invocation: its
     remaining episodes are recorded as infra errors (run again on resume) instead of
-    spawning a doomed worker per episode.
+    spawning a doomed worker per episode. A worker found dead when handed a job gets the job
+    again on a fresh worker once; twice is an infra error.
     """
-    while True:
-        framework = slot.worker.framework if slot.worker and queues.get(slot.worker.framework) else \
-            max((f for f in queues if queues[f]), key=lambda f: len(queues[f]), default=None)
-        if framework is None:
-            if slot.worker is not None:
-                slot.worker.stop()
-                slot.worker = None
-            return
-        if slot.worker is None or slot.worker.framework != framework:
-            if slot.worker is not None:
-                slot.worker.stop()
-            try:
-                slot.worker = WorkerHandle.start(framework, sweep.knobs, sweep.live)
-            except WorkerFailed as exc:
-                slot.worker = None
-                startup_failures[framework] += 1
-                doomed = len(queues[framework]) if startup_failures[framework] >= 2 else 1
-                for _ in range(doomed):
-                    job = queues[framework].popleft()
-                    record(job, _infra_row(job, "infra_error", "error", str(exc), 0.0), [])
+
+    queues: dict[str, deque[EpisodeJob]]
+    sweep: Sweep
+    time_limit: float
+    record: Callable[[EpisodeJob, dict[str, Any], list[dict[str, Any]]], None]
+    startup_failures: Counter[str] = field(default_factory=Counter)
+    resent: set[EpisodeJob] = field(default_factory=set)
+    retired: list[WorkerHandle] = field(default_factory=list)
+    """Workers asked to stop; reaped at the end so that stopping one never holds up the loop."""
+
+    def retire(self, worker: WorkerHandle) -> None:
+        """Ask an idle worker to stop, without waiting for it."""
+        worker.request_stop()
+        self.retired.append(worker)
+
+    def close(self) -> None:
+        """Wait briefly for retired workers, then kill any that linger."""
+        for worker in self.retired:
+            worker.process.join(5)
+            worker.kill()
+
+    def assign(self, slot: _Slot) -> None:
+        """Give an idle slot its next job, keeping its worker's framework while it has work."""
+        while slot.job is None:
+            worker = slot.worker
+            framework = worker.framework if worker and self.queues.get(worker.framework) else \
+                max((f for f in self.queues if self.queues[f]), key=lambda f: len(self.queues[f]), default=None)
+            if framework is None:
+                if worker is not None:
+                    self.retire(worker)
+                    slot.worker = None
+                return
+            slot.job = self.queues[framework].popleft()
+            if worker is not None and worker.framework == framework:
+                self._send(slot)  # a dead worker leaves the slot idle and workerless: the loop spawns one
                 continue
-        slot.job = queues[framework].popleft()
+            if worker is not None:
+                self.retire(worker)
+            slot.worker = WorkerHandle.spawn(framework, self.sweep.knobs, self.sweep.live)
+            slot.deadline = slot.worker.startup_deadline
+
+    def on_message(self, slot: _Slot) -> None:
+        """The slot's worker said something: it is ready, or an episode finished or broke."""
+        assert slot.worker is not None and slot.job is not None
+        if slot.starting:
+            try:
+                slot.worker.accept_ready()
+            except WorkerFailed as exc:
+                self._startup_failed(slot, exc)
+                return
+            self._send(slot)
+            return
+        job = slot.job
+        try:
+            message = slot.worker.connection.recv()
+        except (EOFError, OSError):
+            message = ("infra_error", f"the {job.framework} worker died")
+        slot.job = None
+        if message[0] == "result" and time.monotonic() - slot.sent_at > self.time_limit:
+            # Finished, but past its limit: the limit holds even when the result was already on its way.
+            self.infra(job, "timeout", "timeout", f"finished after the {self.time_limit:g} s limit", slot.sent_at)
+            return
+        if message[0] == "result":
+            self.record(job, message[1], message[2])
+            return
+        self.infra(job, "infra_error", "error", message[1], slot.sent_at)
+        slot.worker.kill()
+        slot.worker = None
+
+    def infra(self, job: EpisodeJob, status: str, termination: str, error: str, since: float) -> None:
+        """Record ``job`` as an episode the lab could not finish (timeout or infra error)."""
+        wall_ms = (time.monotonic() - since) * 1000 if since else 0.0
+        self.record(job, _infra_row(job, status, termination, error, wall_ms), [])
+
+    def on_deadline(self, slot: _Slot) -> None:
+        """A deadline passed: a start-up that took too long, or an episode past its time limit."""
+        assert slot.worker is not None and slot.job is not None
+        if slot.starting:
+            self._startup_failed(slot, slot.worker.startup_overdue())
+            return
+        job = slot.job
+        slot.worker.kill()
+        slot.worker = None
+        slot.job = None
+        self.infra(job, "timeout", "timeout", f"killed after the {self.time_limit:g} s limit", slot.sent_at)
+
+    def _send(self, slot: _Slot) -> None:
+        assert slot.worker is not None and slot.job is not None
+        try:
+            slot.worker.send(slot.job)
+        except WorkerFailed as exc:
+            job = slot.job
+            slot.worker = None
+            slot.job = None
+            if job in self.resent:
+                self.infra(job, "infra_error", "error", str(exc), 0.0)
+            else:
+                self.resent.add(job)
+                self.queues[job.framework].appendleft(job)
+            return
         slot.sent_at = time.monotonic()
-        slot.deadline = slot.sent_at + time_limit
-        slot.worker.send(slot.job)
-        return
+        slot.deadline = slot.sent_at + self.time_limit  # the episode's clock starts now, not at spawn
+
+    def _startup_failed(self, slot: _Slot, exc: WorkerFailed) -> None:
+        assert slot.worker is not None and slot.job is not None
+        framework, job = slot.worker.framework, slot.job
+        slot.worker.kill()
+        slot.worker = None
+        slot.job = None
+        self.startup_failures[framework] += 1
+        self.infra(job, "infra_error", "error", str(exc), 0.0)
+        if self.startup_failures[framework] >= 2:
+            while self.queues[framework]:
+                self.infra(self.queues[framework].popleft(), "infra_error", "error", str(exc), 0.0)
 
 
 __all__ = ["DEFAULT_TIME_LIMIT_S", "RunInterrupted", "RunSummary", "StoreError", "run_metadata", "run_sweep"]

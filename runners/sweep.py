@@ -21,7 +21,7 @@ from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suit
 from coordlab.tasks.schema import Task
 from coordlab.tasks.yaml_files import read_yaml_file
 
-from .faults import FaultProfile, load_profile
+from .faults import FaultProfile, ProfileError, load_profile
 from .store import EpisodeKey
 
 DEFAULT_FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
@@ -29,6 +29,10 @@ DEFAULT_VARIANTS = (Variant.LINEAR, Variant.GATED)
 DEFAULT_PROFILES = ("none", "semantic_3pct")
 DEFAULT_SEEDS = 20
 """Seeds per cell of the default sweep, tuned so it finishes in under 10 minutes on 2 cores (see README)."""
+MAX_SEEDS = 100_000
+"""Seeds one sweep may name: far beyond any comparison's need, and small enough to list in memory."""
+MAX_EPISODES = 500_000
+"""Episodes one sweep may expand to (days of running); a typo such as --seeds 100000000 is refused up front."""
 
 
 class SweepError(ValueError):
@@ -52,6 +56,8 @@ class TaskRef:
     @classmethod
     def parse(cls, text: str) -> "TaskRef":
         """``NAME`` or ``NAME:param=value[:param=value]`` (e.g. ``chain:n=8``)."""
+        if not isinstance(text, str):
+            raise SweepError(f"tasks: expected a task name or file, got {type(text).__name__} {text!r}")
         name, *assignments = text.strip().split(":")
         params = []
         for assignment in assignments:
@@ -116,26 +122,32 @@ class Sweep:
         sweep = cls.default()
         changes: dict[str, Any] = {}
         if tasks:
-            changes["tasks"] = tuple(TaskRef.parse(t) for t in tasks)
+            changes["tasks"] = tuple(TaskRef.parse(t) for t in _names("tasks", tasks))
         if frameworks:
             known = adapter_names()
-            for name in frameworks:
+            for name in _names("frameworks", frameworks):
                 if name not in known:
                     raise SweepError(f"--frameworks: no adapter {name!r}; {did_you_mean(name, known)}")
             changes["frameworks"] = tuple(dict.fromkeys(frameworks))
         if variants:
-            changes["variants"] = tuple(_variant(v) for v in dict.fromkeys(variants))
+            changes["variants"] = tuple(_variant(v) for v in dict.fromkeys(_names("variants", variants)))
         if profiles:
-            for profile in profiles:
-                load_profile(profile)  # raises ProfileError with "did you mean"
-            changes["profiles"] = tuple(dict.fromkeys(profiles))
+            by_key: dict[str, str] = {}
+            for profile in _names("profiles", profiles):
+                by_key.setdefault(load_profile(profile).key, profile)  # ProfileError says "did you mean"
+            changes["profiles"] = tuple(by_key.values())
         if seeds is not None:
             changes["seeds"] = parse_seeds(seeds)
         if knobs is not None:
             changes["knobs"] = knobs
         if live is not None:
             changes["live"] = live
-        return replace(sweep, **changes)
+        built = replace(sweep, **changes)
+        size = len(built.tasks) * len(built.frameworks) * len(built.variants) * len(built.profiles) * len(built.seeds)
+        if size > MAX_EPISODES:
+            raise SweepError(f"the sweep expands to {size:,} episodes, more than the {MAX_EPISODES:,} one run may hold; "
+                             "split it into smaller sweeps")
+        return built
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
@@ -149,13 +161,15 @@ class Sweep:
                 raise SweepError(f"{path}: unknown field {key!r}; {did_you_mean(str(key), allowed)}")
         knob_fields = set(Knobs.__dataclass_fields__)
         knobs = data.get("knobs") or {}
+        if not isinstance(knobs, dict):
+            raise SweepError(f"{path}: knobs: expected a mapping of knob names to values, got {type(knobs).__name__}")
         for key in knobs:
             if key not in knob_fields:
                 raise SweepError(f"{path}: knobs.{key}: unknown knob; {did_you_mean(str(key), knob_fields)}")
         try:
             return cls.build(data.get("tasks"), data.get("frameworks"), data.get("variants"),
                              data.get("profiles"), data.get("seeds"), Knobs(**knobs) if knobs else None)
-        except SweepError as exc:
+        except (SweepError, ProfileError, ValueError) as exc:
             raise SweepError(f"{path}: {exc}") from None
 
     # -- expansion and identity ---------------------------------------------------------------------
@@ -171,15 +185,21 @@ class Sweep:
         """Every episode of the matrix, grouped by framework so workers rarely switch frameworks."""
         versions = self.versions()
         tasks = self.loaded_tasks()
+        profile_keys = self.profile_keys()
         jobs = []
         for framework in self.frameworks:
             for ref, task in tasks:
                 for variant in self.variants:
                     for profile in self.profiles:
                         for seed in self.seeds:
-                            key = EpisodeKey(task.key, framework, versions[framework], variant.value, profile, seed)
+                            key = EpisodeKey(task.key, framework, versions[framework], variant.value,
+                                             profile_keys[profile], seed)
                             jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed))
         return jobs
+
+    def profile_keys(self) -> dict[str, str]:
+        """Each profile as the sweep names it (a name or a file) -> its key in episode keys."""
+        return {name: load_profile(name).key for name in self.profiles}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description of the sweep (stored with the run)."""
@@ -194,9 +214,11 @@ class Sweep:
         profiles: dict[str, Any] = {}
         for name in self.profiles:
             profile: FaultProfile = load_profile(name)
-            profiles[name] = [profile.rate, sorted((f.value, w) for f, w in profile.weights.items()),
-                              profile.stall_seconds, profile.retry_after_ms]
-        material = {**self.to_dict(), "task_keys": [t.key for _, t in self.loaded_tasks()],
+            profiles[profile.key] = [profile.rate, sorted((f.value, w) for f, w in profile.weights.items()),
+                                     profile.stall_seconds, profile.retry_after_ms]
+        # Profiles by key, not by how they were named: the same file reached by another path
+        # (or from another folder) is the same run.
+        material = {**self.to_dict(), "profiles": list(profiles), "task_keys": [t.key for _, t in self.loaded_tasks()],
                     "versions": self.versions(), "profile_contents": profiles}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -208,28 +230,54 @@ def _variant(name: str) -> Variant:
         raise SweepError(f"--variants: no variant {name!r}; {did_you_mean(name, [v.value for v in Variant])}") from None
 
 
-def parse_seeds(seeds: str | int | Iterable[int] | Mapping[str, int]) -> tuple[int, ...]:
-    """``5`` (seeds 0..4), ``"3-7"`` (inclusive), ``"1,4,9"``, or a list of integers."""
-    if isinstance(seeds, bool):
-        raise SweepError("--seeds: expected a count, a range A-B or a list")
+def _names(field_name: str, values: Any) -> list[str]:
+    """``values`` as a list of names; a single string, a mapping or a non-text item is a clear error."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise SweepError(f"{field_name}: expected a list of names, got {type(values).__name__} {values!r}")
+    for value in values:
+        if not isinstance(value, str):
+            raise SweepError(f"{field_name}: expected names (text), got {type(value).__name__} {value!r}")
+    return list(values)
+
+
+def _seed_count(count: int, text: str) -> int:
+    if count < 1:
+        raise SweepError(f"--seeds {text}: need at least 1 seed")
+    if count > MAX_SEEDS:
+        raise SweepError(f"--seeds {text}: {count:,} seeds is more than the {MAX_SEEDS:,} a sweep may use")
+    return count
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SweepError(f"--seeds: each seed is a whole number from 0, got {value!r}")
+    return value
+
+
+def parse_seeds(seeds: Any) -> tuple[int, ...]:
+    """``5`` (seeds 0..4), ``"3-7"`` (inclusive), ``"1,4,9"``, or a list of whole numbers from 0."""
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, str, list, tuple)):
+        raise SweepError(f"--seeds: expected a count (5), a range (3-7) or a list (1,4,9), got {seeds!r}")
     if isinstance(seeds, int):
-        if seeds < 1:
-            raise SweepError(f"--seeds: need at least 1 seed, got {seeds}")
-        return tuple(range(seeds))
+        return tuple(range(_seed_count(seeds, str(seeds))))
     if isinstance(seeds, str):
         text = seeds.strip()
         if text.isdigit():
             return parse_seeds(int(text))
-        try:
-            if "-" in text and "," not in text:
-                low, high = (int(p) for p in text.split("-", 1))
-                if low > high:
-                    raise SweepError(f"--seeds {text!r}: the range is empty")
-                return tuple(range(low, high + 1))
-            return tuple(dict.fromkeys(int(p) for p in text.split(",") if p.strip()))
-        except ValueError:
-            raise SweepError(f"--seeds {text!r}: expected a count (5), a range (3-7) or a list (1,4,9)") from None
-    values = tuple(dict.fromkeys(int(s) for s in seeds))  # type: ignore[union-attr]
-    if not values:
+        low, dash, high = text.partition("-")
+        if dash and low.strip().isdigit() and high.strip().isdigit():
+            first, last = int(low), int(high)
+            if first > last:
+                raise SweepError(f"--seeds {text!r}: the range is empty")
+            _seed_count(last - first + 1, repr(text))
+            return tuple(range(first, last + 1))
+        items = [p.strip() for p in text.split(",") if p.strip()]
+        if not items or not all(p.isdigit() for p in items):
+            raise SweepError(f"--seeds {text!r}: expected a count (5), a range (3-7) or a list (1,4,9)")
+        seeds = items
+    if not seeds:
         raise SweepError("--seeds: the list is empty")
-    return values
+    _seed_count(len(seeds), "list")
+    return tuple(dict.fromkeys(_seed(s) for s in seeds))

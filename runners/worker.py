@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import multiprocessing
 import os
 import signal
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
+from urllib.parse import urlsplit
 
 from coordlab.adapters.base import Endpoint, Knobs
 
+from .netguard import loopback_only
+from .offline import neutralise_telemetry
+from .redaction import Redactor
 from .sweep import EpisodeJob, LiveEndpoint
 
 _CONTEXT = multiprocessing.get_context("spawn")  # a clean interpreter: nothing inherited from the parent
@@ -52,6 +58,54 @@ class WorkerFailed(RuntimeError):
     """A worker could not start, or died; the lab's fault, not the framework's (``infra_error``)."""
 
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal the kernel sends this process when its parent dies (Linux)."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when the runner dies, even mid-episode in a busy loop.
+
+    A worker blocked in a hung or CPU-bound episode never reads its pipe, so it cannot
+    notice on its own that the runner was killed; without this it outlived the runner.
+    """
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux/glibc: the worker still stops at its next read of the closed pipe
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def endpoint_address(base_url: str) -> tuple[str, int]:
+    """The host and port a base URL connects to."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WorkerFailed(f"--base-url {base_url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def endpoint_unreachable(base_url: str, timeout: float = 3.0) -> str | None:
+    """Why the endpoint cannot be reached (a sentence), or None when a TCP connection opens."""
+    host, port = endpoint_address(base_url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"the model endpoint {host}:{port} cannot be reached ({exc.strerror or exc})"
+
+
+def _endpoint_hosts(live: LiveEndpoint | None) -> list[str]:
+    """The endpoint's name and the addresses it resolves to: what the network guard lets through."""
+    if live is None:
+        return []
+    host, port = endpoint_address(live.base_url)
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        addresses = set()
+    return [host, *sorted(addresses)]
+
+
 def _live_endpoint(live: LiveEndpoint, roles: list[str]) -> Endpoint:
     key = os.environ.get(live.api_key_env)
     if key is None:
@@ -59,20 +113,76 @@ def _live_endpoint(live: LiveEndpoint, roles: list[str]) -> Endpoint:
     return Endpoint({role: live.base_url for role in roles}, live.model, key)
 
 
-def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection) -> None:
-    """The worker's loop: import the framework once, then run jobs until told to stop or the parent goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
-    from coordlab.adapters.registry import get_adapter
+def _warm_up(adapter: Any, simulator: Any) -> None:
+    """Run one small episode and discard it, so framework and client warm-up (lazy imports, the
+    openai SDK's first-use cost) count against the worker's start, not against an episode's clock."""
+    from coordlab.adapters.base import Variant
+    from coordlab.tasks.loader import load_suite_task
 
     from .faults import FaultPlan, load_profile
     from .harness import run_episode
+
+    run_episode(adapter, load_suite_task(WARM_UP_TASK, {"n": 1}), Variant.LINEAR, simulator,
+                FaultPlan(load_profile("none"), 0))
+
+
+WARM_UP_TASK = "chain"
+"""The built-in task a worker runs once, unrecorded, before it reports ready."""
+
+
+def _identify(row: dict[str, Any], job: EpisodeJob, reported_version: str) -> dict[str, Any]:
+    """Key the row exactly as the parent keyed the job, so resume always finds it.
+
+    The parent reads versions from package metadata; a plug-in's adapter may report another
+    one. The job's key is the one identity; a differing report is kept as a note.
+    """
+    key = job.key
+    if reported_version != key.framework_version:
+        notes = json.loads(row["notes_json"]) + [f"the adapter reports version {reported_version}; "
+                                                 f"keyed as {key.framework_version}"]
+        row["notes_json"] = json.dumps(notes)
+    row.update(task=key.task, framework=key.framework, framework_version=key.framework_version,
+               variant=key.variant, profile=key.profile, seed=key.seed)
+    return row
+
+
+def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
+                parent_pid: int | None = None) -> None:
+    """The worker's loop: import the framework once, then run jobs until told to stop or the parent goes."""
+    die_with_parent(parent_pid if parent_pid is not None else os.getppid())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
+    neutralise_telemetry()
+    redact = Redactor.from_environment([os.environ.get(live.api_key_env, "")] if live else [])
+    try:
+        allowed = _endpoint_hosts(live)
+    except WorkerFailed as exc:
+        connection.send(("failed", redact(str(exc))))
+        return
+    with loopback_only(allow=allowed):
+        _serve(framework, knobs, live, connection, redact)
+
+
+def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
+           redact: Redactor) -> None:
+    from coordlab.adapters.registry import get_adapter
+
+    from .faults import FaultPlan, load_profile
+    from .harness import Status, run_episode
     from .simulator import ROUTER_ROLE, Simulator
 
+    simulator = None
     try:
+        if live is not None and (why := endpoint_unreachable(live.base_url)):
+            raise WorkerFailed(why)
         adapter = get_adapter(framework)
-        simulator = Simulator().start() if live is None else None
+        if live is None:
+            simulator = Simulator().start()
+            _warm_up(adapter, simulator)
+        reported_version = adapter.version()
     except Exception as exc:  # noqa: BLE001 - reported to the parent as an infra error
-        connection.send(("failed", f"{type(exc).__name__}: {exc}"))
+        connection.send(("failed", redact(f"{type(exc).__name__}: {exc}")))
+        if simulator is not None:
+            simulator.stop()
         return
     connection.send(("ready", os.getpid()))
     episodes_done = 0
@@ -89,9 +199,13 @@ def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connect
             plan = FaultPlan(load_profile(job.profile), job.seed)
             endpoint = None if live is None else _live_endpoint(live, [*task.roles, ROUTER_ROLE])
             result = run_episode(adapter, task, job.variant, simulator, plan, knobs, endpoint)
-            connection.send(("result", result.to_row(), result.event_rows()))
+            if live is not None and result.status is Status.ERROR and (why := endpoint_unreachable(live.base_url)):
+                connection.send(("infra_error", redact(why)))
+            else:
+                row = _identify(result.to_row(), job, reported_version)
+                connection.send(("result", redact(row), redact(result.event_rows())))
         except Exception as exc:  # noqa: BLE001 - the lab broke, not the framework
-            connection.send(("infra_error", f"{type(exc).__name__}: {exc}"))
+            connection.send(("infra_error", redact(f"{type(exc).__name__}: {exc}")))
         episodes_done += 1
         release_memory(episodes_done)
     if simulator is not None:
@@ -100,48 +214,61 @@ def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connect
 
 @dataclass
 class WorkerHandle:
-    """The parent's side of one worker process."""
+    """The parent's side of one worker process.
+
+    Starting is split in two, :meth:`spawn` and :meth:`accept_ready`, so the parent can keep
+    watching the other slots' deadlines while a worker imports its framework.
+    """
 
     framework: str
     process: Any
     connection: Connection
+    ready: bool = False
+    startup_deadline: float = field(default=0.0)
 
     @classmethod
-    def start(cls, framework: str, knobs: Knobs, live: LiveEndpoint | None) -> "WorkerHandle":
-        """Spawn a worker and wait until its framework is imported and its simulator is up."""
+    def spawn(cls, framework: str, knobs: Knobs, live: LiveEndpoint | None) -> "WorkerHandle":
+        """Start a worker process; it reports on :attr:`connection` when it is ready (or failed)."""
         parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=worker_main, args=(framework, knobs, live, child),
+        process = _CONTEXT.Process(target=worker_main, args=(framework, knobs, live, child, os.getpid()),
                                    name=f"coordlab-{framework}", daemon=True)
         process.start()
         child.close()
-        handle = cls(framework, process, parent)
-        deadline = time.monotonic() + STARTUP_LIMIT_S
-        while not parent.poll(0.2):
-            if not process.is_alive() or time.monotonic() > deadline:
-                handle.kill()
-                raise WorkerFailed(f"the {framework} worker did not start (exit code {process.exitcode})")
+        return cls(framework, process, parent, startup_deadline=time.monotonic() + STARTUP_LIMIT_S)
+
+    def accept_ready(self) -> None:
+        """Read the worker's start-up report (call when :attr:`connection` is readable)."""
         try:
-            status, detail = parent.recv()
-        except EOFError:
-            handle.kill()
-            raise WorkerFailed(f"the {framework} worker died while starting") from None
+            status, detail = self.connection.recv()
+        except (EOFError, OSError):
+            self.kill()
+            raise WorkerFailed(f"the {self.framework} worker died while starting "
+                               f"(exit code {self.process.exitcode})") from None
         if status != "ready":
-            handle.kill()
-            raise WorkerFailed(f"the {framework} worker could not start: {detail}")
-        return handle
+            self.kill()
+            raise WorkerFailed(f"the {self.framework} worker could not start: {detail}")
+        self.ready = True
+
+    def startup_overdue(self) -> WorkerFailed:
+        """The error for a worker that did not report within :data:`STARTUP_LIMIT_S` (it is killed)."""
+        self.kill()
+        return WorkerFailed(f"the {self.framework} worker did not start within {STARTUP_LIMIT_S:g} s")
 
     def send(self, job: EpisodeJob) -> None:
-        """Hand the worker one job."""
-        self.connection.send(("run", job))
+        """Hand the worker one job; a worker that died since its last episode raises :class:`WorkerFailed`."""
+        try:
+            self.connection.send(("run", job))
+        except (OSError, ValueError) as exc:
+            self.kill()
+            raise WorkerFailed(f"the {self.framework} worker died between episodes "
+                               f"(exit code {self.process.exitcode}): {exc}") from None
 
-    def stop(self) -> None:
-        """Ask the worker to finish; kill it if it does not within a few seconds."""
+    def request_stop(self) -> None:
+        """Ask the worker to finish its loop and exit (it is idle); does not wait."""
         try:
             self.connection.send(("stop",))
         except (OSError, ValueError):
-            pass
-        self.process.join(5)
-        self.kill()
+            pass  # already gone
 
     def kill(self) -> None:
         """End the worker now (SIGKILL), taking any hung episode with it."""

@@ -50,18 +50,9 @@ def crash():
 
 
 @pytest.fixture
-def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def plugins(install_plugin) -> Path:
     """Two third-party adapters installed through the entry-point group: one hangs, one crashes."""
-    root = tmp_path / "plugins"
-    root.mkdir()
-    (root / "coordlab_test_plugins.py").write_text(PLUGIN)
-    dist = root / "coordlab_test_plugins-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: coordlab-test-plugins\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(
-        "[coordlab.adapters]\nhang = coordlab_test_plugins:hang\ncrash = coordlab_test_plugins:crash\n")
-    monkeypatch.syspath_prepend(str(root))
-    return root
+    return install_plugin("coordlab_test_plugins", PLUGIN, {"hang": "hang", "crash": "crash"})
 
 
 @pytest.fixture(scope="module")
