@@ -19,6 +19,7 @@ bench: $(STAMP)  ## print the benchmarks (ratios measured side by side in one ru
 	$(BIN)/python bench/adapter_overhead.py
 	$(BIN)/python bench/runner_throughput.py
 	$(BIN)/python bench/report_large.py
+	$(BIN)/python bench/reliability.py
 
 baseline: $(STAMP)  ## regenerate the published baseline report under docs/baseline (about 3 minutes)
 	$(BIN)/coordlab run --store out/baseline.sqlite --fresh

@@ -1,32 +1,33 @@
-"""Fixtures of the runner tests: third-party adapters installed through the entry-point group."""
+"""Fixtures of the runner tests: misbehaving third-party adapters, installed through the entry-point group."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Callable, Mapping
 
 import pytest
 
-InstallPlugin = Callable[[str, str, Mapping[str, str]], Path]
+MODULE = Path(__file__).with_name("misbehaving_adapters.py")
+ENTRY_POINTS = {"hang": "Hang", "crash": "Crash", "spin": "Spin", "slowfirst": "SlowFirst", "renamed": "Renamed",
+                "reach": "Reach", "slowstart": "slowstart"}
+PLUGIN_VERSION = "1.0"
 
 
 @pytest.fixture
-def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InstallPlugin:
-    """Install a module as a distribution with ``coordlab.adapters`` entry points; returns its folder.
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``misbehaving_adapters`` installed as a distribution; returns its folder.
 
     The folder is on this process's ``sys.path`` (spawned workers inherit it); a subprocess
     needs it in ``PYTHONPATH``.
     """
-    def install(module: str, source: str, entry_points: Mapping[str, str], version: str = "1.0") -> Path:
-        root = tmp_path / f"plugins-{module}"
-        root.mkdir()
-        (root / f"{module}.py").write_text(source)
-        dist = root / f"{module}-{version}.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: {version}\n")
-        lines = "".join(f"{name} = {module}:{factory}\n" for name, factory in entry_points.items())
-        (dist / "entry_points.txt").write_text(f"[coordlab.adapters]\n{lines}")
-        monkeypatch.syspath_prepend(str(root))
-        return root
-
-    return install
+    root = tmp_path / "plugins"
+    root.mkdir()
+    shutil.copy(MODULE, root / "coordlab_misbehaving_adapters.py")
+    dist = root / f"coordlab_misbehaving_adapters-{PLUGIN_VERSION}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: coordlab-misbehaving-adapters\nVersion: {PLUGIN_VERSION}\n")
+    lines = "".join(f"{name} = coordlab_misbehaving_adapters:{target}\n" for name, target in ENTRY_POINTS.items())
+    (dist / "entry_points.txt").write_text(f"[coordlab.adapters]\n{lines}")
+    monkeypatch.syspath_prepend(str(root))
+    return root

@@ -23,38 +23,6 @@ SMALL = dict(tasks=["chain:n=2", "refund_policy_answer"], frameworks=["plain"], 
 SWEEP_200 = ["--frameworks", "plain", "--tasks", "chain:n=1", "refund_policy_answer", "--variants", "linear",
              "gated", "--faults", "none", "semantic_10pct", "--seeds", "25"]
 
-PLUGIN = '''
-import time
-from coordlab.adapters.plain import PlainAdapter
-
-class Hang(PlainAdapter):
-    """Deadlocks on the refund task: what a hung framework looks like to the runner."""
-    name = "hang"
-    def run(self, spec):
-        if spec.task.name == "refund_policy_answer":
-            time.sleep(3600)
-        return super().run(spec)
-
-class Crash(PlainAdapter):
-    """Raises inside the framework: an error outcome, not the lab's fault."""
-    name = "crash"
-    def run(self, spec):
-        raise RuntimeError("the framework fell over")
-
-def hang():
-    return Hang()
-
-def crash():
-    return Crash()
-'''
-
-
-@pytest.fixture
-def plugins(install_plugin) -> Path:
-    """Two third-party adapters installed through the entry-point group: one hangs, one crashes."""
-    return install_plugin("coordlab_test_plugins", PLUGIN, {"hang": "hang", "crash": "crash"})
-
-
 @pytest.fixture(scope="module")
 def recorded_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store holding one small finished run, shared by tests that must leave it untouched."""

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from typing import Iterator
 
@@ -28,81 +29,7 @@ from coordlab.runners.cli import EXIT_INFRA, main
 from coordlab.runners.faults import ProfileError, load_profile
 from coordlab.runners.runner import run_sweep
 from coordlab.runners.store import Store
-from coordlab.runners.sweep import LiveEndpoint, Sweep, SweepError
-
-PLUGINS = '''
-import os, socket, sys, time
-from pathlib import Path
-from coordlab.adapters.plain import PlainAdapter
-
-class Hang(PlainAdapter):
-    """Hangs on the refund task."""
-    name = "hang"
-    def run(self, spec):
-        if spec.task.name == "refund_policy_answer":
-            time.sleep(3600)
-        return super().run(spec)
-
-class Spin(PlainAdapter):
-    """Spins the CPU on the refund task, after leaving a marker file so a test knows it is busy."""
-    name = "spin"
-    def run(self, spec):
-        if spec.task.name == "refund_policy_answer":
-            Path(os.environ["COORDLAB_TEST_MARKER"]).write_text(str(os.getpid()))
-            while True:
-                pass
-        return super().run(spec)
-
-class SlowFirst(PlainAdapter):
-    """Its first episode in a process is slow, as a framework's lazy imports and client warm-up are."""
-    name = "slowfirst"
-    warmed = False
-    def run(self, spec):
-        if not SlowFirst.warmed:
-            SlowFirst.warmed = True
-            time.sleep(4)
-        return super().run(spec)
-
-class Renamed(PlainAdapter):
-    """Reports a version other than its distribution's."""
-    name = "renamed"
-    def version(self):
-        return "7.7.7-custom"
-
-class Reach(PlainAdapter):
-    """Asks to leave the machine and says what tracing switch it was given.
-
-    The request goes through the same audit event a real connect raises, so the guard is
-    exercised without a packet ever being sent anywhere.
-    """
-    name = "reach"
-    def run(self, spec):
-        try:
-            with socket.socket() as sock:
-                sys.audit("socket.connect", sock, ("192.0.2.1", 9))
-            outcome = "let through"
-        except Exception as exc:
-            outcome = repr(exc)
-        raise RuntimeError(f"tracing={os.environ.get('LANGSMITH_TRACING')} connect={outcome}")
-
-def hang(): return Hang()
-def spin(): return Spin()
-def slowfirst(): return SlowFirst()
-def renamed(): return Renamed()
-def reach(): return Reach()
-def slowstart():
-    time.sleep(10)
-    adapter = Hang()
-    adapter.name = "slowstart"
-    return adapter
-'''
-ENTRY_POINTS = {name: name for name in ("hang", "spin", "slowfirst", "renamed", "reach", "slowstart")}
-
-
-@pytest.fixture
-def plugins(install_plugin) -> Path:
-    """The plug-in adapters above, installed through the public entry-point group."""
-    return install_plugin("coordlab_hardening_plugins", PLUGINS, ENTRY_POINTS, "1.0")
+from coordlab.runners.sweep import Sweep, SweepError
 
 
 def _statuses(store_path: Path) -> Counter[str]:
@@ -142,7 +69,7 @@ def test_a_plugin_reporting_another_version_resumes_instead_of_rerunning(tmp_pat
     assert first.statuses == Counter({"success": 2}) and second.skipped == 2 and second.ran == 0
     with Store(tmp_path / "v.sqlite") as store:
         row = store.episodes()[0]
-    assert row["framework_version"] == "1.0" and "7.7.7-custom" in row["notes_json"]
+    assert row["framework_version"] == version("coordlab-misbehaving-adapters") and "7.7.7-custom" in row["notes_json"]
 
 
 # -- 3. dead workers and dead parents ------------------------------------------------------------
