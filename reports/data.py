@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from coordlab.runners.simulator import MODEL_NAME
-from coordlab.runners.store import COUNT_COLUMNS, StoreError, open_readonly
+from coordlab.runners.store import COUNT_COLUMNS, StoreError, describe_error, open_readonly
 from coordlab.tasks.yaml_files import read_yaml_file
 
 DEFAULT_PRICES = Path(__file__).parent / "prices.yaml"
@@ -137,13 +137,18 @@ _COLUMNS = ("episode_id", "run_id", "task", "framework", "framework_version", "v
 
 
 def load_store(path: str | Path) -> StoreData:
-    """Read a store read-only into :class:`StoreData`; a missing or foreign file raises :class:`ReportError`."""
+    """Read a store read-only into :class:`StoreData`; a missing, foreign or damaged file raises :class:`ReportError`.
+
+    The integrity check comes first because numbers read from a damaged file could be wrong
+    without any error to show it, and a report must not publish them.
+    """
     path = Path(path)
     try:
         store = open_readonly(path)
     except StoreError as exc:
         raise ReportError(str(exc)) from None
     try:
+        store.check_integrity()
         connection = store.connection
         runs = [RunInfo(row["run_id"], row["identity"], row["created_at"], row["status"],
                         _json_object(row["spec_json"]), _json_object(row["metadata_json"]))
@@ -181,8 +186,10 @@ def load_store(path: str | Path) -> StoreData:
             bucket = notes.setdefault((labels[(framework, version)], variant), Counter())
             for note in _json_list(notes_json):
                 bucket[str(note)] += count
+    except StoreError as exc:
+        raise ReportError(str(exc)) from None
     except sqlite3.Error as exc:  # a damaged or half-migrated file: a report error, not a traceback
-        raise ReportError(f"store {path} cannot be read: {exc}") from None
+        raise ReportError(describe_error(exc, path)) from None
     finally:
         store.close()
     return StoreData(path, runs, episodes, len(rows), infra_only, superseded, notes)
@@ -281,39 +288,70 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
         models:
           MODEL_NAME: {input_per_mtok: 0.15, output_per_mtok: 0.60, note: optional}
 
-    Any problem raises :class:`PriceTableError` naming the file and the field.
+    Any problem raises :class:`PriceTableError` naming the file and the field: a wrong
+    price would silently skew every cost in the report, so nothing doubtful is accepted.
     """
     source = Path(path) if path is not None else DEFAULT_PRICES
-    data = read_yaml_file(source, PriceTableError, f"price table {source}")
+    where = f"price table {source}"
+    data = read_yaml_file(source, PriceTableError, where)
     if not isinstance(data, dict):
-        raise PriceTableError(f"price table {source}: expected a mapping with a 'models' field")
-    unknown = sorted(set(data) - {"currency", "note", "models"})
-    if unknown:
-        raise PriceTableError(f"price table {source}: unknown field {unknown[0]!r} (expected currency, note, models)")
+        raise PriceTableError(f"{where}: expected a mapping with a 'models' field")
+    _refuse_unknown(data, ("currency", "note", "models"), where)
     models = data.get("models")
     if not isinstance(models, dict) or not models:
-        raise PriceTableError(f"price table {source}: models: expected a mapping of model name to prices")
-    prices: dict[str, Price] = {}
-    for name, entry in models.items():
-        where = f"price table {source}: models.{name}"
-        if not isinstance(entry, dict):
-            raise PriceTableError(f"{where}: expected {{input_per_mtok: N, output_per_mtok: N}}")
-        extra = sorted(set(entry) - {"input_per_mtok", "output_per_mtok", "note"})
-        if extra:
-            raise PriceTableError(f"{where}: unknown field {extra[0]!r} (expected input_per_mtok, output_per_mtok, "
-                                  f"note)")
-        values = []
-        for field_name in ("input_per_mtok", "output_per_mtok"):
-            value = entry.get(field_name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise PriceTableError(f"{where}.{field_name}: expected a non-negative number, got {value!r}")
-            values.append(float(value))
-        prices[str(name)] = Price(values[0], values[1], str(entry.get("note") or ""))
+        raise PriceTableError(f"{where}: models: expected a mapping of model name to prices")
+    prices = {_model_name(name, where): _price(entry, f"{where}: models.{name}") for name, entry in models.items()}
     currency = data.get("currency", "USD")
     if not isinstance(currency, str) or not currency.strip():
-        raise PriceTableError(f"price table {source}: currency: expected a currency code such as USD")
+        raise PriceTableError(f"{where}: currency: expected a currency code such as USD")
     label = "the built-in reports/prices.yaml" if path is None else str(source)  # no install path in a published report
-    return PriceTable(label, currency.strip(), prices, str(data.get("note") or "").strip())
+    return PriceTable(label, currency.strip(), prices, _text(data.get("note"), f"{where}: note").strip())
+
+
+def _refuse_unknown(mapping: dict[Any, Any], fields: tuple[str, ...], where: str) -> None:
+    """A misspelt field would otherwise be ignored and its value silently lost."""
+    unknown = sorted((key for key in mapping if key not in fields), key=str)
+    if unknown:
+        raise PriceTableError(f"{where}: unknown field {unknown[0]!r} (expected {', '.join(fields)})")
+
+
+def _model_name(name: Any, where: str) -> str:
+    """Model names must be text: YAML reads an unquoted ``on``, ``12`` or ``~`` as a bool, number or null."""
+    if not isinstance(name, str) or not name.strip():
+        raise PriceTableError(f"{where}: models: model name {name!r} is not text; put it in quotes")
+    return name
+
+
+def _price(entry: Any, where: str) -> Price:
+    """One model's entry, every value checked: a finite, non-negative number per price, text for the note."""
+    if not isinstance(entry, dict):
+        raise PriceTableError(f"{where}: expected {{input_per_mtok: N, output_per_mtok: N}}")
+    _refuse_unknown(entry, ("input_per_mtok", "output_per_mtok", "note"), where)
+    values = [_amount(entry.get(name), f"{where}.{name}") for name in ("input_per_mtok", "output_per_mtok")]
+    return Price(values[0], values[1], _text(entry.get("note"), f"{where}.note"))
+
+
+def _amount(value: Any, where: str) -> float:
+    """A price per million tokens; bools, NaN, infinities, negatives and numbers too big for a float are refused."""
+    problem = PriceTableError(f"{where}: expected a non-negative number, got {value!r:.60}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise problem
+    try:
+        amount = float(value)
+    except OverflowError:
+        raise problem from None
+    if not math.isfinite(amount) or amount < 0:
+        raise problem
+    return amount
+
+
+def _text(value: Any, where: str) -> str:
+    """An optional note: text or absent, never a list or mapping printed as Python."""
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise PriceTableError(f"{where}: expected text, got {value!r:.60}")
+    return str(value)
 
 
 # -- fault profiles ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ _STYLE: dict[str, Any] = {
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.6, "lines.linewidth": 1.6, "lines.markersize": 5,
     "svg.hashsalt": "coordlab",  # stable element ids: the same store gives the same SVG
+    "text.parse_math": False,  # names come from the store: "$x^$" in a profile name must print, not crash mathtext
 }
 _CURVE = {"color": "black", "linestyle": (0, (1, 1.5)), "linewidth": 1.2}
 

@@ -19,8 +19,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from coordlab.runners.export import write_atomically
+from coordlab.runners.export import ExportError, write_atomically
 
+from .data import ReportError
 from .model import Figure, Report, Table, Value
 
 FIGURES_DIR = "figures"
@@ -36,6 +37,14 @@ _OWN_FIGURE_FILE = re.compile(rf"{FIGURES_DIR}/{_SAFE_KEY.pattern}\.(png|svg)")
 
 _COMMAND_KEYS = ("command",)
 """Provenance keys shown as a copyable command instead of a list item."""
+
+
+class ReportWriteError(ExportError, ReportError):
+    """A report file cannot be written (no permission, a full disk, a file where the folder should be).
+
+    A :class:`ReportError`, so the CLI prints it like every other report error, and an
+    ``OSError`` (through :class:`ExportError`), as the failure it wraps.
+    """
 
 
 # -- shared helpers -----------------------------------------------------------------------------
@@ -108,9 +117,36 @@ def _anchor(prefix: str, key: str) -> str:
 
 # -- Markdown ---------------------------------------------------------------------------------------
 
+_MD_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+_MD_LINK = re.compile(r"\](?=[(\[:])")
+"""A "]" that would close a link's text: "](" inline, "][" by reference, "]:" a definition."""
+
+
+def _md_text(text: Any) -> str:
+    """Text from a store, a price table or the command line, made inert in Markdown: it shows as written.
+
+    Profile, framework and model names are whatever a store holds, and a Markdown viewer
+    renders raw HTML, so "<", ">" and "&" become entities; backslashes are doubled (they
+    would escape what follows them), link syntax is broken, and line breaks become spaces
+    (a line could start a heading, a list or an HTML block). Backticks, "*" and "_" stay:
+    the lab's own notes use them and they cannot run code or load anything.
+    """
+    flat = re.sub(r"\r\n|[\r\n\u2028\u2029]", " ", str(text)).replace("\\", "\\\\")
+    inert = re.sub("[&<>]", lambda match: _MD_HTML[match.group()], flat)
+    return _MD_LINK.sub(lambda _: "\\]", inert)
+
+
 def _md_cell(text: str) -> str:
-    # A bare "|" would split the cell and a newline would end the row in GitHub's table syntax.
-    return " ".join(text.split("\n")).replace("|", "\\|")
+    # A bare "|" would split the cell in GitHub's table syntax.
+    return _md_text(text).replace("|", "\\|")
+
+
+def _md_fence(code: str) -> list[str]:
+    """A fenced code block that ``code`` cannot close early: the fence is longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}sh", code, fence]
 
 
 def markdown_table(table: Table) -> str:
@@ -142,25 +178,26 @@ def markdown(report: Report) -> str:
     if report.provenance.get("question"):
         lines += [f"*{report.provenance['question']}*", ""]
     if report.notes:
-        lines += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
+        lines += ["## Notes", ""] + [f"- {_md_text(note)}" for note in report.notes] + [""]
     for table in report.tables:
         lines += [f"## {table.title}", "", markdown_table(table), ""]
         if table.note:
-            lines += [f"*{table.note}*", ""]
+            lines += [f"*{_md_text(table.note)}*", ""]
     if report.figures:
         lines += ["## Figures", ""]
         for figure in report.figures:
             png, svg = figure_files(figure)
             lines += [f"### {figure.title}", "", f"![{figure.title}]({png})", ""]
             if figure.caption:
-                lines += [figure.caption, ""]
+                lines += [_md_text(figure.caption), ""]
             lines += [f"Vector version: [{svg}]({svg})", ""]
     lines += ["## Provenance", ""]
     for label, texts in _provenance_items(report):
+        label, texts = _md_text(label), [_md_text(text) for text in texts]
         lines += [f"- **{label}**: {texts[0]}"] if len(texts) == 1 else [f"- **{label}**:"] + [f"  - {t}" for t in texts]
     command = _command(report)
     if command:
-        lines += ["", "Regenerate with:", "", "```sh", command, "```"]
+        lines += ["", "Regenerate with:", ""] + _md_fence(command)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -383,13 +420,28 @@ def write_report(report: Report, out_dir: Path | str) -> Path:
              "REPORT.md": markdown(report)}
     stale = _previous_figure_files(out)
 
-    for figure in report.figures:
-        png, svg = figure_files(figure)
-        write_atomically(out / png, figure.png)
-        write_atomically(out / svg, figure.svg)
-    for name in ("summary.json", "report.html", "REPORT.md"):
-        write_atomically(out / name, texts[name])
-
-    for name in stale - {name for figure in report.figures for name in figure_files(figure)}:
-        (out / name).unlink(missing_ok=True)
+    try:
+        for figure in report.figures:
+            png, svg = figure_files(figure)
+            write_atomically(out / png, figure.png)
+            write_atomically(out / svg, figure.svg)
+        for name in ("summary.json", "report.html", "REPORT.md"):
+            write_atomically(out / name, texts[name])
+    except ExportError as exc:
+        raise ReportWriteError(f"report in {out} not written (REPORT.md keeps its earlier content): {exc}",
+                               exc.errno) from None
+    _prune(out, stale - {name for figure in report.figures for name in figure_files(figure)})
     return out / "report.html"
+
+
+def _prune(out_dir: Path, names: set[str]) -> None:
+    """Remove figure files the new report no longer lists; one that cannot be removed is left.
+
+    The report is complete by then and links none of them, so a leftover file costs some
+    disk space, not correctness: not worth failing a written report over.
+    """
+    for name in names:
+        try:
+            (out_dir / name).unlink(missing_ok=True)
+        except OSError:
+            continue

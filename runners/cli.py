@@ -17,7 +17,7 @@ from coordlab.tasks.loader import TaskValidationError, load_suite, load_suite_ta
 from coordlab.adapters.base import Knobs
 
 from .experiments import EXPERIMENTS, run_experiment
-from .export import EXPORT_FORMATS, export_episodes, find_episode, render_episode
+from .export import EXPORT_FORMATS, ExportError, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
 from .netguard import loopback_only
 from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, RunSummary, run_sweep
@@ -211,12 +211,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _experiment(name: str, args: argparse.Namespace, out: Path) -> int:
+    from coordlab.reports.build import ReportError
+
     try:
         summary, path = run_experiment(name, out, seeds=args.seeds, frameworks=args.frameworks,
                                        workers=args.workers, time_limit=args.time_limit, fresh=args.fresh)
     except RunInterrupted as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 130
+    except ReportError as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 1
     print(f"{name}: {summary.total} episodes ({summary.skipped} already recorded, {summary.ran} run) "
           f"in {summary.elapsed_s:.1f} s; store {out / 'results.sqlite'}")
     print(f"report written: {path}")
@@ -352,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SweepError, ValueError) as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 2
-    except (SimulatorError, StoreError) as exc:
+    except (SimulatorError, StoreError, ExportError) as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 1
 

@@ -9,6 +9,7 @@ tool call, and gates, handoffs, retries, faults and side effects as span events.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +26,18 @@ from .store import EpisodeKey, Store, StoreError
 EXPORT_FORMATS = ("csv", "jsonl", "otel")
 
 
+class ExportError(OSError):
+    """An output file (an export, or a report's) cannot be written; the message names the path and the way out.
+
+    Still an ``OSError``, so code that already catches one keeps working; the CLI prints the
+    message instead of a traceback.
+    """
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
@@ -32,17 +45,52 @@ def _umask() -> int:
 
 
 def write_atomically(path: Path, content: str | bytes) -> None:
-    """Write to a temp file beside ``path`` and rename it into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temp file beside ``path``, flush it to disk and rename it into place.
+
+    A failure (no permission, a full disk, a folder or a file in the way) leaves no temp file
+    and whatever was at ``path`` before untouched, and raises :class:`ExportError` saying so.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_failure(path, exc) from None
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(content.encode("utf-8") if isinstance(content, str) else content)
+            stream.flush()
+            os.fsync(stream.fileno())  # a full disk shows here, not after the rename; and a crash cannot leave 0 bytes
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for sharing
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, ExportError):
+            raise _write_failure(path, exc) from None
         raise
+
+
+def _write_failure(path: Path, exc: OSError) -> ExportError:
+    """An :class:`ExportError` for ``exc``, raised while writing ``path``: the cause in words, then what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause, remedy = f"the disk is full ({exc.strerror})", "free some space or choose another --out"
+    elif exc.errno == errno.EISDIR or path.is_dir():
+        cause, remedy = "it is a folder", "give a file name, not a folder, as --out"
+    elif (blocker := _file_in_the_way(path)) is not None:
+        cause, remedy = f"{blocker} is a file, not a folder", "choose another --out"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause, remedy = f"{exc.strerror} in {path.parent}", "choose a writable --out"
+    else:
+        cause, remedy = f"{exc.strerror or exc}", "choose another --out"
+    return ExportError(f"cannot write {path}: {cause}; nothing was written there and any earlier file is "
+                       f"unchanged: {remedy}", exc.errno)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is not a folder (so no folder can be made below it)."""
+    for ancestor in path.parents:
+        if ancestor.exists():
+            return None if ancestor.is_dir() else ancestor
+    return None
 
 
 def find_episode(store: Store, text: str) -> sqlite3.Row:
@@ -57,10 +105,19 @@ def find_episode(store: Store, text: str) -> sqlite3.Row:
     if version:
         query += " AND framework_version = ?"
         params.append(version)
-    row = store.connection.execute(query + " ORDER BY episode_id DESC LIMIT 1", params).fetchone()
-    if row is None:
+    rows = store.query(query + " ORDER BY episode_id DESC LIMIT 1", params)
+    if not rows:
         raise StoreError(f"no episode {text} in {store.path}")
-    return row
+    return rows[0]
+
+
+def _stored_json(store: Store, text: str, what: str) -> Any:
+    """Parse JSON the store holds; unreadable JSON means a damaged store, a StoreError rather than a traceback."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise StoreError(f"store {store.path}: {what} is not readable JSON (is the file damaged? `sqlite3 "
+                         f"{store.path} 'PRAGMA integrity_check'` tells)") from None
 
 
 def episode_key(row: sqlite3.Row) -> EpisodeKey:
@@ -71,7 +128,7 @@ def episode_key(row: sqlite3.Row) -> EpisodeKey:
 
 def render_episode(store: Store, row: sqlite3.Row) -> str:
     """One episode as text: its key, outcome, counters, and its trace as a table."""
-    verdict = json.loads(row["verdict_json"] or "{}")
+    verdict = _stored_json(store, row["verdict_json"] or "{}", f"the verdict of episode {row['episode_id']}")
     lines = [f"episode {episode_key(row)}  (run {row['run_id']})",
              f"status {row['status']}{' (harmful)' if row['harmful'] else ''}; termination {row['termination']}; "
              f"wall {row['wall_ms']:.0f} ms",
@@ -87,7 +144,7 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
             lines.append(f"{reason.replace('_', ' ')}: {item}")
     table = []
     for event in store.events(row["episode_id"]):
-        detail = json.loads(event["detail_json"])
+        detail = _stored_json(store, event["detail_json"], f"event {event['seq']} of episode {row['episode_id']}")
         table.append([f"{event['at_ms']:.1f}", event["kind"], event["role"] or "", event["step"] or "",
                       _summarise(event["kind"], detail)])
     lines += ["", tabulate(table, headers=["ms", "event", "role", "step", "detail"])]
@@ -121,9 +178,15 @@ def _plain_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
 
 
 def export_episodes(store: Store, out: Path, fmt: str, run_id: str | None = None) -> int:
-    """Write the episodes (CSV or JSONL) or their traces (``otel``) to ``out``; the number of episodes."""
+    """Write the episodes (CSV or JSONL) or their traces (``otel``) to ``out``; the number of episodes.
+
+    A damaged store raises :class:`StoreError` before anything is written (an export would
+    otherwise pass on whatever the damaged pages happen to hold); an output that cannot be
+    written raises :class:`ExportError` and leaves any earlier ``out`` as it was.
+    """
     if fmt not in EXPORT_FORMATS:
         raise StoreError(f"export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    store.check_integrity()
     rows = store.episodes(run_id)
     if fmt == "otel":
         write_atomically(out, json.dumps(otel_document(store, rows), indent=1))
@@ -169,7 +232,7 @@ def otel_spans(store: Store, row: sqlite3.Row) -> list[dict[str, Any]]:
     spans: list[dict[str, Any]] = []
     root_events: list[dict[str, Any]] = []
     for event in store.events(row["episode_id"]):
-        detail = json.loads(event["detail_json"])
+        detail = _stored_json(store, event["detail_json"], f"event {event['seq']} of episode {row['episode_id']}")
         at_ns = start_ns + int(event["at_ms"] * 1e6)
         span_id = _identifier(trace_id, event["seq"], size=8)
         if event["kind"] == "model_call":

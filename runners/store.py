@@ -1,19 +1,25 @@
 """The results store: one SQLite file (WAL) holding runs, episodes by natural key, and their traces.
 
 Every episode is committed in its own transaction together with its trace events, so a
-runner killed at any instant leaves whole episodes or none. A store written by a newer
-schema is refused rather than migrated down, and every failure to open or write names the
+runner killed at any instant leaves whole episodes or none. A writable store admits one
+writer at a time (an OS lock on a sidecar ``<store>.lock`` that dies with its process), and
+is refused before anything is written when it was written by a newer schema, is some other
+program's SQLite database, or is damaged. Every failure to open, read or write names the
 file and what to do.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 SCHEMA_VERSION = 1
 """The store schema this coordlab writes; older stores are migrated up, newer ones refused."""
@@ -99,7 +105,8 @@ class EpisodeKey:
         return cls(parts[0], framework, version, parts[2], parts[3], int(parts[4]))
 
 
-def _describe(exc: sqlite3.Error, path: Path) -> str:
+def describe_error(exc: sqlite3.Error, path: Path) -> str:
+    """A sentence for an SQLite error on the store at ``path``: what happened and what to do about it."""
     text = str(exc)
     if "readonly" in text or "read-only" in text:
         return f"store {path} is read-only: choose a writable --store path"
@@ -109,7 +116,90 @@ def _describe(exc: sqlite3.Error, path: Path) -> str:
         return f"store {path} cannot be opened (does its folder exist and is it writable?)"
     if "not a database" in text:
         return f"{path} is not a coordlab store (not an SQLite file)"
+    if "malformed" in text:
+        return _damaged(path, text)
+    if "database is locked" in text:
+        return (f"store {path} is locked by another program (an open sqlite3 shell or database browser?): close it, "
+                f"or use another --store")
+    if "disk I/O error" in text:
+        return f"store {path}: disk I/O error (a failing disk or a lost network share?); copy the file somewhere safe"
     return f"store {path}: {text}"
+
+
+def _damaged(path: Path, problem: str) -> str:
+    return (f"store {path} is damaged ({problem}); nothing was written to it. Keep the file for recovery "
+            f"(`sqlite3 {path} .recover > recovered.sql`) and use another --store")
+
+
+def lock_path(path: Path) -> Path:
+    """The sidecar file whose OS lock marks a store's one writer (``results.sqlite`` -> ``results.sqlite.lock``)."""
+    return path.with_name(path.name + ".lock")
+
+
+class _WriterLock:
+    """An exclusive, non-blocking ``flock`` on a store's sidecar lock file, holding the owner's pid and host.
+
+    flock belongs to the open file and the kernel drops it when its process dies, so a
+    SIGKILLed runner never leaves a stale lock behind. The file itself stays: removing it
+    on close would let a newcomer lock a fresh file while a waiter still holds the old one.
+    Two opens in one process conflict too (flock is per open file), which is what keeps two
+    sweeps in two threads of one notebook apart.
+    """
+
+    def __init__(self, store: Path):
+        self.path = lock_path(store)
+        self._file: IO[bytes] | None = None
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        stream = os.fdopen(descriptor, "r+b")  # a file object, so a Store dropped unclosed still frees the lock
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = stream.read(200).decode("utf-8", "replace").split()
+            stream.close()
+            raise StoreError(_busy(store, holder)) from None
+        except BaseException:
+            stream.close()
+            raise
+        self._file = stream
+        self._sign(stream)
+
+    @staticmethod
+    def _sign(stream: IO[bytes]) -> None:
+        """Record who holds the lock, for the "busy" message; best effort (a full disk must not stop a resume)."""
+        try:
+            stream.truncate(0)
+            stream.write(f"{os.getpid()} {socket.gethostname()}\n".encode())
+            stream.flush()
+        except OSError:
+            return
+
+    def release(self) -> None:
+        """Drop the lock (closing the file does it); safe to call twice."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _busy(store: Path, holder: list[str]) -> str:
+    """The "store busy" sentence, naming the holder's pid (and host, for a store on a shared disk) when known."""
+    pid = holder[0] if holder and holder[0].isdigit() else None
+    if pid == str(os.getpid()) and holder[1:2] == [socket.gethostname()]:
+        return (f"store {store} is already open for writing in this process: close that Store first "
+                f"(the runner is a store's only writer)")
+    who = f"pid {pid}" + (f" on {holder[1]}" if len(holder) > 1 else "") if pid else "another process"
+    return (f"store {store} is busy: {who} is writing to it (another `coordlab run`?); wait for it to finish or use "
+            f"another --store")
+
+
+def _open_failure(exc: sqlite3.Error | OSError, path: Path) -> str:
+    """Why a store could not be opened: an SQLite error, or the folder or lock file that could not be made."""
+    if isinstance(exc, sqlite3.Error):
+        return describe_error(exc, path)
+    if exc.filename is None:
+        return f"store {path}: {exc.strerror or exc}"
+    what = "its lock file" if Path(exc.filename) == lock_path(path) else "its folder"
+    return (f"store {path} cannot be opened for writing: cannot create {what} {exc.filename} ({exc.strerror}); "
+            f"choose a --store in a writable folder")
 
 
 class Store:
@@ -117,26 +207,56 @@ class Store:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
+        self._connection: sqlite3.Connection | None = None
+        self._lock: _WriterLock | None = None
         if readonly and not self.path.exists():
             raise StoreError(f"no store at {self.path}: run `coordlab run --store {self.path}` first")
+        if self.path.is_dir():
+            raise StoreError(f"store {self.path} is a folder: give a file path, such as {self.path / 'results.sqlite'}")
         try:
-            if not readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
-            self.connection = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
-            self.connection.row_factory = sqlite3.Row
-            self.connection.execute("PRAGMA foreign_keys = ON")
-            self._check_schema(readonly)
+            self._open(readonly)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(_describe(exc, self.path) if isinstance(exc, sqlite3.Error)
-                             else f"store {self.path}: {exc.strerror or exc}") from None
+            self.close()
+            raise StoreError(_open_failure(exc, self.path)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, readonly: bool) -> None:
+        """Lock (writers only), connect, and check the file is ours, sound and not newer, in that order."""
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _WriterLock(self.path)
+        # Quoted: a '?' or '#' in a file name would otherwise end the name and open another file.
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode={'ro' if readonly else 'rwc'}"
+        self._connection = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+        self._connection.row_factory = sqlite3.Row
+        self._connection.execute("PRAGMA foreign_keys = ON")
+        self._check_schema(readonly)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open SQLite connection (rows are ``sqlite3.Row``)."""
+        if self._connection is None:
+            raise StoreError(f"store {self.path} is closed")
+        return self._connection
+
+    def _schema_version(self) -> int | None:
+        """The schema version the file records; None when it has no coordlab ``meta`` row."""
+        tables = {r[0] for r in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            return None
+        row = self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            return None
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.path} is not a coordlab store (its schema version {row[0]!r} is not a number); "
+                             f"choose another --store") from None
 
     def _check_schema(self, readonly: bool) -> None:
-        tables = {r[0] for r in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        version = None
-        if "meta" in tables:
-            row = self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            version = int(row[0]) if row else None
+        version = self._schema_version()
         if version is not None and version > SCHEMA_VERSION:
             raise StoreError(f"store {self.path} was written by a newer coordlab (schema {version}; this one reads "
                              f"up to {SCHEMA_VERSION}): upgrade coordlab or use another --store")
@@ -144,7 +264,11 @@ class Store:
             if version is None:
                 raise StoreError(f"{self.path} is not a coordlab store (no schema version)")
             return
-        # Only now that the file is known to be ours and not newer may anything be written to it.
+        if version is None and self.connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"{self.path} is an SQLite database but not a coordlab store; nothing was written to "
+                             f"it: choose another --store")
+        self.check_integrity()
+        # Only now that the file is known to be ours, sound and not newer may anything be written to it.
         self.connection.execute("PRAGMA journal_mode = WAL")
         self.connection.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():
@@ -152,6 +276,21 @@ class Store:
                 if statement.strip():
                     self.connection.execute(statement)
             self.connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def check_integrity(self) -> None:
+        """Refuse a damaged file (SQLite's ``quick_check``) before writing to it or exporting it.
+
+        Writing into a damaged b-tree can spread the damage over results that are still
+        whole, and an export would pass garbage on silently. The check reads the whole
+        file, about a second per gigabyte, once per run or export.
+        """
+        try:
+            problems = [row[0] for row in self.connection.execute("PRAGMA quick_check") if row[0] != "ok"]
+        except sqlite3.Error as exc:
+            raise StoreError(describe_error(exc, self.path)) from None
+        if problems:
+            raise StoreError(_damaged(self.path, problems[0].replace("*** in database main ***", "").strip()
+                                      .splitlines()[0]))
 
     # -- transactions ----------------------------------------------------------------------
     class _Transaction:
@@ -184,8 +323,16 @@ class Store:
         return Store._Transaction(self)
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
-        self.connection.close()
+        """Close the connection (SQLite checkpoints the WAL), then free the writer lock; safe to call twice.
+
+        The lock goes last so that no other writer starts before the final checkpoint is done.
+        """
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> "Store":
         return self
@@ -198,13 +345,23 @@ class Store:
             with self.transaction() as connection:
                 return action(connection)
         except sqlite3.Error as exc:
-            raise StoreError(_describe(exc, self.path)) from None
+            raise StoreError(describe_error(exc, self.path)) from None
+
+    def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Every row of a read query; an SQLite failure (a damaged page, say) is a :class:`StoreError`."""
+        try:
+            return self.connection.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(describe_error(exc, self.path)) from None
+
+    def _one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
 
     # -- runs ---------------------------------------------------------------------------------
     def latest_run(self, identity: str) -> sqlite3.Row | None:
         """The most recent run with ``identity`` (what a resume continues)."""
-        return self.connection.execute("SELECT * FROM runs WHERE identity = ? ORDER BY created_at DESC LIMIT 1",
-                                       (identity,)).fetchone()
+        return self._one("SELECT * FROM runs WHERE identity = ? ORDER BY created_at DESC LIMIT 1", (identity,))
 
     def create_run(self, run_id: str, identity: str, spec: dict[str, Any], metadata: dict[str, Any]) -> None:
         """Record a new run."""
@@ -217,14 +374,13 @@ class Store:
 
     def runs(self) -> list[sqlite3.Row]:
         """Every run, newest first."""
-        return self.connection.execute("SELECT * FROM runs ORDER BY created_at DESC").fetchall()
+        return self.query("SELECT * FROM runs ORDER BY created_at DESC")
 
     # -- episodes -----------------------------------------------------------------------------
     def finished_keys(self, run_id: str) -> set[EpisodeKey]:
         """Keys already recorded in ``run_id`` (infra errors excluded: those are run again)."""
-        rows = self.connection.execute(
-            "SELECT task, framework, framework_version, variant, profile, seed FROM episodes "
-            "WHERE run_id = ? AND status != 'infra_error'", (run_id,))
+        rows = self.query("SELECT task, framework, framework_version, variant, profile, seed FROM episodes "
+                          "WHERE run_id = ? AND status != 'infra_error'", (run_id,))
         return {EpisodeKey(*row) for row in rows}
 
     def record_episode(self, run_id: str, row: dict[str, Any], events: list[dict[str, Any]]) -> int:
@@ -252,9 +408,8 @@ class Store:
     def episodes(self, run_id: str | None = None) -> list[sqlite3.Row]:
         """Episodes of one run (default: every run), in the order they finished."""
         if run_id is None:
-            return self.connection.execute("SELECT * FROM episodes ORDER BY episode_id").fetchall()
-        return self.connection.execute("SELECT * FROM episodes WHERE run_id = ? ORDER BY episode_id",
-                                       (run_id,)).fetchall()
+            return self.query("SELECT * FROM episodes ORDER BY episode_id")
+        return self.query("SELECT * FROM episodes WHERE run_id = ? ORDER BY episode_id", (run_id,))
 
     def find_episode(self, key: EpisodeKey, run_id: str | None = None) -> sqlite3.Row | None:
         """The newest episode with ``key`` (in ``run_id`` if given)."""
@@ -264,11 +419,11 @@ class Store:
         if run_id is not None:
             query += " AND run_id = ?"
             params.append(run_id)
-        return self.connection.execute(query + " ORDER BY episode_id DESC LIMIT 1", params).fetchone()
+        return self._one(query + " ORDER BY episode_id DESC LIMIT 1", params)
 
     def events(self, episode_id: int) -> Iterator[sqlite3.Row]:
-        """An episode's trace events in order."""
-        return iter(self.connection.execute("SELECT * FROM events WHERE episode_id = ? ORDER BY seq", (episode_id,)))
+        """An episode's trace events in order (read at once, so a damaged page fails here, as a StoreError)."""
+        return iter(self.query("SELECT * FROM events WHERE episode_id = ? ORDER BY seq", (episode_id,)))
 
 
 def open_readonly(path: str | Path) -> Store:

@@ -37,6 +37,14 @@ def _statuses(store_path: Path) -> Counter[str]:
         return Counter(row[0] for row in connection.execute("SELECT status FROM episodes"))
 
 
+def _recorded(store_path: Path) -> int:
+    """Episodes in a store that may not have its tables yet."""
+    try:
+        return sum(_statuses(store_path).values()) if store_path.exists() else 0
+    except sqlite3.OperationalError:
+        return 0
+
+
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(["run", *argv])
     captured = capsys.readouterr()
@@ -131,6 +139,28 @@ def test_workers_die_with_a_killed_runner_even_mid_episode(tmp_path: Path, plugi
         runner.kill()
         if marker.exists() and _alive(int(marker.read_text())):
             os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+# -- 6. one writer per store ------------------------------------------------------------------------
+
+def test_a_second_run_on_a_busy_store_is_refused_and_nothing_is_recorded_twice(tmp_path: Path) -> None:
+    store = tmp_path / "busy.sqlite"
+    command = [sys.executable, "-m", "coordlab", "run", "--tasks", "chain:n=1", "refund_policy_answer",
+               "--frameworks", "plain", "--variants", "linear", "gated", "--faults", "none", "semantic_10pct",
+               "--seeds", "10", "--store", str(store), "--workers", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None and not _recorded(store):
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second could meet it"
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 1 and "is busy" in second.stderr and "Traceback" not in second.stderr
+    with sqlite3.connect(store) as connection:
+        keys = connection.execute("SELECT task, variant, profile, seed FROM episodes").fetchall()
+        assert connection.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+    assert len(keys) == len(set(keys)) == 80
 
 
 # -- 4. time limits ---------------------------------------------------------------------------------
