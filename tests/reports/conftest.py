@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from html.parser import HTMLParser
 from typing import Callable
 
 import pytest
@@ -88,3 +89,33 @@ def report() -> Report:
 def make_figure() -> Callable[[str], Figure]:
     """Builds a real figure under a given key (for reports with other or more figures)."""
     return success_curve_figure
+
+
+class HtmlPage(HTMLParser):
+    """Collects what a self-containedness check needs: tags, ids, links, sources and text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def all(self, tag: str) -> list[dict[str, str | None]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+@pytest.fixture
+def parse_html() -> Callable[[str], HtmlPage]:
+    """Parse a rendered page into its tags and text."""
+    def parse(page: str) -> HtmlPage:
+        parser = HtmlPage()
+        parser.feed(page)
+        parser.close()
+        return parser
+
+    return parse

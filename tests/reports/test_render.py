@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 from typing import Callable
@@ -15,31 +14,6 @@ import pytest
 
 from coordlab.reports import render
 from coordlab.reports.model import Cell, Figure, Report, Table
-
-
-class _Page(HTMLParser):
-    """Collects what a self-containedness check needs: tags, ids, links, sources and text."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-    def all(self, tag: str) -> list[dict[str, str | None]]:
-        return [attrs for name, attrs in self.tags if name == tag]
-
-
-def parse(page: str) -> _Page:
-    parser = _Page()
-    parser.feed(page)
-    parser.close()
-    return parser
 
 
 def files_in(folder: Path) -> set[str]:
@@ -119,12 +93,12 @@ def test_markdown_keeps_display_text_exactly() -> None:
 
 # -- report.html ------------------------------------------------------------------------------------
 
-def test_html_is_self_contained(report: Report) -> None:
+def test_html_is_self_contained(report: Report, parse_html) -> None:
     page = render.html(report)
     assert not re.search(r"https?://", page, re.IGNORECASE), "external reference in report.html"
     outside_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert not re.search(r"//|url\(|@import|@font-face", outside_images, re.IGNORECASE)
-    parsed = parse(page)
+    parsed = parse_html(page)
     assert not parsed.all("script") and not parsed.all("iframe") and not parsed.all("object")
     assert len(parsed.all("style")) == 1
     for attrs in parsed.all("link"):
@@ -137,18 +111,18 @@ def test_html_is_self_contained(report: Report) -> None:
     assert csp and "default-src 'none'" in (csp[0].get("content") or "")
 
 
-def test_html_embeds_the_figure_png_with_a_caption(report: Report) -> None:
+def test_html_embeds_the_figure_png_with_a_caption(report: Report, parse_html) -> None:
     page = render.html(report)
     figure = report.figures[0]
     assert f'src="data:image/png;base64,{base64.b64encode(figure.png).decode()}"' in page
-    parsed = parse(page)
+    parsed = parse_html(page)
     assert [a["alt"] for a in parsed.all("img")] == [figure.title]
     match = re.search(r"<figcaption>(.*?)</figcaption>", page, re.S)
     assert match and figure.title in match.group(1) and "0.97^n curve" in match.group(1)
 
 
-def test_html_table_of_contents_links_every_table_and_figure(report: Report) -> None:
-    parsed = parse(render.html(report))
+def test_html_table_of_contents_links_every_table_and_figure(report: Report, parse_html) -> None:
+    parsed = parse_html(render.html(report))
     ids = {attrs["id"] for _, attrs in parsed.tags if attrs.get("id")}
     links = [attrs["href"] for attrs in parsed.all("a")]
     assert {"#table-comparison", "#table-by_fault", "#figure-success_vs_length", "#provenance", "#notes"} <= set(links)
@@ -168,12 +142,12 @@ def test_html_comparison_table_comes_first_with_numbers_right_aligned(report: Re
     assert re.search(r"th\.num, td\.num \{ text-align: right; \}", page)
 
 
-def test_html_escapes_report_text(report: Report) -> None:
+def test_html_escapes_report_text(report: Report, parse_html) -> None:
     page = render.html(report)
     assert "<hand-built>" not in page and "&lt;hand-built&gt;" in page
     assert "p &lt; 0.05 &amp; n ≥ 20" in page
     assert "Faults injected &amp; caught" in page
-    text = "".join(parse(page).text)
+    text = "".join(parse_html(page).text)
     assert "coordlab test report <hand-built>" in text and "omitted_field | partial" in text
 
 

@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -71,19 +70,6 @@ def hostile_report(tmp_path: Path, prices: Path) -> Report:
     return report
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
 # -- 6. names from the store cannot inject markup ------------------------------------------------------------
 
 def test_markdown_shows_hostile_store_names_as_text(hostile_report: Report) -> None:
@@ -107,10 +93,8 @@ def test_markdown_table_rows_keep_their_shape_with_hostile_names(hostile_report:
     assert len(separators) == 1 and len(success) == 2 + 2 * 2 * 2
 
 
-def test_html_shows_hostile_store_names_as_text(hostile_report: Report) -> None:
-    page = render.html(hostile_report)
-    parsed = _Tags()
-    parsed.feed(page)
+def test_html_shows_hostile_store_names_as_text(hostile_report: Report, parse_html) -> None:
+    parsed = parse_html(render.html(hostile_report))
     assert not [tag for tag, _ in parsed.tags if tag == "script"]
     assert all((attrs.get("src") or "").startswith("data:image/png;base64,") for tag, attrs in parsed.tags
                if tag == "img")
