@@ -9,15 +9,70 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from .budget import charge, size_of
 
 UNKNOWN = "(unknown)"
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MAX_FMT_CHARS = 1_000_000
+"""Longest text ``fmt`` returns: one template field can be repeated many times."""
+MAX_ROUND_DIGITS = 100
+"""``round(5, -10**9)`` computes ``10**(10**9)``; no task rounds to more digits than this."""
+
+_FMT_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_FMT_FIELD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::(.*))?", re.DOTALL)
+# The format mini-language without nested fields, with width and precision of at most 3 digits.
+_FMT_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?[0-9]{0,3}[,_]?(?:\.[0-9]{1,3})?[bcdeEfFgGnosxX%]?", re.DOTALL)
+
+
+class FormatError(ValueError):
+    """A ``fmt`` template uses something beyond ``{name}``, ``{name:spec}``, ``{{`` and ``}}``."""
+
+
+def _render_field(field: str, values: dict[str, Any]) -> str:
+    """One ``{field}``; only a plain name, so a field can never walk attributes or indexes."""
+    parsed = _FMT_FIELD.fullmatch(field)
+    if parsed is None:
+        raise FormatError(f"fmt: {{{field}}} is not a plain name; fields are {{name}} or {{name:spec}}")
+    name, spec = parsed.group(1), parsed.group(2) or ""
+    if name not in values:
+        raise FormatError(f"fmt: no value for {{{name}}}; pass it as {name}=...")
+    if not _FMT_SPEC.fullmatch(spec):
+        raise FormatError(f"fmt: unsupported format spec {spec!r} in {{{field}}}")
+    value = values[name]
+    return format(UNKNOWN if value is None else value, spec)
 
 
 def fmt(template: str, **values: Any) -> str:
-    """Fill ``{name}`` placeholders; a missing value renders as ``(unknown)``."""
-    return template.format(**{k: (UNKNOWN if v is None else v) for k, v in values.items()})
+    """Fill ``{name}`` placeholders; a missing value renders as ``(unknown)``.
+
+    Unlike ``str.format``, a field is a plain name (with an optional simple spec such as
+    ``{x:.2f}``): ``{f.__globals__}`` or ``{x[0]}`` would let a task file read the
+    process's internals, so anything else raises :class:`FormatError`.
+    """
+    if not isinstance(template, str):
+        raise FormatError(f"fmt: the template must be text, got {type(template).__name__}")
+    rendered: dict[str, str] = {}
+    parts: list[str] = []
+    length, copied = 0, 0
+    for token in _FMT_TOKEN.finditer(template):
+        text = token.group(0)
+        if text in ("{{", "}}"):
+            piece = text[0]
+        elif token.group(1) is not None:
+            if text not in rendered:
+                rendered[text] = _render_field(token.group(1), values)
+            piece = rendered[text]
+        else:
+            raise FormatError(f"fmt: single {text!r} in the template; write {text * 2!r} for a literal brace")
+        parts += [template[copied:token.start()], piece]
+        length += token.start() - copied + len(piece)
+        copied = token.end()
+        if length > MAX_FMT_CHARS:
+            raise FormatError(f"fmt: the text would be longer than {MAX_FMT_CHARS:,} characters")
+    parts.append(template[copied:])
+    return "".join(parts)
 
 
 def weekday(iso_datetime: str) -> str:
@@ -42,7 +97,9 @@ def best_sentence(text: str, query: str) -> str:
     if not sentences:
         return ""
     query_words = words(query)
-    return max(sentences, key=lambda s: (len(words(s) & query_words), -sentences.index(s)))
+    # Indexes come from enumerate: ``sentences.index`` in the key made long texts quadratic.
+    best = max(enumerate(sentences), key=lambda pair: (len(words(pair[1]) & query_words), -pair[0]))
+    return best[1]
 
 
 def reconcile(invoices: list[dict], payments: list[dict]) -> dict[str, list[dict]]:
@@ -85,8 +142,13 @@ def compose_brief(topic: str, facts: list[dict]) -> str:
 
 
 def cites_all(text: str, facts: list[dict]) -> bool:
-    """True when ``text`` cites every fact id and states every fact."""
-    return bool(facts) and all(f"[{f['id']}]" in str(text) and f["text"] in str(text) for f in facts)
+    """True when ``text`` cites every fact id and states every fact.
+
+    Each fact is a search of the whole text, so the work (facts times text) is charged.
+    """
+    text, facts = str(text), list(facts or ())
+    charge(len(facts) * size_of(text))
+    return bool(facts) and all(f"[{f['id']}]" in text and f["text"] in text for f in facts)
 
 
 def worst_service(signals: dict[str, dict]) -> str | None:
@@ -112,13 +174,27 @@ def get(mapping: Any, key: Any, default: Any = None) -> Any:
         return default
 
 
+def sum_numbers(values: Iterable[Any], start: int | float = 0) -> int | float:
+    """``sum`` for numbers: adding up lists copies them quadratically, so a start must be a number."""
+    if isinstance(start, bool) or not isinstance(start, (int, float)):
+        raise TypeError(f"sum() adds numbers; start must be a number, not {type(start).__name__}")
+    return sum(values, start)
+
+
+def round_number(number: Any, ndigits: int | None = None) -> Any:
+    """``round`` with at most :data:`MAX_ROUND_DIGITS` digits either way (an integer power of ten is built)."""
+    if ndigits is not None and isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
+        raise ValueError(f"round() to {ndigits} digits; at most {MAX_ROUND_DIGITS} either way")
+    return round(number, ndigits)
+
+
 HELPERS: dict[str, Callable[..., Any]] = {
     "fmt": fmt, "weekday": weekday, "shift_days": shift_days, "best_sentence": best_sentence,
     "reconcile": reconcile, "journal_entries": journal_entries,
     "entries_are_correct": entries_are_correct, "compose_brief": compose_brief,
     "cites_all": cites_all, "worst_service": worst_service, "transform": transform,
-    "get": get, "len": len, "sum": sum, "min": min, "max": max, "sorted": sorted,
-    "round": round, "abs": abs, "all": all, "any": any, "str": str, "int": int,
+    "get": get, "len": len, "sum": sum_numbers, "min": min, "max": max, "sorted": sorted,
+    "round": round_number, "abs": abs, "all": all, "any": any, "str": str, "int": int,
     "float": float, "list": list,
 }
 """Every helper a task expression may call, by the name it calls it with."""

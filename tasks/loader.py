@@ -3,6 +3,11 @@
 One loader for every task. Validation does not stop at the first problem: it collects
 every problem with its file, line and field, then raises once (:class:`TaskValidationError`),
 so a task author fixes a file in one pass. Unknown names answer "did you mean".
+
+Task files are untrusted: the YAML is read within size, depth and alias limits
+(:mod:`coordlab.tasks.yaml_files`), every field is type-checked before it is used (a list
+where a name belongs is a problem, not a ``TypeError``), repeats are bounded before they
+are unrolled, and a file with more than :data:`MAX_PROBLEMS` problems stops there.
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from .expressions import Expression, ExpressionError, compile_expression
 from .functions import HELPERS
 from .schema import SCHEMA_VERSION, Check, Gate, OutputField, Role, Step, Task, ToolCallPlan
 from .tools import TOOLS
+from .yaml_files import YamlFileError, read_yaml_document
 
 SUITE_DIR = Path(__file__).parent / "suite"
 """Where the built-in suite's task files live."""
@@ -36,6 +40,19 @@ _CHECK_KEYS = {"expr", "description"}
 _PARAM_KEYS = {"default", "min", "max"}
 _CHECK_NAMES = {"final", "expected", "side_effects", "inputs"}
 _PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
+_REPEAT_COUNT = re.compile(r"-?[0-9]{1,9}")
+
+MAX_STEPS = 12
+"""Most steps a task may have, counted after ``repeat`` is unrolled."""
+MAX_PROBLEMS = 100
+"""Problems reported per file before validation stops (a broken 1 MiB file could have a million)."""
+MAX_PARAM_VALUE = 1_000_000
+"""Largest parameter bound: ``${n}`` is substituted everywhere, so its text must stay short."""
+MAX_INSTRUCTION_CHARS = 20_000
+"""Longest step instruction once task inputs are substituted into it."""
+_MAX_HINT_NAMES = 1_000
+_MAX_HINT_LENGTH = 200
+_MAX_LISTED_NAMES = 20
 
 
 @dataclass(frozen=True)
@@ -61,14 +78,33 @@ class TaskValidationError(ValueError):
                          "\n".join(f"  {p}" for p in problems))
 
 
-def did_you_mean(name: str, known: Iterable[str], listed: Iterable[str] | None = None) -> str:
-    """A hint naming the closest known names, or else listing ``listed`` (default: all known)."""
-    known = sorted(set(known))
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+def did_you_mean(name: str, known: Iterable[Any], listed: Iterable[Any] | None = None) -> str:
+    """A hint naming the closest known names, or else listing ``listed`` (default: all known).
+
+    Names are compared as text (a task file may use numbers as keys); matching is skipped
+    past :data:`_MAX_HINT_NAMES` names or for very long ones (difflib is quadratic in the
+    worst case), and the listing is cut short, so a hint stays cheap.
+    """
+    known = sorted({str(k) for k in known})
+    candidates = [k for k in known if len(k) <= _MAX_HINT_LENGTH]
+    matchable = len(name) <= _MAX_HINT_LENGTH and len(candidates) <= _MAX_HINT_NAMES
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6) if matchable else []
     if close:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    listed = sorted(set(known if listed is None else listed))
-    return "known: " + (", ".join(listed) if listed else "(none)")
+    listed = sorted({str(k) for k in (known if listed is None else listed)})
+    shown = ", ".join(_clip(n) for n in listed[:_MAX_LISTED_NAMES])
+    more = f" and {len(listed) - _MAX_LISTED_NAMES} more" if len(listed) > _MAX_LISTED_NAMES else ""
+    return "known: " + (shown + more if listed else "(none)")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, for echoing file content in a message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _show(value: Any) -> str:
+    """A short repr of a value from the file, for messages."""
+    return _clip(repr(value), 80)
 
 
 def _field_name(path: FieldPath) -> str:
@@ -78,26 +114,10 @@ def _field_name(path: FieldPath) -> str:
     return text or "(file)"
 
 
-def _read_yaml_with_lines(text: str) -> tuple[Any, dict[FieldPath, int]]:
-    """Parse YAML safely, returning the data and the 1-based line of every node by path."""
-    lines: dict[FieldPath, int] = {}
-
-    def convert(node: yaml.Node, path: FieldPath) -> Any:
-        lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = yaml.safe_load(yaml.serialize(key_node))
-                lines[path + (key,)] = key_node.start_mark.line + 1
-                result[key] = convert(value_node, path + (key,))
-                lines[path + (key,)] = key_node.start_mark.line + 1
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [convert(item, path + (i,)) for i, item in enumerate(node.value)]
-        return yaml.safe_load(yaml.serialize(node))
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    return (convert(root, ()) if root is not None else None), lines
+def _filled_length(text: str, rendered: Mapping[str, str]) -> int:
+    """How long ``text`` becomes once its ``${name}`` placeholders are replaced (without building it)."""
+    return len(text) + sum(len(rendered[m.group(1)]) - len(m.group(0))
+                           for m in _PLACEHOLDER.finditer(text) if m.group(1) in rendered)
 
 
 def _substitute(value: Any, names: Mapping[str, Any]) -> Any:
@@ -111,6 +131,10 @@ def _substitute(value: Any, names: Mapping[str, Any]) -> Any:
     return value
 
 
+class _TooManyProblems(Exception):
+    """A file reached :data:`MAX_PROBLEMS`; the rest would only bury the first ones."""
+
+
 class _Builder:
     """Turns one parsed task file into a :class:`Task`, collecting every problem on the way."""
 
@@ -119,9 +143,15 @@ class _Builder:
         self.problems: list[Problem] = []
         self.unresolved_steps: set[str] = set()
         """Steps naming an unknown tool: checks that depend on their tools are skipped, not cascaded."""
+        self.rendered_inputs: dict[str, str] = {}
+        """Each task input as text, rendered once for every instruction that names it."""
 
     # -- reporting ----------------------------------------------------------------------
     def problem(self, path: FieldPath, message: str) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.problems.append(Problem(self.file, None, "(file)",
+                                         f"more than {MAX_PROBLEMS} problems; validation stopped here"))
+            raise _TooManyProblems
         probe = path
         while probe and probe not in self.lines:
             probe = probe[:-1]
@@ -133,10 +163,17 @@ class _Builder:
         self.problem(path, f"expected {what}, got {type(value).__name__}")
         return False
 
-    def unknown_keys(self, mapping: Mapping[str, Any], allowed: set[str], path: FieldPath) -> None:
+    def expect_name(self, value: Any, path: FieldPath, what: str) -> bool:
+        """True for text; anything else (a number, a list) where a name belongs is a problem."""
+        if isinstance(value, str):
+            return True
+        self.problem(path, f"expected {what} (text), got {type(value).__name__}")
+        return False
+
+    def unknown_keys(self, mapping: Mapping[Any, Any], allowed: set[str], path: FieldPath) -> None:
         for key in mapping:
             if key not in allowed:
-                self.problem(path + (key,), f"unknown field {key!r}; {did_you_mean(str(key), allowed)}")
+                self.problem(path + (key,), f"unknown field {_show(key)}; {did_you_mean(str(key), allowed)}")
 
     def expression(self, source: Any, path: FieldPath, allowed: set[str]) -> Expression | None:
         if isinstance(source, (int, float, bool)) and not isinstance(source, str):
@@ -147,12 +184,12 @@ class _Builder:
         try:
             expression = compile_expression(source)
         except ExpressionError as exc:
-            self.problem(path, f"invalid expression {source!r}: {exc}")
+            self.problem(path, f"invalid expression {_show(source)}: {exc}")
             return None
         for name in sorted(expression.free_names - allowed - set(HELPERS)):
             kind = "function" if name in expression.called_names else "name"
             listed = set(HELPERS) if kind == "function" else allowed
-            self.problem(path, f"unknown {kind} {name!r} in {source!r}; "
+            self.problem(path, f"unknown {kind} {name!r} in {_show(source)}; "
                                f"{did_you_mean(name, allowed | set(HELPERS), listed)}")
         return expression
 
@@ -168,7 +205,7 @@ class _Builder:
                 self.problem((key,), "required field is missing")
         if "schema_version" in data and data["schema_version"] != SCHEMA_VERSION:
             self.problem(("schema_version",), f"this coordlab reads schema_version {SCHEMA_VERSION}, "
-                                              f"the file has {data['schema_version']!r}")
+                                              f"the file has {_show(data['schema_version'])}")
         name = data.get("name", "")
         if "name" in data and (not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name)):
             self.problem(("name",), "must be a lower-case identifier such as 'incident_triage'")
@@ -178,11 +215,13 @@ class _Builder:
         params = self.params(data.get("params") or {})
         data = _substitute(data, params)
         inputs = data.get("inputs") or {}
-        self.expect(inputs, dict, ("inputs",), "a mapping of input names to values")
+        if not self.expect(inputs, dict, ("inputs",), "a mapping of input names to values"):
+            inputs = {}
         fixtures = data.get("fixtures") or {}
-        self.expect(fixtures, dict, ("fixtures",), "a mapping of world sections")
+        if not self.expect(fixtures, dict, ("fixtures",), "a mapping of world sections"):
+            fixtures = {}
         roles = self.roles(data.get("roles"))
-        steps = self.steps(data.get("steps"), roles, inputs if isinstance(inputs, dict) else {})
+        steps = self.steps(data.get("steps"), roles, inputs)
         gates = self.gates(data.get("gates") or [], steps, inputs)
         checks = self.checks(data.get("checks") or [], inputs, fixtures)
         if self.problems:
@@ -201,10 +240,15 @@ class _Builder:
         resolved: dict[str, int] = {}
         for name, bounds in spec.items():
             path = ("params", name)
+            if not self.expect_name(name, path, "a parameter name"):
+                continue
             if not self.expect(bounds, dict, path, "a mapping with default, min and max"):
                 continue
             self.unknown_keys(bounds, _PARAM_KEYS, path)
             if not all(self.expect(bounds.get(k), int, path + (k,), "an integer") for k in ("default", "min", "max")):
+                continue
+            if any(abs(bounds[k]) > MAX_PARAM_VALUE for k in ("default", "min", "max")):
+                self.problem(path, f"bounds must lie within -{MAX_PARAM_VALUE:,}..{MAX_PARAM_VALUE:,}")
                 continue
             value = self.overrides.get(name, bounds["default"])
             if not bounds["min"] <= value <= bounds["max"]:
@@ -221,6 +265,8 @@ class _Builder:
         roles: dict[str, dict[str, str]] = {}
         for name, body in spec.items():
             path = ("roles", name)
+            if not self.expect_name(name, path, "a role name"):
+                continue
             if not self.expect(body, dict, path, "a mapping with goal and instructions"):
                 continue
             self.unknown_keys(body, _ROLE_KEYS, path)
@@ -234,38 +280,79 @@ class _Builder:
             self.problem(("roles",), f"a task has 2 to 4 roles, this one has {len(roles)}")
         return roles
 
-    def expand_steps(self, spec: list[Any]) -> list[tuple[FieldPath, dict[str, Any]]]:
-        """Unroll ``repeat`` steps; each result keeps the path of its template for error lines."""
-        expanded: list[tuple[FieldPath, dict[str, Any]]] = []
+    def repeat_plan(self, repeat: Any, path: FieldPath) -> tuple[int, list[str]] | None:
+        """The count and role cycle of a ``repeat``, checked before anything is unrolled."""
+        path = path + ("repeat",)
+        if not self.expect(repeat, dict, path, "a mapping with count and roles"):
+            return None
+        self.unknown_keys(repeat, {"count", "roles"}, path)
+        count, roles = repeat.get("count"), repeat.get("roles")
+        if isinstance(count, str) and _REPEAT_COUNT.fullmatch(count):
+            count = int(count)  # a ${param} placeholder, already substituted
+        if not (self.expect(count, int, path + ("count",), "an integer (use ${param})")
+                and self.expect(roles, list, path + ("roles",), "a list of roles to cycle")):
+            return None
+        if not 1 <= count <= MAX_STEPS:
+            self.problem(path + ("count",), f"must be 1 to {MAX_STEPS} (a task has at most {MAX_STEPS} steps), "
+                                            f"got {_show(count)}")
+            return None
+        if not roles:
+            self.problem(path + ("roles",), "name at least one role to cycle")
+            return None
+        if not all(self.expect_name(role, path + ("roles", i), "a role name") for i, role in enumerate(roles)):
+            return None
+        return count, roles
+
+    def expand_steps(self, spec: list[Any]) -> tuple[list[tuple[FieldPath, dict[Any, Any]]], int]:
+        """Unroll ``repeat`` steps; each result keeps the path of its template for error lines.
+
+        Returns the steps and how many the file asks for: past :data:`MAX_STEPS` repeats are
+        counted but not unrolled, since the file is refused for its step count anyway.
+        """
+        expanded: list[tuple[FieldPath, dict[Any, Any]]] = []
+        planned = 0
         for index, raw in enumerate(spec):
             path = ("steps", index)
             if not self.expect(raw, dict, path, "a step mapping"):
                 continue
-            repeat = raw.get("repeat")
-            if repeat is None:
+            if raw.get("repeat") is None:
                 expanded.append((path, raw))
+                planned += 1
                 continue
-            count, roles = (repeat or {}).get("count"), (repeat or {}).get("roles")
-            if isinstance(count, str) and count.isdigit():
-                count = int(count)  # a ${param} placeholder, already substituted
-            if not (self.expect(count, int, path + ("repeat", "count"), "an integer (use ${param})")
-                    and self.expect(roles, list, path + ("repeat", "roles"), "a list of roles to cycle")
-                    and roles):
+            plan = self.repeat_plan(raw["repeat"], path)
+            if plan is None:
+                planned += 1  # counted as its template, so the step count adds no second problem
+                continue
+            count, roles = plan
+            planned += count
+            if planned > MAX_STEPS:
                 continue
             template = {k: v for k, v in raw.items() if k != "repeat"}
             for i in range(1, count + 1):
                 step = _substitute(template, {"i": i, "prev": i - 1})
                 step["role"] = roles[(i - 1) % len(roles)]
                 expanded.append((path, step))
-        return expanded
+        return expanded, planned
 
-    def steps(self, spec: Any, roles: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[Step]:
+    def fill_instruction(self, text: str, inputs: Mapping[Any, Any], path: FieldPath) -> str:
+        """``text`` with ``${input}`` placeholders filled, refused when that would make it huge."""
+        for match in _PLACEHOLDER.finditer(text):
+            name = match.group(1)
+            if name in inputs and name not in self.rendered_inputs:
+                self.rendered_inputs[name] = str(inputs[name])
+        if _filled_length(text, self.rendered_inputs) > MAX_INSTRUCTION_CHARS:
+            self.problem(path, f"the instruction would be longer than {MAX_INSTRUCTION_CHARS:,} characters "
+                               "once task inputs are filled in")
+            return text
+        return _PLACEHOLDER.sub(lambda m: self.rendered_inputs.get(m.group(1), m.group(0)), text)
+
+    def steps(self, spec: Any, roles: Mapping[str, Any], inputs: Mapping[Any, Any]) -> list[Step]:
         if spec is None or not self.expect(spec, list, ("steps",), "a list of steps"):
             return []
         steps: list[Step] = []
-        available = set(inputs)
+        available = {name for name in inputs if isinstance(name, str)}
         seen_ids: set[str] = set()
-        expanded = self.expand_steps(spec)
+        expanded, planned = self.expand_steps(spec)
         for path, raw in expanded:
             self.unknown_keys(raw, _STEP_KEYS - {"repeat"}, path)
             step_id = raw.get("id")
@@ -276,21 +363,13 @@ class _Builder:
                 self.problem(path + ("id",), f"step id {step_id!r} is used twice")
             seen_ids.add(step_id)
             role = raw.get("role")
-            if role not in roles:
-                self.problem(path + ("role",), f"unknown role {role!r}; {did_you_mean(str(role), roles)}")
+            if not isinstance(role, str) or role not in roles:
+                self.problem(path + ("role",), f"unknown role {_show(role)}; {did_you_mean(str(role), roles)}")
             instruction = raw.get("instruction")
             if not isinstance(instruction, str) or not instruction.strip():
                 self.problem(path + ("instruction",), "required text is missing")
                 instruction = ""
-            reads = raw.get("reads") or []
-            if self.expect(reads, list, path + ("reads",), "a list of field names"):
-                for r_index, field_name in enumerate(reads):
-                    if field_name not in available:
-                        self.problem(path + ("reads", r_index),
-                                     f"{field_name!r} is neither a task input nor produced by an earlier step; "
-                                     f"{did_you_mean(str(field_name), available)}")
-            else:
-                reads = []
+            reads = self.reads(raw.get("reads") or [], path + ("reads",), available)
             scope = set(reads)
             calls = self.tool_calls(raw.get("tools") or [], path + ("tools",), scope, step_id)
             produces = self.outputs(raw.get("produces"), path + ("produces",), scope)
@@ -300,12 +379,27 @@ class _Builder:
             # Declared names count as available even when their expression is broken, so one
             # bad expression is reported once instead of at every step that reads the field.
             declared = raw.get("produces") if isinstance(raw.get("produces"), dict) else {}
-            available |= {o.name for o in produces} | {str(name) for name in declared}
-            instruction = _substitute(instruction, inputs)
+            available |= {o.name for o in produces} | {name for name in declared if isinstance(name, str)}
+            instruction = self.fill_instruction(instruction, inputs, path + ("instruction",))
             steps.append(Step(step_id, str(role), instruction.strip(), tuple(reads), tuple(calls), tuple(produces)))
-        if not 1 <= len(steps) <= 12:
-            self.problem(("steps",), f"a task has 1 to 12 steps, this one has {len(steps)}")
+        if not 1 <= planned <= MAX_STEPS:
+            self.problem(("steps",), f"a task has 1 to {MAX_STEPS} steps, this one has {planned}")
         return steps
+
+    def reads(self, spec: Any, path: FieldPath, available: set[str]) -> list[str]:
+        """The field names a step reads; each must be an input or an earlier step's output."""
+        if not self.expect(spec, list, path, "a list of field names"):
+            return []
+        reads: list[str] = []
+        for index, field_name in enumerate(spec):
+            if not self.expect_name(field_name, path + (index,), "a field name"):
+                continue
+            if field_name not in available:
+                self.problem(path + (index,),
+                             f"{_show(field_name)} is neither a task input nor produced by an earlier step; "
+                             f"{did_you_mean(field_name, available)}")
+            reads.append(field_name)
+        return reads
 
     def tool_calls(self, spec: Any, path: FieldPath, scope: set[str], step_id: str) -> list[ToolCallPlan]:
         if not self.expect(spec, list, path, "a list of tool calls"):
@@ -317,10 +411,13 @@ class _Builder:
                 continue
             self.unknown_keys(raw, _CALL_KEYS, call_path)
             name = raw.get("call")
-            if name not in TOOLS:
-                self.problem(call_path + ("call",), f"unknown tool {name!r}; {did_you_mean(str(name), TOOLS)}")
+            bind = raw.get("as", name)
+            if "as" in raw and not self.expect_name(bind, call_path + ("as",), "a name for the result"):
+                bind = name
+            if not isinstance(name, str) or name not in TOOLS:
+                self.problem(call_path + ("call",), f"unknown tool {_show(name)}; {did_you_mean(str(name), TOOLS)}")
                 self.unresolved_steps.add(step_id)
-                scope.add(str(raw.get("as", name)))
+                scope.add(str(bind))
                 continue
             tool = TOOLS[name]
             args = raw.get("args") or {}
@@ -331,13 +428,12 @@ class _Builder:
             arguments: dict[str, Expression] = {}
             for arg, source in args.items():
                 if arg not in tool.parameters:
-                    self.problem(call_path + ("args", arg),
-                                 f"tool {name!r} has no argument {arg!r}; {did_you_mean(str(arg), tool.parameters)}")
+                    self.problem(call_path + ("args", arg), f"tool {name!r} has no argument {_show(arg)}; "
+                                                            f"{did_you_mean(str(arg), tool.parameters)}")
                 elif (expression := self.expression(source, call_path + ("args", arg), scope)) is not None:
                     arguments[arg] = expression
-            bind = raw.get("as", name)
-            calls.append(ToolCallPlan(name, arguments, bind))
-            scope.add(bind)
+            calls.append(ToolCallPlan(name, arguments, str(bind)))
+            scope.add(str(bind))
         return calls
 
     def outputs(self, spec: Any, path: FieldPath, scope: set[str]) -> list[OutputField]:
@@ -349,6 +445,8 @@ class _Builder:
         outputs: list[OutputField] = []
         for name, body in spec.items():
             field_path = path + (name,)
+            if not self.expect_name(name, field_path, "an output name"):
+                continue
             wrong = None
             if isinstance(body, dict):
                 self.unknown_keys(body, {"value", "wrong"}, field_path)
@@ -357,10 +455,10 @@ class _Builder:
                 body = body.get("value")
             value = self.expression(body, field_path, scope)
             if value is not None:
-                outputs.append(OutputField(str(name), value, wrong))
+                outputs.append(OutputField(name, value, wrong))
         return outputs
 
-    def gates(self, spec: Any, steps: list[Step], inputs: Any) -> list[Gate]:
+    def gates(self, spec: Any, steps: list[Step], inputs: Mapping[Any, Any]) -> list[Gate]:
         if not self.expect(spec, list, ("gates",), "a list of gates"):
             return []
         by_id = {s.id: i for i, s in enumerate(steps)}
@@ -371,17 +469,18 @@ class _Builder:
                 continue
             self.unknown_keys(raw, _GATE_KEYS, path)
             before = raw.get("before")
-            if before not in by_id:
-                self.problem(path + ("before",), f"unknown step {before!r}; {did_you_mean(str(before), by_id)}")
+            if not isinstance(before, str) or before not in by_id:
+                self.problem(path + ("before",), f"unknown step {_show(before)}; {did_you_mean(str(before), by_id)}")
                 continue
             position = by_id[before]
             if not steps[position].mutating and before not in self.unresolved_steps:
                 self.problem(path + ("before",), f"step {before!r} changes nothing; gates guard mutating steps")
             retry = raw.get("retry", steps[position - 1].id if position else before)
-            if retry not in by_id or by_id[retry] > position:
-                self.problem(path + ("retry",), f"retry step {retry!r} must be {before!r} or a step before it; "
+            if not isinstance(retry, str) or retry not in by_id or by_id[retry] > position:
+                self.problem(path + ("retry",), f"retry step {_show(retry)} must be {before!r} or a step before it; "
                                                 f"{did_you_mean(str(retry), by_id)}")
-            visible = set(inputs) | {o for s in steps[:position] for o in s.output_names}
+            visible = {name for name in inputs if isinstance(name, str)}
+            visible |= {o for s in steps[:position] for o in s.output_names}
             visible |= {name for name, t in TOOLS.items() if not t.mutating}
             predicate = self.expression(raw.get("check"), path + ("check",), visible)
             message = raw.get("message")
@@ -395,10 +494,10 @@ class _Builder:
                 self.problem(("steps", position), f"mutating step {step.id!r} has no gate")
         return gates
 
-    def checks(self, spec: Any, inputs: Any, fixtures: Any) -> list[Check]:
+    def checks(self, spec: Any, inputs: Mapping[Any, Any], fixtures: Mapping[Any, Any]) -> list[Check]:
         if not self.expect(spec, list, ("checks",), "a list of checks"):
             return []
-        visible = _CHECK_NAMES | set(fixtures if isinstance(fixtures, dict) else ()) | set(inputs or ())
+        visible = _CHECK_NAMES | {name for name in [*fixtures, *inputs] if isinstance(name, str)}
         checks: list[Check] = []
         for index, raw in enumerate(spec):
             path = ("checks", index)
@@ -412,19 +511,15 @@ class _Builder:
 
 
 def _parse(path: Path, params: Mapping[str, int]) -> tuple[Task | None, list[Problem]]:
-    file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, [Problem(file, None, "(file)", f"cannot read: {exc.strerror or exc}")]
+        document = read_yaml_document(path)
+    except YamlFileError as exc:
+        return None, [Problem(exc.file, exc.line, exc.field, exc.message)]
+    builder = _Builder(str(path), document.data, document.lines, params)
     try:
-        data, lines = _read_yaml_with_lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        message = " ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
-        return None, [Problem(file, mark.line + 1 if mark else None, "(yaml)", message or str(exc).splitlines()[0])]
-    builder = _Builder(file, data, lines, params)
-    task = builder.build()
+        task = builder.build()
+    except _TooManyProblems:
+        return None, builder.problems
     if task is not None:
         task = Task(**{**task.__dict__, "source": path})
     return task, builder.problems

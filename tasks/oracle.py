@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .expressions import Expression
+from .expressions import Expression, ExpressionError
 from .functions import HELPERS
 from .schema import OutputField, Step, Task, ToolCallPlan
 from .tools import TOOLS
@@ -21,10 +21,14 @@ from .world import SideEffect, World, canonical_json
 
 
 def safe_evaluate(expression: Expression, namespace: Mapping[str, Any]) -> Any:
-    """Evaluate; an expression that cannot be computed from what was given yields ``None``."""
+    """Evaluate; an expression that cannot be computed from what was given yields ``None``.
+
+    A model given bad inputs answers badly; it does not crash. Every evaluation failure,
+    over-budget work included, is an :class:`ExpressionError`.
+    """
     try:
         return expression.evaluate(namespace)
-    except Exception:  # noqa: BLE001 - a model given bad inputs answers badly; it does not crash
+    except ExpressionError:
         return None
 
 

@@ -132,8 +132,9 @@ def _crm_update(world: World, customer_id: str, field: str, value: str) -> dict[
 def _policy_search(world: World, query: str) -> dict[str, str]:
     documents = world.section("policies")
     query_words = functions.words(query)
-    best = max(documents, key=lambda d: (len(functions.words(d["title"] + " " + d["text"]) & query_words),
-                                         -documents.index(d)))
+    # Ties go to the first document; enumerate keeps that linear (``documents.index`` was quadratic).
+    _, best = max(enumerate(documents), key=lambda pair: (
+        len(functions.words(pair[1]["title"] + " " + pair[1]["text"]) & query_words), -pair[0]))
     return {"policy_id": best["id"], "title": best["title"], "text": best["text"]}
 
 

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .budget import charge_size
+
 
 def canonical_json(value: Any) -> str:
     """A stable JSON text for comparing tool arguments and side effects."""
@@ -50,11 +52,16 @@ class World:
         return cls(state=copy.deepcopy(dict(fixtures)))
 
     def section(self, name: str) -> Any:
-        """One fixture section (``calendar``, ``crm``...); a clear error when the task lacks it."""
+        """One fixture section (``calendar``, ``crm``...); a clear error when the task lacks it.
+
+        A tool reads its whole section, so inside an expression the section's size is charged.
+        """
         try:
-            return self.state[name]
+            section = self.state[name]
         except KeyError:
             raise KeyError(f"this task's world has no {name!r} fixtures") from None
+        charge_size(section)
+        return section
 
     def next_id(self, prefix: str) -> str:
         """A deterministic identifier (``msg-1``, ``msg-2``...) for a created record."""

@@ -27,8 +27,9 @@ def test_free_names_exclude_comprehension_variables() -> None:
 
 
 def test_builtins_are_not_reachable() -> None:
-    with pytest.raises(NameError):
+    with pytest.raises(ExpressionError, match="cannot evaluate 'len\\(x\\)': unknown name 'len'") as caught:
         compile_expression("len(x)").evaluate({"x": [1]})
+    assert isinstance(caught.value.__cause__, NameError)
 
 
 def test_tool_validation_names_every_problem() -> None:

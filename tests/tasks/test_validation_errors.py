@@ -21,6 +21,8 @@ EXPECTED = {
     "unknown_field": (40, "fixture", "unknown field 'fixture'; did you mean 'fixtures'?"),
     "tool_arguments": (30, "steps[1].tools[0].args.subjet", "has no argument 'subjet'; did you mean 'subject'?"),
     "gate_on_reader": (34, "gates[0].before", "step 'lookup' changes nothing"),
+    "not_utf8": (4, "(file)", "not UTF-8 text: byte 0xe9 at line 4, column 85"),
+    "repeat_too_long": (20, "steps[0].repeat.count", "must be 1 to 12 (a task has at most 12 steps), got 13"),
 }
 
 
