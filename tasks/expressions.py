@@ -24,6 +24,7 @@ from types import GeneratorType
 from typing import Any, Callable, Mapping
 
 from .budget import Budget, BudgetExceeded, check_product_size
+from .functions import FormatError, template_fields
 
 MAX_EXPRESSION_CHARS = 10_000
 """Longest expression text; room for a long ``fmt`` template, not for a program."""
@@ -201,6 +202,22 @@ def _parse(source: str) -> ast.Expression:
     return tree
 
 
+def _check_constant_template(call: ast.Call) -> None:
+    """Refuse a ``fmt`` call whose written template ``fmt`` would refuse, or whose fields it is not given."""
+    if not call.args or not isinstance(call.args[0], ast.Constant) or not isinstance(call.args[0].value, str):
+        return
+    try:
+        fields = template_fields(call.args[0].value)
+    except FormatError as exc:
+        raise ExpressionError(str(exc)) from None
+    if any(keyword.arg is None for keyword in call.keywords):
+        return
+    missing = sorted(fields - {keyword.arg for keyword in call.keywords})
+    if missing:
+        raise ExpressionError(f"fmt: the template fills {', '.join(missing)} but no such value is passed "
+                              f"(add {missing[0]}=...)")
+
+
 def compile_expression(source: str) -> Expression:
     """Parse ``source`` and reject anything outside the task language."""
     if not isinstance(source, str) or not source.strip():
@@ -220,6 +237,8 @@ def compile_expression(source: str) -> Expression:
             if not isinstance(node.func, ast.Name):
                 raise ExpressionError("only helper functions may be called, not methods")
             called.add(node.func.id)
+            if node.func.id == "fmt":
+                _check_constant_template(node)
     guarded = ast.fix_missing_locations(_Guard().visit(tree))
     try:
         with warnings.catch_warnings():

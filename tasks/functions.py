@@ -30,18 +30,40 @@ class FormatError(ValueError):
     """A ``fmt`` template uses something beyond ``{name}``, ``{name:spec}``, ``{{`` and ``}}``."""
 
 
-def _render_field(field: str, values: dict[str, Any]) -> str:
-    """One ``{field}``; only a plain name, so a field can never walk attributes or indexes."""
+def _parse_field(field: str) -> tuple[str, str]:
+    """The name and spec of one ``{field}``; only a plain name, so a field can never walk attributes or indexes."""
     parsed = _FMT_FIELD.fullmatch(field)
     if parsed is None:
         raise FormatError(f"fmt: {{{field}}} is not a plain name; fields are {{name}} or {{name:spec}}")
     name, spec = parsed.group(1), parsed.group(2) or ""
-    if name not in values:
-        raise FormatError(f"fmt: no value for {{{name}}}; pass it as {name}=...")
     if not _FMT_SPEC.fullmatch(spec):
         raise FormatError(f"fmt: unsupported format spec {spec!r} in {{{field}}}")
+    return name, spec
+
+
+def _render_field(field: str, values: dict[str, Any]) -> str:
+    """One ``{field}`` filled from ``values``."""
+    name, spec = _parse_field(field)
+    if name not in values:
+        raise FormatError(f"fmt: no value for {{{name}}}; pass it as {name}=...")
     value = values[name]
     return format(UNKNOWN if value is None else value, spec)
+
+
+def template_fields(template: str) -> frozenset[str]:
+    """The names a ``fmt`` template fills; :class:`FormatError` for anything ``fmt`` would refuse.
+
+    Lets the loader reject a task file's constant template where it is written, instead of
+    the template failing at run time inside an episode.
+    """
+    names = set()
+    for token in _FMT_TOKEN.finditer(template):
+        if token.group(1) is not None:
+            names.add(_parse_field(token.group(1))[0])
+        elif token.group(0) not in ("{{", "}}"):
+            raise FormatError(f"fmt: single {token.group(0)!r} in the template; "
+                              f"write {token.group(0) * 2!r} for a literal brace")
+    return frozenset(names)
 
 
 def fmt(template: str, **values: Any) -> str:

@@ -143,6 +143,8 @@ class _Builder:
         self.problems: list[Problem] = []
         self.unresolved_steps: set[str] = set()
         """Steps naming an unknown tool: checks that depend on their tools are skipped, not cascaded."""
+        self.declared_outputs: dict[str, set[str]] = {}
+        """Each step's output names as written, broken expressions included (so gates do not cascade)."""
         self.rendered_inputs: dict[str, str] = {}
         """Each task input as text, rendered once for every instruction that names it."""
 
@@ -379,7 +381,8 @@ class _Builder:
             # Declared names count as available even when their expression is broken, so one
             # bad expression is reported once instead of at every step that reads the field.
             declared = raw.get("produces") if isinstance(raw.get("produces"), dict) else {}
-            available |= {o.name for o in produces} | {name for name in declared if isinstance(name, str)}
+            self.declared_outputs[step_id] = {o.name for o in produces} | {n for n in declared if isinstance(n, str)}
+            available |= self.declared_outputs[step_id]
             instruction = self.fill_instruction(instruction, inputs, path + ("instruction",))
             steps.append(Step(step_id, str(role), instruction.strip(), tuple(reads), tuple(calls), tuple(produces)))
         if not 1 <= planned <= MAX_STEPS:
@@ -480,7 +483,7 @@ class _Builder:
                 self.problem(path + ("retry",), f"retry step {_show(retry)} must be {before!r} or a step before it; "
                                                 f"{did_you_mean(str(retry), by_id)}")
             visible = {name for name in inputs if isinstance(name, str)}
-            visible |= {o for s in steps[:position] for o in s.output_names}
+            visible |= {o for s in steps[:position] for o in self.declared_outputs.get(s.id, s.output_names)}
             visible |= {name for name, t in TOOLS.items() if not t.mutating}
             predicate = self.expression(raw.get("check"), path + ("check",), visible)
             message = raw.get("message")

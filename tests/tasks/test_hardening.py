@@ -69,11 +69,34 @@ def assert_returned_quickly(outcome: Any) -> Any:
 # -- 1. fmt() and the expression language cannot reach the process's internals ------------
 
 def test_fmt_payload_cannot_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template that reaches fmt at run time (from a field, not written in the file) is refused there."""
     monkeypatch.setenv(SECRET_VARIABLE, SECRET)
+    template = f"{{f.__globals__[re].enum.sys.modules[os].environ[{SECRET_VARIABLE}]}}"
     with pytest.raises(ExpressionError, match="not a plain name") as caught:
-        evaluate(FMT_PAYLOAD, {})
+        evaluate("fmt(template, f=get)", {"template": template})
     assert SECRET not in str(caught.value)
     assert "fmt(" in str(caught.value), "the error names the expression"
+
+
+def test_a_written_fmt_payload_is_a_located_problem_of_the_task_file(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "payload.yaml"
+    text = (data_dir / "minimal.yaml").read_text()
+    path.write_text(text.replace("email: crm_lookup['email']", f'email: "{FMT_PAYLOAD}"', 1))
+    assert path.read_text() != text
+    problems = validate_files([path])
+    assert len(problems) == 1 and problems[0].field.endswith("produces.email") and problems[0].line
+    assert "not a plain name" in problems[0].message
+
+
+@pytest.mark.parametrize("source, message", [
+    ("fmt('{a}', b=1)", "fills a but no such value"),
+    ("fmt('{a:%%}', a=1)", "unsupported format spec"),
+    ("fmt('{a.real}', a=1)", "not a plain name"),
+    ("fmt('a { b', a=1)", "single"),
+])
+def test_written_templates_are_checked_when_the_task_loads(source: str, message: str) -> None:
+    with pytest.raises(ExpressionError, match=message):
+        compile_expression(source)
 
 
 @pytest.mark.parametrize("template", [
