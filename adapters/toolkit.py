@@ -8,6 +8,7 @@ applies the same gate predicate. Only the wiring differs.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -69,14 +70,15 @@ def execute_tool(world: World, trace: TraceRecorder | None, role: str | None, st
             if trace:
                 trace.tool_call(role, step, name, tool.mutating, False, "malformed arguments")
             return f"Error: the arguments are not valid JSON ({exc})."
+    started = time.perf_counter()
     try:
         result = canonical_json(tool(world, arguments))
     except ToolError as exc:
         if trace:
-            trace.tool_call(role, step, name, tool.mutating, False, str(exc))
+            trace.tool_call(role, step, name, tool.mutating, False, str(exc), (time.perf_counter() - started) * 1000)
         return f"Error: {exc}"
     if trace:
-        trace.tool_call(role, step, name, tool.mutating, True)
+        trace.tool_call(role, step, name, tool.mutating, True, duration_ms=(time.perf_counter() - started) * 1000)
     return result
 
 

@@ -59,9 +59,11 @@ class TraceRecorder:
             self._events.append(event)
 
     def tool_call(self, role: str | None, step: str | None, name: str, mutating: bool, ok: bool,
-                  error: str | None = None) -> None:
-        """A tool call the framework made (``ok`` False when the tool or its arguments were rejected)."""
-        self.record(EventKind.TOOL_CALL, role, step, name=name, mutating=mutating, ok=ok, error=error)
+                  error: str | None = None, duration_ms: float = 0.0) -> None:
+        """A tool call the framework made, recorded as it ends (``ok`` False when the tool or its arguments
+        were rejected; ``duration_ms`` how long the tool itself ran)."""
+        self.record(EventKind.TOOL_CALL, role, step, name=name, mutating=mutating, ok=ok, error=error,
+                    duration_ms=duration_ms)
 
     def handoff(self, source: str | None, target: str, mechanism: str, step: str | None = None) -> None:
         """Work passed from ``source`` to ``target`` by ``mechanism`` (task boundary, edge, tool, message)."""

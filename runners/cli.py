@@ -19,7 +19,7 @@ from coordlab.adapters.base import Knobs
 from .experiments import EXPERIMENTS, run_experiment
 from .export import EXPORT_FORMATS, ExportError, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
-from .netguard import loopback_only
+from .netguard import loopback_only, url_hosts
 from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, RunSummary, run_sweep
 from .simulator import Simulator, SimulatorError
 from .store import StoreError, open_readonly
@@ -39,7 +39,8 @@ EPILOG = """examples:
   coordlab run --tasks chain:n=8 --frameworks plain langgraph --variants linear --faults semantic_10pct --seeds 20
   coordlab run --sweep my_sweep.yaml --workers 2 --time-limit 60
   coordlab show 'chain@1[n=6]/plain/linear/semantic_3pct/3'
-  coordlab export --format otel --out traces.json
+  coordlab export --format otel --out traces.otel.jsonl
+  coordlab export --otlp-endpoint http://127.0.0.1:6006 --project my-review
   coordlab report --store out/results.sqlite --out out/report
   coordlab experiment compounding        # chain n=1..12 at 3% per step, linear: measured vs 0.97^n
   coordlab experiment gate               # every task, linear vs gated, at 3% and 10%
@@ -154,11 +155,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("coordlab: note: a live endpoint gets no fault injection; running the 'none' profile only",
               file=sys.stderr)
         sweep = replace(sweep, profiles=("none",))
+    stream = None
+    if args.otlp_endpoint:
+        from .otel import OtlpStream
+
+        stream = OtlpStream(args.otlp_endpoint, args.store, args.project)
     try:
-        summary = run_sweep(sweep, args.store, workers=args.workers, time_limit=args.time_limit, fresh=args.fresh)
+        summary = run_sweep(sweep, args.store, workers=args.workers, time_limit=args.time_limit, fresh=args.fresh,
+                            on_recorded=stream)
     except RunInterrupted as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 130
+    finally:
+        if stream is not None:
+            stream.close()
+            print(f"coordlab: {stream.sent} episode(s) sent to {stream.sender.url}"
+                  + (f"; {len(stream.failures)} could not be sent ({stream.failures[0]}); "
+                     "`coordlab export --otlp-endpoint` sends them again" if stream.failures else ""),
+                  file=sys.stderr)
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items())) or "nothing new to run"
     print(f"run {summary.run_id} ({'resumed' if summary.resumed else 'new'}): {summary.total} episodes, "
           f"{summary.skipped} already recorded, {summary.ran} run ({statuses}) in {summary.elapsed_s:.1f} s; "
@@ -188,9 +202,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = Path(args.out or f"out/episodes.{'json' if args.format == 'otel' else args.format}")
+    if args.otlp_endpoint:
+        from .otel import OtelError, send_stored, traces_url
+
+        with open_readonly(args.store) as store:
+            store.check_integrity()
+            try:
+                count = send_stored(store, store.episodes(args.run), args.otlp_endpoint, args.project)
+            except OtelError as exc:
+                print(f"coordlab: {exc}", file=sys.stderr)
+                return 1
+        print(f"{count} episode(s) sent to {traces_url(args.otlp_endpoint)} (project {args.project})")
+        return 0
+    out = Path(args.out or f"out/episodes.{'otel.jsonl' if args.format == 'otel' else args.format}")
     with open_readonly(args.store) as store:
-        count = export_episodes(store, out, args.format, args.run)
+        count = export_episodes(store, out, args.format, args.run, args.project)
     print(f"{count} episode(s) written to {out}")
     return 0
 
@@ -237,6 +263,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+
+def otlp_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that send traces to an OpenTelemetry receiver (Phoenix, Langfuse, a Collector)."""
+    group = parser.add_argument_group("traces to an OTLP receiver")
+    group.add_argument("--otlp-endpoint", metavar="URL",
+                       help="send each episode's spans as OTLP/HTTP protobuf to URL (e.g. http://127.0.0.1:6006; "
+                            "/v1/traces is appended unless given)")
+    group.add_argument("--project", default="coordlab",
+                       help="the project receivers file the traces under (resource openinference.project.name; "
+                            "default coordlab)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
@@ -295,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     client.add_argument("--client-max-retries", type=int, help="HTTP retries of every model client")
     client.add_argument("--client-timeout", type=float, help="seconds before a model request times out")
+    otlp_flags(run_parser)
     run_parser.set_defaults(handler=cmd_run)
 
     show = commands.add_parser("show", help="print one episode's outcome and trace")
@@ -303,10 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_show)
 
     export = commands.add_parser("export", help="write episodes as CSV/JSONL, or traces as OpenTelemetry spans")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
-    export.add_argument("--out", help="output file (default out/episodes.<format>)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl",
+                        help="csv, jsonl, or otel: OTLP JSON Lines, one ExportTraceServiceRequest per episode")
+    export.add_argument("--out", help="output file (default out/episodes.<format>, otel: out/episodes.otel.jsonl)")
     export.add_argument("--run", help="only this run id")
     export.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    otlp_flags(export)
     export.set_defaults(handler=cmd_export)
 
     report = commands.add_parser("report", help="write REPORT.md, report.html, summary.json and plots from a store")
@@ -338,15 +378,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _receiver_hosts(args: argparse.Namespace) -> list[str]:
+    """The trace receiver the guard must let through, when one was named (and only then)."""
+    endpoint = getattr(args, "otlp_endpoint", None)
+    if not endpoint:
+        return []
+    try:
+        return url_hosts(endpoint)
+    except ValueError as exc:
+        raise UsageError(f"--otlp-endpoint {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coordlab`` console script.
 
-    The network guard is armed for every command: the parent process never needs more
-    than 127.0.0.1 (a live run's workers arm their own guard, which lets the endpoint through).
+    The network guard is armed for every command: the parent process needs nothing beyond
+    127.0.0.1 but a trace receiver named with ``--otlp-endpoint`` (a live run's workers arm
+    their own guard, which lets the model endpoint through).
     """
     args = build_parser().parse_args(argv)
     try:
-        with loopback_only():
+        with loopback_only(allow=_receiver_hosts(args)):
             return int(args.handler(args))
     except (UsageError, ProfileError, LookupError) as exc:
         print(f"coordlab: {str(exc).strip(chr(39))}", file=sys.stderr)

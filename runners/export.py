@@ -1,16 +1,15 @@
 """Read episodes back out of a store: one episode shown readably, CSV/JSONL, OpenTelemetry GenAI spans.
 
-The span export follows the OpenTelemetry GenAI semantic conventions (``gen_ai.*``
-attribute names) in OTLP/JSON, so a trace opens in Langfuse, Phoenix or any OTLP viewer:
-one root span per episode, a ``chat`` span per model call, an ``execute_tool`` span per
-tool call, and gates, handoffs, retries, faults and side effects as span events.
+The span export (``otel``) is OTLP JSON Lines built by :mod:`coordlab.runners.otel` with
+the OpenTelemetry SDK: the file format an OpenTelemetry Collector's ``otlpjsonfile``
+receiver reads. To send spans to a receiver (Phoenix, Langfuse, a Collector) over
+OTLP/HTTP instead, see :func:`coordlab.runners.otel.send_stored`.
 """
 
 from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import json
 import os
@@ -177,8 +176,10 @@ def _plain_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
     return [{k: row[k] for k in row.keys()} for row in rows]
 
 
-def export_episodes(store: Store, out: Path, fmt: str, run_id: str | None = None) -> int:
-    """Write the episodes (CSV or JSONL) or their traces (``otel``) to ``out``; the number of episodes.
+def export_episodes(store: Store, out: Path, fmt: str, run_id: str | None = None,
+                    project: str = "coordlab") -> int:
+    """Write the episodes (CSV or JSONL) or their traces (``otel``: OTLP JSON Lines) to ``out``; the number of
+    episodes. ``project`` names the project a trace receiver files the spans under.
 
     A damaged store raises :class:`StoreError` before anything is written (an export would
     otherwise pass on whatever the damaged pages happen to hold); an output that cannot be
@@ -189,7 +190,9 @@ def export_episodes(store: Store, out: Path, fmt: str, run_id: str | None = None
     store.check_integrity()
     rows = store.episodes(run_id)
     if fmt == "otel":
-        write_atomically(out, json.dumps(otel_document(store, rows), indent=1))
+        from .otel import json_lines  # the OpenTelemetry SDK loads only when spans are asked for
+
+        write_atomically(out, json_lines(store, rows, project))
         return len(rows)
     records = _plain_rows(rows)
     if fmt == "jsonl":
@@ -201,81 +204,3 @@ def export_episodes(store: Store, out: Path, fmt: str, run_id: str | None = None
         writer.writerows(records)
         write_atomically(out, buffer.getvalue())
     return len(records)
-
-
-def _identifier(*parts: Any, size: int) -> str:
-    return hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=size).hexdigest()
-
-
-def _attributes(values: dict[str, Any]) -> list[dict[str, Any]]:
-    attributes = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            attributes.append({"key": key, "value": {"boolValue": value}})
-        elif isinstance(value, int):
-            attributes.append({"key": key, "value": {"intValue": str(value)}})
-        elif isinstance(value, float):
-            attributes.append({"key": key, "value": {"doubleValue": value}})
-        else:
-            attributes.append({"key": key, "value": {"stringValue": str(value)}})
-    return attributes
-
-
-def otel_spans(store: Store, row: sqlite3.Row) -> list[dict[str, Any]]:
-    """One episode as OTLP/JSON spans with GenAI semantic-convention attributes."""
-    trace_id = _identifier(row["run_id"], row["episode_id"], size=16)
-    root_id = _identifier(trace_id, "root", size=8)
-    end_ns = int(row["finished_at"] * 1e9)
-    start_ns = end_ns - int(row["wall_ms"] * 1e6)
-    spans: list[dict[str, Any]] = []
-    root_events: list[dict[str, Any]] = []
-    for event in store.events(row["episode_id"]):
-        detail = _stored_json(store, event["detail_json"], f"event {event['seq']} of episode {row['episode_id']}")
-        at_ns = start_ns + int(event["at_ms"] * 1e6)
-        span_id = _identifier(trace_id, event["seq"], size=8)
-        if event["kind"] == "model_call":
-            spans.append({"traceId": trace_id, "spanId": span_id, "parentSpanId": root_id,
-                          "name": "chat coordlab-sim", "kind": 3, "startTimeUnixNano": str(at_ns),
-                          "endTimeUnixNano": str(at_ns + int((detail.get("elapsed_ms") or 0.0) * 1e6)),
-                          "attributes": _attributes({
-                              "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
-                              "gen_ai.request.model": "coordlab-sim", "gen_ai.agent.name": event["role"],
-                              "gen_ai.usage.input_tokens": detail.get("prompt_tokens"),
-                              "gen_ai.usage.output_tokens": detail.get("completion_tokens"),
-                              "gen_ai.response.finish_reasons": "tool_calls" if detail.get("tool_calls") else "stop",
-                              "coordlab.step": event["step"], "coordlab.attempt": detail.get("attempt")})})
-        elif event["kind"] == "tool_call":
-            spans.append({"traceId": trace_id, "spanId": span_id, "parentSpanId": root_id,
-                          "name": f"execute_tool {detail['name']}", "kind": 1, "startTimeUnixNano": str(at_ns),
-                          "endTimeUnixNano": str(at_ns), "status": {"code": 1 if detail.get("ok") else 2},
-                          "attributes": _attributes({
-                              "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": detail["name"],
-                              "gen_ai.agent.name": event["role"], "coordlab.step": event["step"],
-                              "coordlab.tool.mutating": bool(detail.get("mutating")),
-                              "error.type": None if detail.get("ok") else str(detail.get("error"))})})
-        else:
-            root_events.append({"timeUnixNano": str(at_ns), "name": f"coordlab.{event['kind']}",
-                                "attributes": _attributes({"coordlab.step": event["step"],
-                                                           "gen_ai.agent.name": event["role"],
-                                                           **{f"coordlab.{k}": v if isinstance(v, (int, float, bool, str))
-                                                              else json.dumps(v, default=str)
-                                                              for k, v in detail.items()}})})
-    root = {"traceId": trace_id, "spanId": root_id, "name": f"invoke_agent {row['task']}", "kind": 1,
-            "startTimeUnixNano": str(start_ns), "endTimeUnixNano": str(end_ns),
-            "status": {"code": 1 if row["status"] == "success" else 2},
-            "attributes": _attributes({"gen_ai.operation.name": "invoke_agent", "gen_ai.system": row["framework"],
-                                       "coordlab.framework.version": row["framework_version"],
-                                       "coordlab.variant": row["variant"], "coordlab.profile": row["profile"],
-                                       "coordlab.seed": row["seed"], "coordlab.status": row["status"],
-                                       "coordlab.harmful": bool(row["harmful"])}),
-            "events": root_events}
-    return [root, *spans]
-
-
-def otel_document(store: Store, rows: Iterable[sqlite3.Row]) -> dict[str, Any]:
-    """An OTLP/JSON ``ExportTraceServiceRequest`` holding every episode's spans."""
-    spans = [span for row in rows for span in otel_spans(store, row)]
-    return {"resourceSpans": [{"resource": {"attributes": _attributes({"service.name": "coordlab"})},
-                               "scopeSpans": [{"scope": {"name": "coordlab", "version": "0.1.0"}, "spans": spans}]}]}

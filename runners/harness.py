@@ -80,6 +80,8 @@ class EpisodeResult:
     error: str | None = None
     trace: list[TraceEvent] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
+    started_at: float | None = None
+    """``time.perf_counter()`` when the episode started (before construction): the origin of event times."""
 
     @property
     def simulator_ms(self) -> float:
@@ -99,8 +101,12 @@ class EpisodeResult:
         }
 
     def event_rows(self) -> list[dict[str, Any]]:
-        """The trace as rows of the ``events`` table, times in ms since the first event."""
-        origin = self.trace[0].at if self.trace else 0.0
+        """The trace as rows of the ``events`` table, times in ms since the episode started.
+
+        Measured from the start (not from the first event), an event's time places it inside
+        the episode's wall time, construction included, as a trace viewer draws it.
+        """
+        origin = self.started_at if self.started_at is not None else (self.trace[0].at if self.trace else 0.0)
         return [{"kind": e.kind.value, "at_ms": (e.at - origin) * 1000, "role": e.role, "step": e.step,
                  "detail": e.detail} for e in self.trace]
 
@@ -131,7 +137,8 @@ def join_trace(events: list[TraceEvent], records: list[RequestRecord]) -> list[T
             "attempt": record.attempt, "kind": record.kind, "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens, "status": record.status, "stream": record.stream,
             "elapsed_ms": record.elapsed_ms,
-            "tool_calls": list(record.tool_calls), "route_target": record.route_target,
+            "tool_calls": list(record.tool_calls), "tool_call_ids": list(record.tool_call_ids),
+            "route_target": record.route_target,
             "handoff_issues": [asdict(i) for i in record.handoff_issues]}))
         if record.retry_count:
             # The SDK's own retries, counted the same way for every framework: a framework that
@@ -212,4 +219,4 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
         termination=outcome.termination, verdict=verdict, counts=count(trace, records, world),
         wall_ms=(time.perf_counter() - started) * 1000, construction_ms=outcome.construction_ms,
         execution_ms=outcome.execution_ms, knobs=knobs.to_dict(), notes=notes, error=outcome.error,
-        trace=trace, records=records)
+        trace=trace, records=records, started_at=started)

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
+from urllib.parse import urlsplit
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
 
@@ -100,6 +101,31 @@ def loopback_only(allow: Iterable[str] = ()) -> Iterator[None]:
         with _STATE.lock:
             _STATE.armed -= 1
             _STATE.allowed.subtract(allowed)
+
+
+def url_address(url: str) -> tuple[str, int]:
+    """The host and port an http(s) URL connects to; ValueError for anything else."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise ValueError(f"{url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def url_hosts(url: str) -> list[str]:
+    """What :func:`loopback_only` must allow for ``url``: its host name and the addresses it resolves to.
+
+    Resolve before arming the guard (the lookup itself is what the guard would refuse).
+    """
+    host, port = url_address(url)
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except OSError:
+        addresses = set()
+    return [host, *sorted(addresses)]
 
 
 def violations() -> list[str]:

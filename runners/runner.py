@@ -96,8 +96,13 @@ def _infra_row(job: EpisodeJob, status: str, termination: str, error: str, wall_
 def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = None,
               time_limit: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
               progress_stream: TextIO | None = None,
-              on_episode: Callable[[EpisodeJob, str], None] | None = None) -> RunSummary:
-    """Run every episode of ``sweep`` not yet recorded in the store's matching run."""
+              on_episode: Callable[[EpisodeJob, str], None] | None = None,
+              on_recorded: Callable[[int], None] | None = None) -> RunSummary:
+    """Run every episode of ``sweep`` not yet recorded in the store's matching run.
+
+    ``on_episode`` hears each finished job and its status; ``on_recorded`` each committed
+    episode's id in the store (what a trace exporter streams from).
+    """
     workers = check_runtime(workers, time_limit)
     if sweep.live is not None and os.environ.get(sweep.live.api_key_env) is None:
         raise SweepError(f"--api-key-env {sweep.live.api_key_env}: that environment variable is not set; "
@@ -118,7 +123,7 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
         started = time.monotonic()
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            _execute(store, run_id, sweep, todo, workers, time_limit, progress, summary, on_episode)
+            _execute(store, run_id, sweep, todo, workers, time_limit, progress, summary, on_episode, on_recorded)
         except KeyboardInterrupt:
             store.set_run_status(run_id, "interrupted")
             raise RunInterrupted(f"interrupted: {summary.skipped + summary.ran} of {summary.total} episodes are "
@@ -150,14 +155,17 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], workers: int, time_limit: float,
              progress: Progress, summary: RunSummary,
-             on_episode: Callable[[EpisodeJob, str], None] | None) -> None:
+             on_episode: Callable[[EpisodeJob, str], None] | None,
+             on_recorded: Callable[[int], None] | None = None) -> None:
     queues: dict[str, deque[EpisodeJob]] = {}
     for job in todo:
         queues.setdefault(job.framework, deque()).append(job)
     slots = [_Slot() for _ in range(min(workers, len(todo)) or 1)]
 
     def record(job: EpisodeJob, row: dict[str, Any], events: list[dict[str, Any]]) -> None:
-        store.record_episode(run_id, row, events)
+        episode_id = store.record_episode(run_id, row, events)
+        if on_recorded is not None:
+            on_recorded(episode_id)
         summary.ran += 1
         summary.statuses[row["status"]] += 1
         progress.update(job.framework, row["status"])

@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS events (
     episode_id INTEGER NOT NULL REFERENCES episodes (episode_id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
     kind TEXT NOT NULL,
-    at_ms REAL NOT NULL,             -- since the episode's first event
+    at_ms REAL NOT NULL,             -- since the episode started (stores before 0.1.1: its first event)
     role TEXT,
     step TEXT,
     detail_json TEXT NOT NULL,

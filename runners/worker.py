@@ -19,11 +19,10 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
-from urllib.parse import urlsplit
 
 from coordlab.adapters.base import Endpoint, Knobs
 
-from .netguard import loopback_only
+from .netguard import loopback_only, url_address, url_hosts
 from .offline import neutralise_telemetry
 from .redaction import Redactor
 from .sweep import EpisodeJob, LiveEndpoint
@@ -78,10 +77,10 @@ def die_with_parent(parent_pid: int) -> None:
 
 def endpoint_address(base_url: str) -> tuple[str, int]:
     """The host and port a base URL connects to."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WorkerFailed(f"--base-url {base_url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        return url_address(base_url)
+    except ValueError as exc:
+        raise WorkerFailed(f"--base-url {exc}") from None
 
 
 def endpoint_unreachable(base_url: str, timeout: float = 3.0) -> str | None:
@@ -98,12 +97,8 @@ def _endpoint_hosts(live: LiveEndpoint | None) -> list[str]:
     """The endpoint's name and the addresses it resolves to: what the network guard lets through."""
     if live is None:
         return []
-    host, port = endpoint_address(live.base_url)
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
-    except OSError:
-        addresses = set()
-    return [host, *sorted(addresses)]
+    endpoint_address(live.base_url)
+    return url_hosts(live.base_url)
 
 
 def _live_endpoint(live: LiveEndpoint, roles: list[str]) -> Endpoint:

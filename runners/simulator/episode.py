@@ -262,5 +262,6 @@ class EpisodeState:
         record = RequestRecord(
             step=step, attempt=attempt, kind=kind, fault=reply.fault.value if reply.fault else None,
             completion_tokens=estimate_tokens(reply.completion_text()), handoff_issues=issues,
-            route_target=route_target, tool_calls=tuple(c["name"] for c in reply.tool_calls), **base)
+            route_target=route_target, tool_calls=tuple(c["name"] for c in reply.tool_calls),
+            tool_call_ids=tuple(c["id"] for c in reply.tool_calls), **base)
         return Decision(record, reply, None)

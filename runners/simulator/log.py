@@ -45,6 +45,8 @@ class RequestRecord:
     """For routing requests: the role the simulated router named."""
     tool_calls: tuple[str, ...] = field(default=())
     """Names of the tools the reply called."""
+    tool_call_ids: tuple[str, ...] = field(default=())
+    """The ids the reply gave those calls, in the same order (a framework echoes them with each result)."""
     elapsed_ms: float = 0.0
     received_at: float = 0.0
     """``time.perf_counter()`` on arrival: orders the request among the adapter's own trace events."""

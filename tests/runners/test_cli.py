@@ -92,7 +92,9 @@ def test_show_and_export_a_recorded_episode(capsys, tmp_path: Path) -> None:
     for fmt in ("csv", "jsonl", "otel"):
         code, out, _ = run(capsys, "export", "--format", fmt, "--out", str(tmp_path / f"e.{fmt}"), "--store", str(store))
         assert code == 0 and "1 episode(s) written" in out
-    spans = json.loads((tmp_path / "e.otel").read_text())["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    lines = (tmp_path / "e.otel").read_text().splitlines()
+    assert len(lines) == 1, "OTLP JSON Lines: one request per episode"
+    spans = json.loads(lines[0])["resourceSpans"][0]["scopeSpans"][0]["spans"]
     chats = [s for s in spans if s["name"].startswith("chat")]
     attributes = {a["key"] for a in chats[0]["attributes"]}
     assert len(chats) == 2 and {"gen_ai.operation.name", "gen_ai.usage.input_tokens"} <= attributes
