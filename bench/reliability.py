@@ -35,8 +35,8 @@ from coordlab.runners.store import Store
 from coordlab.runners.sweep import Sweep
 
 SWEEP = ["--frameworks", "plain", "--tasks", "chain:n=1", "refund_policy_answer", "--variants", "linear", "gated",
-         "--faults", "none", "semantic_10pct", "--seeds", "12"]
-SWEEP_SIZE = 2 * 2 * 2 * 12
+         "--faults", "none", "semantic_10pct", "--seeds", "50"]
+SWEEP_SIZE = 2 * 2 * 2 * 50
 INPUT_TIME_BOUND_S = 60.0
 """Seconds a bad input may take before it counts as a hang."""
 
@@ -47,7 +47,9 @@ from coordlab.adapters.plain import PlainAdapter
 class Hang(PlainAdapter):
     name = "hang"
     def run(self, spec):
-        time.sleep(3600)
+        if spec.task.name == "refund_policy_answer":
+            time.sleep(3600)
+        return super().run(spec)
 
 def hang():
     return Hang()
@@ -100,7 +102,7 @@ def group_kills(kills: int, folder: Path, rng: random.Random) -> tuple[StoreChec
     for _ in range(kills):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)
-        time.sleep(rng.uniform(1.0, 4.0))
+        time.sleep(rng.uniform(0.5, 2.5))
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         progress.append(recorded(store))

@@ -9,6 +9,7 @@ of the score and run again on resume.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -129,7 +130,10 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
             raise RunInterrupted(f"interrupted: {summary.skipped + summary.ran} of {summary.total} episodes are "
                                  f"recorded in run {run_id}; run the same command again to resume") from None
         except BaseException:
-            store.set_run_status(run_id, "interrupted")  # whatever broke, what is recorded stays resumable
+            # Whatever broke, what is recorded stays resumable; a store that cannot take even this
+            # (a full disk) must not hide the error that matters.
+            with contextlib.suppress(StoreError):
+                store.set_run_status(run_id, "interrupted")
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
