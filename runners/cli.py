@@ -24,6 +24,7 @@ from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, RunSummary, run_sweep
 from .simulator import Simulator, SimulatorError
 from .store import StoreError, open_readonly
 from .sweep import LiveEndpoint, Sweep, SweepError
+from .worker import FrameworkTracing
 
 DEFAULT_STORE = Path("out/results.sqlite")
 DEFAULT_DEMO_OUTPUT = Path("out/demo")
@@ -155,14 +156,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("coordlab: note: a live endpoint gets no fault injection; running the 'none' profile only",
               file=sys.stderr)
         sweep = replace(sweep, profiles=("none",))
-    stream = None
+    stream, tracing = None, None
+    if args.framework_tracing and not args.otlp_endpoint:
+        raise UsageError("--framework-tracing needs --otlp-endpoint (the receiver the frameworks' spans go to)")
     if args.otlp_endpoint:
         from .otel import OtlpStream
 
         stream = OtlpStream(args.otlp_endpoint, args.store, args.project)
+        tracing = FrameworkTracing(args.otlp_endpoint, args.project) if args.framework_tracing else None
     try:
         summary = run_sweep(sweep, args.store, workers=args.workers, time_limit=args.time_limit, fresh=args.fresh,
-                            on_recorded=stream)
+                            on_recorded=stream, framework_tracing=tracing)
     except RunInterrupted as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 130
@@ -333,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--client-max-retries", type=int, help="HTTP retries of every model client")
     client.add_argument("--client-timeout", type=float, help="seconds before a model request times out")
     otlp_flags(run_parser)
+    run_parser.add_argument("--framework-tracing", action="store_true",
+                            help="also switch on the frameworks' own tracing (AutoGen's OpenTelemetry, LangSmith's "
+                                 "OpenTelemetry mode for LangGraph) towards --otlp-endpoint; off by default")
     run_parser.set_defaults(handler=cmd_run)
 
     show = commands.add_parser("show", help="print one episode's outcome and trace")

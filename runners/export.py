@@ -110,8 +110,8 @@ def find_episode(store: Store, text: str) -> sqlite3.Row:
     return rows[0]
 
 
-def _stored_json(store: Store, text: str, what: str) -> Any:
-    """Parse JSON the store holds; unreadable JSON means a damaged store, a StoreError rather than a traceback."""
+def stored_json(store: Store, text: str, what: str) -> Any:
+    """Parse JSON the store holds (``what`` names it); unreadable JSON means a damaged store, a StoreError rather than a traceback."""
     try:
         return json.loads(text)
     except (TypeError, ValueError):
@@ -127,7 +127,7 @@ def episode_key(row: sqlite3.Row) -> EpisodeKey:
 
 def render_episode(store: Store, row: sqlite3.Row) -> str:
     """One episode as text: its key, outcome, counters, and its trace as a table."""
-    verdict = _stored_json(store, row["verdict_json"] or "{}", f"the verdict of episode {row['episode_id']}")
+    verdict = stored_json(store, row["verdict_json"] or "{}", f"the verdict of episode {row['episode_id']}")
     lines = [f"episode {episode_key(row)}  (run {row['run_id']})",
              f"status {row['status']}{' (harmful)' if row['harmful'] else ''}; termination {row['termination']}; "
              f"wall {row['wall_ms']:.0f} ms",
@@ -143,7 +143,7 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
             lines.append(f"{reason.replace('_', ' ')}: {item}")
     table = []
     for event in store.events(row["episode_id"]):
-        detail = _stored_json(store, event["detail_json"], f"event {event['seq']} of episode {row['episode_id']}")
+        detail = stored_json(store, event["detail_json"], f"event {event['seq']} of episode {row['episode_id']}")
         table.append([f"{event['at_ms']:.1f}", event["kind"], event["role"] or "", event["step"] or "",
                       _summarise(event["kind"], detail)])
     lines += ["", tabulate(table, headers=["ms", "event", "role", "step", "detail"])]

@@ -42,6 +42,7 @@ from opentelemetry.trace.status import Status, StatusCode
 
 from .netguard import url_address
 from .simulator import MODEL_NAME
+from .export import stored_json
 from .store import Store
 
 PROJECT_ATTRIBUTE = "openinference.project.name"
@@ -289,11 +290,14 @@ class EpisodeSpans:
 
 def stored_episode_spans(store: Store, rows: Iterable[Any], project: str = DEFAULT_PROJECT) -> Iterator[list[ReadableSpan]]:
     """The spans of each stored episode in ``rows``, one list per episode."""
-    endpoints = {run["run_id"]: ModelEndpoint.of_run(json.loads(run["spec_json"] or "{}")) for run in store.runs()}
+    endpoints = {run["run_id"]: ModelEndpoint.of_run(stored_json(store, run["spec_json"] or "{}",
+                                                                f"the sweep of run {run['run_id']}"))
+                 for run in store.runs()}
     span_resource = resource(project)
     for row in rows:
         events = [{"kind": e["kind"], "at_ms": e["at_ms"], "role": e["role"], "step": e["step"],
-                   "detail": json.loads(e["detail_json"])} for e in store.events(row["episode_id"])]
+                   "detail": stored_json(store, e["detail_json"], f"event {e['seq']} of episode {row['episode_id']}")}
+                  for e in store.events(row["episode_id"])]
         endpoint = endpoints.get(row["run_id"], ModelEndpoint(SIMULATOR_PROVIDER, MODEL_NAME))
         yield EpisodeSpans(row, events, endpoint, span_resource).build()
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, TextIO
 from .progress import Progress
 from .store import COUNT_COLUMNS, Store, StoreError
 from .sweep import EpisodeJob, Sweep, SweepError
-from .worker import WorkerFailed, WorkerHandle
+from .worker import FrameworkTracing, WorkerFailed, WorkerHandle
 
 DEFAULT_TIME_LIMIT_S = 120.0
 """Seconds one episode may take before it is killed and recorded as ``timeout``."""
@@ -98,11 +98,14 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
               time_limit: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
               progress_stream: TextIO | None = None,
               on_episode: Callable[[EpisodeJob, str], None] | None = None,
-              on_recorded: Callable[[int], None] | None = None) -> RunSummary:
+              on_recorded: Callable[[int], None] | None = None,
+              framework_tracing: FrameworkTracing | None = None) -> RunSummary:
     """Run every episode of ``sweep`` not yet recorded in the store's matching run.
 
     ``on_episode`` hears each finished job and its status; ``on_recorded`` each committed
-    episode's id in the store (what a trace exporter streams from).
+    episode's id in the store (what a trace exporter streams from). ``framework_tracing``
+    switches the frameworks' own tracing on, towards a receiver (a runtime option: it is not
+    part of the run's identity).
     """
     workers = check_runtime(workers, time_limit)
     if sweep.live is not None and os.environ.get(sweep.live.api_key_env) is None:
@@ -124,7 +127,8 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
         started = time.monotonic()
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            _execute(store, run_id, sweep, todo, workers, time_limit, progress, summary, on_episode, on_recorded)
+            _execute(store, run_id, sweep, todo, workers, time_limit, progress, summary, on_episode, on_recorded,
+                     framework_tracing)
         except KeyboardInterrupt:
             store.set_run_status(run_id, "interrupted")
             raise RunInterrupted(f"interrupted: {summary.skipped + summary.ran} of {summary.total} episodes are "
@@ -160,7 +164,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], workers: int, time_limit: float,
              progress: Progress, summary: RunSummary,
              on_episode: Callable[[EpisodeJob, str], None] | None,
-             on_recorded: Callable[[int], None] | None = None) -> None:
+             on_recorded: Callable[[int], None] | None = None,
+             framework_tracing: FrameworkTracing | None = None) -> None:
     queues: dict[str, deque[EpisodeJob]] = {}
     for job in todo:
         queues.setdefault(job.framework, deque()).append(job)
@@ -176,7 +181,7 @@ def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], wo
         if on_episode is not None:
             on_episode(job, row["status"])
 
-    feeder = _Feeder(queues, sweep, time_limit, record)
+    feeder = _Feeder(queues, sweep, time_limit, record, framework_tracing)
     try:
         while True:
             for slot in slots:
@@ -214,6 +219,7 @@ class _Feeder:
     sweep: Sweep
     time_limit: float
     record: Callable[[EpisodeJob, dict[str, Any], list[dict[str, Any]]], None]
+    framework_tracing: FrameworkTracing | None = None
     startup_failures: Counter[str] = field(default_factory=Counter)
     resent: set[EpisodeJob] = field(default_factory=set)
     retired: list[WorkerHandle] = field(default_factory=list)
@@ -247,7 +253,7 @@ class _Feeder:
                 continue
             if worker is not None:
                 self.retire(worker)
-            slot.worker = WorkerHandle.spawn(framework, self.sweep.knobs, self.sweep.live)
+            slot.worker = WorkerHandle.spawn(framework, self.sweep.knobs, self.sweep.live, self.framework_tracing)
             slot.deadline = slot.worker.startup_deadline
 
     def on_message(self, slot: _Slot) -> None:

@@ -57,6 +57,14 @@ class WorkerFailed(RuntimeError):
     """A worker could not start, or died; the lab's fault, not the framework's (``infra_error``)."""
 
 
+@dataclass(frozen=True)
+class FrameworkTracing:
+    """Opt-in: the framework's own tracing, sent to the OTLP receiver that gets coordlab's spans."""
+
+    endpoint: str
+    project: str
+
+
 PR_SET_PDEATHSIG = 1
 """prctl(2) option: the signal the kernel sends this process when its parent dies (Linux)."""
 
@@ -142,7 +150,7 @@ def _identify(row: dict[str, Any], job: EpisodeJob, reported_version: str) -> di
 
 
 def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
-                parent_pid: int | None = None) -> None:
+                parent_pid: int | None = None, tracing: FrameworkTracing | None = None) -> None:
     """The worker's loop: import the framework once, then run jobs until told to stop or the parent goes."""
     die_with_parent(parent_pid if parent_pid is not None else os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
@@ -150,11 +158,27 @@ def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connect
     redact = Redactor.from_environment([os.environ.get(live.api_key_env, "")] if live else [])
     try:
         allowed = _endpoint_hosts(live)
-    except WorkerFailed as exc:
+        if tracing is not None:
+            from .framework_tracing import enable_framework_tracing
+
+            allowed += url_hosts(tracing.endpoint)
+            enable_framework_tracing(framework, tracing.endpoint, tracing.project)
+    except (WorkerFailed, ValueError, RuntimeError) as exc:
         connection.send(("failed", redact(str(exc))))
         return
     with loopback_only(allow=allowed):
         _serve(framework, knobs, live, connection, redact)
+        if tracing is not None:
+            _flush_framework_spans()
+
+
+def _flush_framework_spans() -> None:
+    """Send the framework's last spans before the worker exits (the runner reaps a stopping worker in 5 s)."""
+    from opentelemetry import trace
+
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush(3000)
 
 
 def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
@@ -222,10 +246,11 @@ class WorkerHandle:
     startup_deadline: float = field(default=0.0)
 
     @classmethod
-    def spawn(cls, framework: str, knobs: Knobs, live: LiveEndpoint | None) -> "WorkerHandle":
+    def spawn(cls, framework: str, knobs: Knobs, live: LiveEndpoint | None,
+              tracing: FrameworkTracing | None = None) -> "WorkerHandle":
         """Start a worker process; it reports on :attr:`connection` when it is ready (or failed)."""
         parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=worker_main, args=(framework, knobs, live, child, os.getpid()),
+        process = _CONTEXT.Process(target=worker_main, args=(framework, knobs, live, child, os.getpid(), tracing),
                                    name=f"coordlab-{framework}", daemon=True)
         process.start()
         child.close()

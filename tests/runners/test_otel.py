@@ -215,3 +215,32 @@ def test_a_dead_receiver_is_a_clear_error_and_never_fails_a_run(recorded: Path, 
 def test_a_receiver_url_that_is_not_http_is_refused(recorded: Path, capsys) -> None:
     assert main(["export", "--store", str(recorded), "--otlp-endpoint", "ftp://127.0.0.1/x"]) == 2
     assert "--otlp-endpoint" in capsys.readouterr().err
+
+
+def _services(received: list[tuple[str, str, bytes]]) -> Counter[str]:
+    services: Counter[str] = Counter()
+    for _, _, body in received:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource_spans in request.resource_spans:
+            service = _attributes(resource_spans.resource)["service.name"]
+            services[service] += sum(len(scope.spans) for scope in resource_spans.scope_spans)
+    return services
+
+
+def test_framework_tracing_sends_the_frameworks_own_spans_beside_coordlabs(tmp_path: Path, receiver, capsys) -> None:
+    url, received = receiver
+    argv = ["run", "--tasks", "chain:n=2", "--frameworks", "autogen", "langgraph", "--variants", "linear",
+            "--faults", "none", "--seeds", "1", "--store", str(tmp_path / "f.sqlite"), "--otlp-endpoint", url,
+            "--workers", "2"]
+    assert main([*argv, "--framework-tracing"]) == 0
+    services = _services(received)
+    assert services["coordlab"] > 0 and services["coordlab-autogen"] > 0 and services["coordlab-langgraph"] > 0, services
+    received.clear()
+    assert main([*argv, "--fresh"]) == 0  # off unless asked for
+    assert set(_services(received)) == {"coordlab"}
+
+
+def test_framework_tracing_needs_a_receiver(tmp_path: Path, capsys) -> None:
+    assert main(["run", "--framework-tracing", "--store", str(tmp_path / "x.sqlite")]) == 2
+    assert "--framework-tracing needs --otlp-endpoint" in capsys.readouterr().err
