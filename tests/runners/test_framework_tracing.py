@@ -7,13 +7,11 @@ simulator, all under the network guard. The frameworks are never imported into t
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -64,36 +62,6 @@ USER_EXPORTS = {"LANGSMITH_TRACING": "true", "LANGSMITH_TRACING_MODE": "otel", "
 """Tracing switches a user may have exported; without the opt-in, the worker's neutralising must still win."""
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    """A minimal OTLP/HTTP receiver: keeps every POST's path and body, answers an empty success."""
-
-    received: list[tuple[str, bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.received.append((self.path, body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """A receiver on 127.0.0.1: its URL and the (path, body) of every request it got."""
-    received: list[tuple[str, bytes]] = []
-    handler = type("Handler", (_Receiver,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", received
-    server.shutdown()
-    server.server_close()
-
-
 def _run_episode(framework: str, endpoint: str | None, extra_environment: dict[str, str] | None = None,
                  cwd: Any = None) -> dict[str, Any]:
     """One episode of ``framework`` in a fresh interpreter, tracing enabled towards ``endpoint`` (None: not)."""
@@ -107,10 +75,10 @@ def _run_episode(framework: str, endpoint: str | None, extra_environment: dict[s
     return report
 
 
-def _spans(received: list[tuple[str, bytes]]) -> list[tuple[dict[str, str], str, str]]:
+def _spans(received: list[tuple[str, str, bytes]]) -> list[tuple[dict[str, str], str, str]]:
     """Every span received, as (resource attributes, instrumentation scope, span name)."""
     spans = []
-    for path, body in received:
+    for path, _, body in received:
         assert path == "/v1/traces"
         for resource_spans in ExportTraceServiceRequest.FromString(body).resource_spans:
             attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}

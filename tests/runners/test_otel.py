@@ -3,12 +3,10 @@ checked against the installed semantic-conventions package, and OTLP/HTTP protob
 
 from __future__ import annotations
 
-import http.server
 import socket
-import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -138,35 +136,6 @@ def test_a_live_run_names_its_model_and_endpoint(tmp_path: Path, monkeypatch) ->
     attributes = _attributes(root)
     assert attributes[gen_ai.GEN_AI_PROVIDER_NAME] == "openai" and attributes[gen_ai.GEN_AI_REQUEST_MODEL] == "my-model"
     assert attributes["server.address"] == "127.0.0.1" and attributes["server.port"] == simulator.port
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    """A minimal OTLP/HTTP receiver: keeps every request body, answers an empty ExportTraceServiceResponse."""
-
-    received: list[tuple[str, str, bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.received.append((self.path, self.headers.get("Content-Type", ""), body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    received: list[tuple[str, str, bytes]] = []
-    handler = type("Handler", (_Receiver,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", received
-    server.shutdown()
-    server.server_close()
 
 
 def _sent_spans(received: list[tuple[str, str, bytes]]) -> list[Any]:
