@@ -82,11 +82,12 @@ def test_killed_five_times_then_resumed_loses_and_duplicates_nothing(tmp_path: P
 
 def test_sigint_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> None:
     store = tmp_path / "i.sqlite"
-    command = cli("run", *SWEEP_200[:-1], "5", "--store", str(store), "--workers", "1")
+    command = cli("run", *SWEEP_200[:-1], "12", "--store", str(store), "--workers", "1")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (store.exists() and len(keys(store)) >= 10):
         time.sleep(0.02)
+    assert process.poll() is None and len(keys(store)) < 96, "the run must still be going when interrupted"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130 and "run the same command again to resume" in err
@@ -94,7 +95,7 @@ def test_sigint_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> None
         assert connection.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "(resumed)" in resumed.stdout
-    assert len(set(keys(store))) == len(keys(store)) == 40
+    assert len(set(keys(store))) == len(keys(store)) == 96
 
 
 def test_hung_episode_is_killed_at_its_limit_and_the_rest_go_on(tmp_path: Path, plugins: Path) -> None:
