@@ -82,12 +82,15 @@ def test_killed_five_times_then_resumed_loses_and_duplicates_nothing(tmp_path: P
 
 def test_sigint_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> None:
     store = tmp_path / "i.sqlite"
-    command = cli("run", *SWEEP_200[:-1], "12", "--store", str(store), "--workers", "1")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = cli("run", *SWEEP_200[:-1], "5", "--store", str(store), "--workers", "1")
+    # Ctrl-C on a foreground run: the default disposition, even when this test itself was started
+    # from a background job (a non-interactive shell starts those with SIGINT ignored, inherited here).
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (store.exists() and len(keys(store)) >= 10):
         time.sleep(0.02)
-    assert process.poll() is None and len(keys(store)) < 96, "the run must still be going when interrupted"
+    assert process.poll() is None and len(keys(store)) < 40, "the run must still be going when interrupted"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130 and "run the same command again to resume" in err
@@ -95,7 +98,7 @@ def test_sigint_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> None
         assert connection.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "(resumed)" in resumed.stdout
-    assert len(set(keys(store))) == len(keys(store)) == 96
+    assert len(set(keys(store))) == len(keys(store)) == 40
 
 
 def test_hung_episode_is_killed_at_its_limit_and_the_rest_go_on(tmp_path: Path, plugins: Path) -> None:
