@@ -119,12 +119,9 @@ def _typed(value: Any) -> Any:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-def _span_id(*parts: Any) -> int:
-    return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest(), "big") or 1
-
-
-def _trace_id(*parts: Any) -> int:
-    return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=16).digest(), "big") or 1
+def _derived_id(size: int, *parts: Any) -> int:
+    """A ``size``-byte id derived from ``parts`` (never 0, which OTLP reads as "no id")."""
+    return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=size).digest(), "big") or 1
 
 
 @dataclass
@@ -164,7 +161,7 @@ class EpisodeSpans:
         self.row, self.events, self.endpoint, self.resource = row, events, endpoint, span_resource
         self.key = (f"{row['task']}/{row['framework']}@{row['framework_version']}/{row['variant']}/"
                     f"{row['profile']}/{row['seed']}")
-        self.trace_id = _trace_id(row["run_id"], self.key)
+        self.trace_id = _derived_id(16, row["run_id"], self.key)
         end_ns = int(row["finished_at"] * 1e9)
         self.timeline = _Timeline(end_ns - int(row["wall_ms"] * 1e6), end_ns)
         self.drafts: list[_SpanDraft] = []
@@ -213,7 +210,7 @@ class EpisodeSpans:
 
     def _draft(self, name: str, parent: _SpanDraft | None, kind: SpanKind, start_ns: int, end_ns: int,
                attributes: dict[str, Any]) -> _SpanDraft:
-        draft = _SpanDraft(name, _span_id(self.trace_id, len(self.drafts)), parent.span_id if parent else None,
+        draft = _SpanDraft(name, _derived_id(8, self.trace_id, len(self.drafts)), parent.span_id if parent else None,
                            kind, start_ns, max(start_ns, end_ns), attributes)
         self.drafts.append(draft)
         return draft

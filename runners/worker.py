@@ -105,8 +105,10 @@ def _endpoint_hosts(live: LiveEndpoint | None) -> list[str]:
     """The endpoint's name and the addresses it resolves to: what the network guard lets through."""
     if live is None:
         return []
-    endpoint_address(live.base_url)
-    return url_hosts(live.base_url)
+    try:
+        return url_hosts(live.base_url)
+    except ValueError as exc:
+        raise WorkerFailed(f"--base-url {exc}") from None
 
 
 def _live_endpoint(live: LiveEndpoint, roles: list[str]) -> Endpoint:

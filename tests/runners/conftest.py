@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import http.server
 import shutil
+import socket
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -64,3 +65,14 @@ def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
     yield f"http://127.0.0.1:{server.server_address[1]}", received
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def unused_port() -> Callable[[], int]:
+    """A function giving a loopback port nothing listens on (for a dead endpoint, or a server to start)."""
+    def port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    return port

@@ -3,7 +3,6 @@ checked against the installed semantic-conventions package, and OTLP/HTTP protob
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -165,14 +164,9 @@ def test_run_streams_each_episode_to_the_receiver_as_it_finishes(tmp_path: Path,
     assert len(roots) == 3 and len(received) == 3
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_a_dead_receiver_is_a_clear_error_and_never_fails_a_run(recorded: Path, tmp_path: Path, capsys) -> None:
-    dead = f"http://127.0.0.1:{_closed_port()}"
+def test_a_dead_receiver_is_a_clear_error_and_never_fails_a_run(recorded: Path, tmp_path: Path, capsys,
+                                                               unused_port) -> None:
+    dead = f"http://127.0.0.1:{unused_port()}"
     assert main(["export", "--store", str(recorded), "--otlp-endpoint", dead]) == 1
     assert "did not accept the spans" in capsys.readouterr().err
     code = main(["run", "--tasks", "chain:n=1", "--frameworks", "plain", "--variants", "linear", "--faults", "none",

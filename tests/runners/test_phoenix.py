@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ VENV = Path(__file__).resolve().parents[2] / ".cache" / "phoenix" / "venv"
 START_LIMIT_S = 180.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _install() -> Path:
     """Phoenix's own virtual environment (created once, from the registry)."""
     phoenix = VENV / "bin" / "phoenix"
@@ -50,12 +43,12 @@ def _install() -> Path:
 
 
 @pytest.fixture(scope="module")
-def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def phoenix(tmp_path_factory: pytest.TempPathFactory, unused_port) -> Iterator[str]:
     """A running Phoenix server on 127.0.0.1; its base URL."""
     executable = _install()
-    port, work = _free_port(), tmp_path_factory.mktemp("phoenix")
+    port, work = unused_port(), tmp_path_factory.mktemp("phoenix")
     env = {**os.environ, "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port),
-           "PHOENIX_GRPC_PORT": str(_free_port()), "PHOENIX_WORKING_DIR": str(work),
+           "PHOENIX_GRPC_PORT": str(unused_port()), "PHOENIX_WORKING_DIR": str(work),
            "PHOENIX_TELEMETRY_ENABLED": "false", "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
            "PHOENIX_DISABLE_AGENT_ASSISTANT": "true", "PHOENIX_ENABLE_MCP_SERVER": "false"}
     log = (work / "phoenix.log").open("w")

@@ -257,18 +257,13 @@ def test_an_unset_api_key_variable_is_refused_up_front(tmp_path: Path, capsys, m
     assert not (tmp_path / "u.sqlite").exists()
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_a_dead_endpoint_is_an_infra_error_not_a_framework_error(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_a_dead_endpoint_is_an_infra_error_not_a_framework_error(tmp_path: Path, capsys, monkeypatch,
+                                                                unused_port) -> None:
     monkeypatch.setenv("COORDLAB_LIVE_VALUE", "anything-at-all")
     store = tmp_path / "dead.sqlite"
     code, out, err = _run(capsys, "--tasks", "chain:n=1", "--frameworks", "plain", "--variants", "linear",
                           "--seeds", "3", "--store", str(store), "--base-url",
-                          f"http://127.0.0.1:{_closed_port()}/v1", "--model", "m", "--api-key-env",
+                          f"http://127.0.0.1:{unused_port()}/v1", "--model", "m", "--api-key-env",
                           "COORDLAB_LIVE_VALUE", "--workers", "1")
     assert code == EXIT_INFRA and "run the same command again" in err
     assert _statuses(store) == Counter({"infra_error": 3})
