@@ -55,7 +55,7 @@ from autogen_core.tools import FunctionTool
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
 from coordlab.tasks.schema import Gate, Step
-from coordlab.tasks.tools import TOOLS, Tool
+from coordlab.tasks.tools import Tool
 
 from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
 from .registry import register
@@ -230,7 +230,7 @@ class _Episode:
         step = self.steps.get(event.source)
         for result in event.content:
             if result.is_error:
-                tool = TOOLS.get(result.name)
+                tool = self.task.tools.get(result.name)
                 self.spec.trace.tool_call(step.role if step else None, event.source, result.name,
                                           bool(tool and tool.mutating), False, f"rejected by AutoGen: {result.content}")
 
@@ -295,7 +295,7 @@ class _Episode:
         be asked to do all of them at once.
         """
         role = self.task.roles[step.role]
-        tools = [self._tool(step, TOOLS[name]) for name in role.tools]
+        tools = [self._tool(step, self.task.tools[name]) for name in role.tools]
         return AssistantAgent(
             step.id, model_client=self._client(step.role), tools=tools or None,
             description=f"{role.name}: {step.instruction}",

@@ -58,7 +58,7 @@ from crewai.utilities.i18n import get_i18n  # noqa: E402
 from pydantic import PrivateAttr  # noqa: E402
 
 from coordlab.tasks.schema import Gate, Step  # noqa: E402
-from coordlab.tasks.tools import TOOLS  # noqa: E402
+from coordlab.tasks.tools import Tool  # noqa: E402
 
 from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport  # noqa: E402
 from .registry import register  # noqa: E402
@@ -150,9 +150,8 @@ class _CoordlabTool(BaseTool):
         return self._run_tool(self.name, arguments)
 
 
-def _crewai_tool(name: str, run_tool: Callable[[str, dict[str, Any]], str]) -> _CoordlabTool:
-    """Wrap tool ``name``; CrewAI builds its argument model from the JSON schema of ``Tool.parameters``."""
-    tool = TOOLS[name]
+def _crewai_tool(tool: Tool, run_tool: Callable[[str, dict[str, Any]], str]) -> _CoordlabTool:
+    """Wrap ``tool``; CrewAI builds its argument model from the JSON schema of ``Tool.parameters``."""
     wrapped = _CoordlabTool(name=tool.name, description=tool.description, args_schema=tool.json_schema())
     wrapped._run_tool = run_tool
     return wrapped
@@ -204,7 +203,7 @@ class _CrewEpisode:
         spec_role = self.task.roles[role]
         run_tool = lambda name, arguments: self._run_tool(role, name, arguments)  # noqa: E731
         return Agent(role=role, goal=spec_role.goal, backstory=role_prompt(spec_role), llm=self._llm(role),
-                     tools=[_crewai_tool(name, run_tool) for name in spec_role.tools],
+                     tools=[_crewai_tool(self.task.tools[name], run_tool) for name in spec_role.tools],
                      max_iter=self.knobs.max_iterations, allow_delegation=False, respect_context_window=False,
                      memory=False, verbose=False)
 

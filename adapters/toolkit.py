@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from coordlab.runners.simulator.reading import json_objects
 from coordlab.tasks.schema import Role, Step, Task
 from coordlab.tasks.scoring import gate_passes
-from coordlab.tasks.tools import TOOLS, ToolError
+from coordlab.tasks.tools import ToolError
 from coordlab.tasks.world import World, canonical_json
 
 from .trace import TraceRecorder
@@ -58,7 +58,7 @@ def execute_tool(world: World, trace: TraceRecorder | None, role: str | None, st
 
     Results are JSON text so that every framework hands the model the same bytes.
     """
-    tool = TOOLS.get(name)
+    tool = world.tools.get(name)
     if tool is None:
         if trace:
             trace.tool_call(role, step, name, False, False, "unknown tool")
@@ -105,7 +105,7 @@ def check_gate(task: Task, world: World, trace: TraceRecorder | None, before: st
 
 def tool_specs(task: Task, role: str) -> list[dict[str, Any]]:
     """The OpenAI tool specs of ``role``'s tools."""
-    return [TOOLS[name].openai_spec() for name in task.roles[role].tools]
+    return [task.tools[name].openai_spec() for name in task.roles[role].tools]
 
 
 def routing_tools(task: Task) -> list[dict[str, Any]]:

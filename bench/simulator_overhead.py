@@ -23,14 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from coordlab.runners.faults import FaultPlan, load_profile
 from coordlab.runners.simulator import Simulator
 from coordlab.tasks.loader import load_suite_task
-from coordlab.tasks.tools import TOOLS
+from coordlab.tasks.toolbox import builtin_tools
 
 
 def step_request() -> tuple[str, dict]:
     """A realistic request: the scheduler's first step, with tools and inputs, as a client sends it."""
     task = load_suite_task("appointment_rebooking")
     step = task.step("find_slot")
-    body = {"model": "coordlab-sim", "tools": [TOOLS[t].openai_spec() for t in task.roles["scheduler"].tools],
+    body = {"model": "coordlab-sim", "tools": [builtin_tools()[t].openai_spec() for t in task.roles["scheduler"].tools],
             "messages": [{"role": "system", "content": "You are the scheduler. " * 20},
                          {"role": "user", "content": f"{step.instruction} {step.marker}\nInputs: "
                                                      + json.dumps({"customer_id": "C-1042", "after": "2026-11-20"})}]}

@@ -213,11 +213,15 @@ def _json_list(text: str) -> list[Any]:
 
 # -- tasks ---------------------------------------------------------------------------------
 
-_TASK_KEY = re.compile(r"^(?P<name>[^@\[\]]+)@(?P<version>[^\[\]]+)(?:\[(?P<params>[^\]]*)\])?$")
+_TASK_KEY = re.compile(r"^(?P<name>[^@\[\]]+)@(?P<version>[^\[\]+]+)(?:\+[0-9a-f]+)?(?:\[(?P<params>[^\]]*)\])?$")
 
 
 def parse_task_key(key: str) -> tuple[str, str, dict[str, int]]:
-    """Split ``name@version[p=v,...]`` (e.g. ``chain@1[n=6]``) into name, version and integer params."""
+    """Split ``name@version[+content][p=v,...]`` (e.g. ``chain@1+3f2a9c0d41be[n=6]``) into name, version, params.
+
+    The content hash is dropped: a store never holds two contents for one version (the
+    runner refuses that), so the version names the task in tables.
+    """
     match = _TASK_KEY.match(key)
     if not match:
         raise ValueError(f"task key {key!r}: expected NAME@VERSION[param=value,...]")

@@ -13,12 +13,13 @@ from typing import Sequence
 from tabulate import tabulate
 
 from coordlab.tasks.loader import TaskValidationError, load_suite, load_suite_task, load_task, validate_files
+from coordlab.tasks.skeleton import SkeletonError, write_skeleton
 
 from coordlab.adapters.base import Knobs
 
 from .experiments import EXPERIMENTS, run_experiment
 from .export import EXPORT_FORMATS, ExportError, export_episodes, find_episode, render_episode
-from .faults import FaultPlan, ProfileError, forced_faults, load_profile, profile_names
+from .faults import FaultPlan, ProfileError, check_forced, forced_faults, load_profile, profile_names
 from .netguard import loopback_only, url_hosts
 from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, RunSummary, run_sweep
 from .simulator import Simulator, SimulatorError
@@ -32,6 +33,7 @@ DEFAULT_DEMO_OUTPUT = Path("out/demo")
 EPILOG = """examples:
   coordlab tasks list
   coordlab tasks validate tasks/suite/*.yaml my_task.yaml
+  coordlab tasks new purchase_orders             # a commented skeleton: own tools, a branch, a gate
   coordlab faults list
   coordlab simulate serve --port 8800
   coordlab simulate run appointment_rebooking --profile semantic_10pct --seed 3
@@ -39,6 +41,7 @@ EPILOG = """examples:
   coordlab run                                   # the default comparison suite
   coordlab run --tasks chain:n=8 --frameworks plain langgraph --variants linear --faults semantic_10pct --seeds 20
   coordlab run --sweep my_sweep.yaml --workers 2 --time-limit 60
+  coordlab run --tasks appointment_rebooking --faults none --seeds 5 --force send:repeated_side_effect
   coordlab show 'chain@1[n=6]/plain/linear/semantic_3pct/3'
   coordlab export --format otel --out traces.otel.jsonl
   coordlab export --otlp-endpoint http://127.0.0.1:6006 --project my-review
@@ -93,6 +96,18 @@ def cmd_tasks_validate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_tasks_new(args: argparse.Namespace) -> int:
+    path = Path(args.out) if args.out else Path(f"{args.name}.yaml")
+    try:
+        write_skeleton(args.name, path)
+    except SkeletonError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {path}: a task with its own tools, a branch and a gate; next:\n"
+          f"  coordlab tasks validate {path}\n"
+          f"  coordlab run --tasks {path} --variants linear gated delegated --faults none --seeds 1 --store out/{args.name}.sqlite")
+    return 0
+
+
 def cmd_faults_list(args: argparse.Namespace) -> int:
     rows = []
     for name in profile_names():
@@ -122,7 +137,9 @@ def cmd_simulate_run(args: argparse.Namespace) -> int:
 
     params = _parse_params(args.param)
     task = load_task(args.task, params) if args.task.endswith((".yaml", ".yml")) else load_suite_task(args.task, params)
-    plan = FaultPlan(load_profile(args.profile), args.seed, forced_faults(args.force))
+    forced = forced_faults(args.force)
+    check_forced(forced, task, routed=False)
+    plan = FaultPlan(load_profile(args.profile), args.seed, forced)
     with Simulator() as simulator:
         result = run_scripted(task, simulator, plan, stream=args.stream)
     rows = [{"#": r.seq, "role": r.role, "step": r.step, "attempt": r.attempt, "kind": r.kind,
@@ -139,15 +156,24 @@ def _sweep_from_args(args: argparse.Namespace) -> Sweep:
     if args.base_url:
         if not args.model:
             raise UsageError("--base-url needs --model (the model name the endpoint serves)")
+        if args.force:
+            raise UsageError("--force cannot be used with --base-url: a live endpoint gets no fault injection")
         live = LiveEndpoint(args.base_url, args.model, args.api_key_env)
     if args.sweep:
         if any([args.tasks, args.frameworks, args.variants, args.faults, args.seeds]):
             raise UsageError("--sweep and matrix flags (--tasks, --frameworks, ...) cannot be combined")
+        if args.force:
+            raise UsageError("--sweep and --force cannot be combined; list the forced faults in the sweep file's "
+                             "force: field instead")
         sweep = Sweep.from_file(args.sweep)
+        if live is not None and sweep.forced:
+            raise UsageError(f"{args.sweep} forces faults (force:), which --base-url cannot take: a live endpoint "
+                             "gets no fault injection")
         return sweep if live is None else replace(sweep, live=live)
     knobs = Knobs(**{k: v for k, v in (("client_max_retries", args.client_max_retries),
                                        ("client_timeout", args.client_timeout)) if v is not None})
-    return Sweep.build(args.tasks, args.frameworks, args.variants, args.faults, args.seeds, knobs, live)
+    return Sweep.build(args.tasks, args.frameworks, args.variants, args.faults, args.seeds, knobs, live,
+                       forced=args.force)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -293,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = tasks.add_parser("validate", help="validate task files; exit 1 on any problem")
     validate.add_argument("paths", nargs="+", metavar="PATH", help="task files or folders of them")
     validate.set_defaults(handler=cmd_tasks_validate)
+    new = tasks.add_parser("new", help="write a commented task skeleton (own tools, a branch, a gate) to start from")
+    new.add_argument("name", help="the task's name, a lower-case identifier such as purchase_orders")
+    new.add_argument("--out", metavar="PATH", help="where to write it (default: NAME.yaml; never overwritten)")
+    new.set_defaults(handler=cmd_tasks_new)
 
     faults = commands.add_parser("faults", help="fault profiles").add_subparsers(dest="action", required=True)
     faults.add_parser("list", help="list the built-in fault profiles").set_defaults(handler=cmd_faults_list)
@@ -323,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--variants", nargs="+", metavar="NAME", help="linear gated delegated")
     matrix.add_argument("--faults", nargs="+", metavar="PROFILE", help="fault profile names or files")
     matrix.add_argument("--seeds", metavar="N|A-B|A,B,C", help="a count, an inclusive range or a list")
+    matrix.add_argument("--force", action="append", default=[], metavar="STEP:FAULT[@ATTEMPT]",
+                        help="pin one fault on one step (attempt 0 unless given) of every episode, on top of the "
+                             "profiles' draws; repeatable; the step must exist in every task and admit the fault; "
+                             "episode keys name it, e.g. none+force(send:repeated_side_effect@0)")
     runtime = run_parser.add_argument_group("runtime (not part of the run's identity)")
     runtime.add_argument("--workers", type=int, default=None, help="parallel worker slots (default: CPU count)")
     runtime.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
+from coordlab.tasks.schema import split_task_key
+
 from .store import EpisodeKey, Store, StoreError
 
 EXPORT_FORMATS = ("csv", "jsonl", "otel")
@@ -99,15 +101,17 @@ def find_episode(store: Store, text: str) -> sqlite3.Row:
         raise StoreError(f"episode key {text!r}: expected TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED, "
                          "e.g. chain@1[n=6]/plain/linear/none/0")
     framework, _, version = parts[1].partition("@")
-    query = "SELECT * FROM episodes WHERE task = ? AND framework = ? AND variant = ? AND profile = ? AND seed = ?"
-    params: list[Any] = [parts[0], framework, parts[2], parts[3], int(parts[4])]
+    query = "SELECT * FROM episodes WHERE framework = ? AND variant = ? AND profile = ? AND seed = ?"
+    params: list[Any] = [framework, parts[2], parts[3], int(parts[4])]
     if version:
         query += " AND framework_version = ?"
         params.append(version)
-    rows = store.query(query + " ORDER BY episode_id DESC LIMIT 1", params)
-    if not rows:
-        raise StoreError(f"no episode {text} in {store.path}")
-    return rows[0]
+    # The task may be named with its content hash or without (``chain@1[n=6]``): a store
+    # holds one content per task version, so the version alone is unambiguous.
+    for row in store.query(query + " ORDER BY episode_id DESC", params):
+        if parts[0] in (row["task"], split_task_key(row["task"])[0]):
+            return row
+    raise StoreError(f"no episode {text} in {store.path}")
 
 
 def stored_json(store: Store, text: str, what: str) -> Any:

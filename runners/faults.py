@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from coordlab.tasks.loader import did_you_mean
-from coordlab.tasks.schema import Step
+from coordlab.tasks.schema import Step, Task
 from coordlab.tasks.yaml_files import read_yaml_file
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -130,13 +130,18 @@ def scheduled_fault(profile: FaultProfile, seed: int, episode_key: str, step: St
     return candidates[-1][0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class ForcedFault:
     """A fault pinned on one step and attempt, for tests and demonstrations."""
 
     step: str
     fault: Fault
     attempt: int = 0
+    """The 0-based attempt of the step it meets; a later one only exists when the step is redone."""
+
+    def __str__(self) -> str:
+        """The canonical ``STEP:FAULT@ATTEMPT`` form (what ``--force`` reads back)."""
+        return f"{self.step}:{self.fault.value}@{self.attempt}"
 
 
 @dataclass(frozen=True)
@@ -236,13 +241,78 @@ def load_profile(name_or_path: str | Path) -> FaultProfile:
     return profile_from_mapping(read_yaml_file(path, ProfileError), str(path), builtin)
 
 
-def forced_faults(specs: Iterable[str]) -> tuple[ForcedFault, ...]:
-    """Parse ``STEP:FAULT[@ATTEMPT]`` strings (the CLI's ``--force``)."""
-    forced = []
+FORCE_FORM = "STEP:FAULT or STEP:FAULT@ATTEMPT (ATTEMPT a whole number from 0), e.g. send:http_429@1"
+"""The form of one forced fault, as every error about one spells it."""
+
+
+def forced_faults(specs: Iterable[str | ForcedFault], where: str = "--force") -> tuple[ForcedFault, ...]:
+    """Parse ``STEP:FAULT[@ATTEMPT]`` strings (the CLI's ``--force``), deduplicated and sorted.
+
+    ``where`` names the flag or field in errors. Two different faults pinned on the same step
+    and attempt are refused: only one of them could ever act.
+    """
+    forced: dict[tuple[str, int], ForcedFault] = {}
     for spec in specs:
-        step, _, rest = spec.partition(":")
-        fault, _, attempt = rest.partition("@")
-        if not step or not fault or (attempt and not attempt.isdigit()):
-            raise ProfileError(f"--force {spec!r}: expected STEP:FAULT or STEP:FAULT@ATTEMPT (ATTEMPT a number from 0)")
-        forced.append(ForcedFault(step, parse_fault(fault), int(attempt) if attempt else 0))
-    return tuple(forced)
+        if isinstance(spec, ForcedFault):
+            item = spec
+        else:
+            if not isinstance(spec, str):
+                raise ProfileError(f"{where} {spec!r}: expected text of the form {FORCE_FORM}")
+            step, colon, rest = spec.strip().partition(":")
+            fault, _, attempt = rest.partition("@")
+            if not colon or not step or not fault or (attempt and not attempt.isdigit()):
+                raise ProfileError(f"{where} {spec!r}: expected {FORCE_FORM}")
+            try:
+                item = ForcedFault(step, parse_fault(fault), int(attempt) if attempt else 0)
+            except ProfileError as exc:
+                raise ProfileError(f"{where} {spec!r}: {exc}") from None
+        earlier = forced.setdefault((item.step, item.attempt), item)
+        if earlier != item:
+            raise ProfileError(f"{where}: {earlier} and {item} pin two faults on the same step and attempt; "
+                               "only one can act, keep one")
+    return tuple(sorted(forced.values()))
+
+
+def forced_profile_key(profile_key: str, forced: Iterable[ForcedFault]) -> str:
+    """A profile's key in episode keys with faults forced on top, e.g. ``none+force(send:repeated_side_effect@0)``.
+
+    Forced faults decide outcomes, so they are part of the key; without any the key is the
+    profile's own, unchanged. The form is sorted and canonical (``@0`` always written) and
+    has no '/' (episode keys are split on it).
+    """
+    specs = sorted({str(f) for f in forced})
+    return f"{profile_key}+force({','.join(specs)})" if specs else profile_key
+
+
+def _why_not(fault: Fault, step: Step) -> str:
+    """Why ``fault`` cannot meet ``step`` (one of the rules of :func:`applicable_faults`)."""
+    if fault in TOOL_FAULTS:
+        return f"{fault.value} is a tool-call fault and step {step.id!r} calls no tool"
+    if fault is Fault.REPEATED_SIDE_EFFECT:
+        return f"{fault.value} repeats a mutating tool call and step {step.id!r} calls no mutating tool"
+    if fault in OUTPUT_FAULTS:
+        return f"{fault.value} alters an output and step {step.id!r} produces none"
+    return f"{fault.value} cannot meet step {step.id!r}"
+
+
+def check_forced(forced: Iterable[ForcedFault], task: Task, routed: bool = True, where: str = "--force") -> None:
+    """Refuse forced faults that would silently do nothing in ``task``: unknown steps, faults a step cannot meet.
+
+    ``routed`` says whether any episode has a model routing the work (the ``delegated``
+    variant), the only place a ``wrong_handoff_target`` acts.
+    """
+    steps = {step.id: step for step in task.steps}
+    for item in forced:
+        step = steps.get(item.step)
+        if step is None:
+            raise ProfileError(f"{where} {str(item)!r}: task {task.key} has no step {item.step!r} "
+                               f"({did_you_mean(item.step, steps)}); a forced step must exist in every task "
+                               f"of the sweep, or it would do nothing there")
+        if item.fault not in applicable_faults(step):
+            raise ProfileError(f"{where} {str(item)!r}: in task {task.key}, {_why_not(item.fault, step)}, "
+                               f"so it would never be injected; faults step {step.id!r} admits: "
+                               f"{', '.join(sorted(f.value for f in applicable_faults(step)))}")
+        if item.fault is Fault.WRONG_HANDOFF_TARGET and not routed:
+            raise ProfileError(f"{where} {str(item)!r}: wrong_handoff_target only acts where a model routes "
+                               f"the work (the delegated variant), and no episode of this sweep is delegated; "
+                               f"add the delegated variant or force another fault")

@@ -182,7 +182,7 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     """
     knobs = knobs or Knobs()
     started = time.perf_counter()
-    world = World.from_fixtures(task.fixtures)
+    world = World.for_task(task)
     recorder = TraceRecorder()
     episode = None
     if live is None:

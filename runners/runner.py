@@ -24,6 +24,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from coordlab.tasks.schema import Task, split_task_key
+
 from .progress import Progress
 from .store import COUNT_COLUMNS, Store, StoreError
 from .sweep import EpisodeJob, Sweep, SweepError
@@ -88,7 +90,7 @@ def _infra_row(job: EpisodeJob, status: str, termination: str, error: str, wall_
     """A store row for an episode the lab could not finish (timeout or infra error)."""
     counts = dict.fromkeys(COUNT_COLUMNS, 0)
     return {"task": job.key.task, "framework": job.framework, "framework_version": job.key.framework_version,
-            "variant": job.variant.value, "profile": job.profile, "seed": job.seed, "status": status,
+            "variant": job.variant.value, "profile": job.key.profile, "seed": job.seed, "status": status,
             "harmful": 0, "termination": termination, "verdict_json": "{}", **counts, "wall_ms": wall_ms,
             "construction_ms": 0.0, "execution_ms": wall_ms, "simulator_ms": 0.0, "knobs_json": "{}",
             "notes_json": "[]", "error": error, "finished_at": time.time()}
@@ -114,6 +116,7 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
     jobs = sweep.jobs()
     identity = sweep.identity()
     with Store(store_path) as store:
+        refuse_edited_tasks(store, [task for _, task in sweep.loaded_tasks()], store_path)
         previous = None if fresh else store.latest_run(identity)
         if previous is not None:
             run_id, done = previous["run_id"], store.finished_keys(previous["run_id"])
@@ -145,6 +148,29 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
         store.set_run_status(run_id, "finished")
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+
+def refuse_edited_tasks(store: Store, tasks: list[Task], store_path: str | Path) -> None:
+    """Refuse a task whose content changed without a version bump since this store recorded it.
+
+    Episode keys carry the task's content hash, so old and new results could never be
+    confused row by row; but two different tasks under one ``name@version`` would make
+    every table that names the version ambiguous. The author either bumps ``version:`` or
+    records the edited task in another store.
+    """
+    recorded: dict[str, set[str]] = {}
+    for key in store.task_keys():
+        release, content = split_task_key(key)
+        if content is not None:
+            recorded.setdefault(release, set()).add(content)
+    for task in tasks:
+        others = recorded.get(task.release, set()) - {task.content_hash}
+        if others:
+            where = f" ({task.source})" if task.source else ""
+            raise SweepError(
+                f"task {task.release}{where} has changed since store {store_path} recorded it (content "
+                f"{', '.join(sorted(others))} there, {task.content_hash} now) but its version was not bumped: "
+                f"raise `version:` in the task file, or record the edited task in another --store")
 
 
 def check_runtime(workers: int | None, time_limit: float) -> int:

@@ -41,7 +41,7 @@ def run_scripted(task: Task, simulator: Simulator, plan: FaultPlan, *, stream: b
                  max_turns: int = 8, timeout: float = 30.0, max_retries: int = 2) -> ScriptedResult:
     """Drive ``task`` once through ``simulator`` with the plain ``openai`` client."""
     episode = simulator.open_episode(task, plan)
-    world = World.from_fixtures(task.fixtures)
+    world = World.for_task(task)
     values: dict[str, Any] = dict(task.inputs)
     outputs: dict[str, dict[str, Any]] = {}
     clients = {role: openai.OpenAI(base_url=simulator.base_url(episode.id, role), api_key=API_KEY,

@@ -377,6 +377,10 @@ class Store:
         return self.query("SELECT * FROM runs ORDER BY created_at DESC")
 
     # -- episodes -----------------------------------------------------------------------------
+    def task_keys(self) -> set[str]:
+        """Every task key with episodes in this store, whatever the run."""
+        return {row[0] for row in self.query("SELECT DISTINCT task FROM episodes")}
+
     def finished_keys(self, run_id: str) -> set[EpisodeKey]:
         """Keys already recorded in ``run_id`` (infra errors excluded: those are run again)."""
         rows = self.query("SELECT task, framework, framework_version, variant, profile, seed FROM episodes "

@@ -2,8 +2,8 @@
 
 A sweep comes from flags or a YAML file and expands into episode jobs keyed by their
 natural key. Its *identity* hashes what decides the outcomes (tasks and their versions,
-framework versions, variants, profiles and their contents, seeds, knobs, endpoint) and
-nothing that only decides speed (workers, time limit), so changing those resumes the same
+framework versions, variants, profiles and their contents, forced faults, seeds, knobs,
+endpoint) and nothing that only decides speed (workers, time limit), so changing those resumes the same
 run instead of starting another.
 """
 
@@ -21,7 +21,8 @@ from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suit
 from coordlab.tasks.schema import Task
 from coordlab.tasks.yaml_files import read_yaml_file
 
-from .faults import FaultProfile, ProfileError, load_profile
+from .faults import (FaultProfile, ForcedFault, ProfileError, check_forced, forced_faults, forced_profile_key,
+                     load_profile)
 from .store import EpisodeKey
 
 DEFAULT_FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
@@ -93,6 +94,8 @@ class EpisodeJob:
     variant: Variant
     profile: str
     seed: int
+    forced: tuple[ForcedFault, ...] = ()
+    """Faults pinned on steps of this episode, on top of the profile's draws (already in ``key.profile``)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class Sweep:
     seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))
     knobs: Knobs = field(default_factory=Knobs)
     live: LiveEndpoint | None = None
+    forced: tuple[ForcedFault, ...] = ()
+    """Faults pinned on steps of every episode (``--force``), on top of each profile's draws."""
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -117,8 +122,13 @@ class Sweep:
     def build(cls, tasks: Iterable[str] | None = None, frameworks: Iterable[str] | None = None,
               variants: Iterable[str] | None = None, profiles: Iterable[str] | None = None,
               seeds: str | int | Iterable[int] | None = None, knobs: Knobs | None = None,
-              live: LiveEndpoint | None = None) -> "Sweep":
-        """A sweep from flag-like values; anything not given keeps the default suite's value."""
+              live: LiveEndpoint | None = None, forced: Iterable[str | ForcedFault] | None = None,
+              where_forced: str = "--force") -> "Sweep":
+        """A sweep from flag-like values; anything not given keeps the default suite's value.
+
+        ``forced`` takes ``STEP:FAULT[@ATTEMPT]`` specs, checked against every task and
+        variant of the sweep (``where_forced`` names them in errors).
+        """
         sweep = cls.default()
         changes: dict[str, Any] = {}
         if tasks:
@@ -142,7 +152,16 @@ class Sweep:
             changes["knobs"] = knobs
         if live is not None:
             changes["live"] = live
+        if forced:
+            if isinstance(forced, (str, dict)):
+                raise SweepError(f"{where_forced}: expected a list of STEP:FAULT[@ATTEMPT], got "
+                                 f"{type(forced).__name__} {forced!r}")
+            try:
+                changes["forced"] = forced_faults(forced, where_forced)
+            except ProfileError as exc:
+                raise SweepError(str(exc)) from None
         built = replace(sweep, **changes)
+        built.check_forced(where=where_forced)
         size = len(built.tasks) * len(built.frameworks) * len(built.variants) * len(built.profiles) * len(built.seeds)
         if size > MAX_EPISODES:
             raise SweepError(f"the sweep expands to {size:,} episodes, more than the {MAX_EPISODES:,} one run may hold; "
@@ -151,11 +170,11 @@ class Sweep:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
-        """A sweep from YAML with the same fields as the flags (tasks, frameworks, variants, profiles, seeds, knobs)."""
+        """A sweep from YAML with the fields of the flags: tasks, frameworks, variants, profiles, seeds, knobs, force."""
         data = read_yaml_file(path, SweepError) or {}
         if not isinstance(data, dict):
             raise SweepError(f"{path}: a sweep file is a mapping")
-        allowed = {"tasks", "frameworks", "variants", "profiles", "seeds", "knobs"}
+        allowed = {"tasks", "frameworks", "variants", "profiles", "seeds", "knobs", "force"}
         for key in data:
             if key not in allowed:
                 raise SweepError(f"{path}: unknown field {key!r}; {did_you_mean(str(key), allowed)}")
@@ -168,7 +187,8 @@ class Sweep:
                 raise SweepError(f"{path}: knobs.{key}: unknown knob; {did_you_mean(str(key), knob_fields)}")
         try:
             return cls.build(data.get("tasks"), data.get("frameworks"), data.get("variants"),
-                             data.get("profiles"), data.get("seeds"), Knobs(**knobs) if knobs else None)
+                             data.get("profiles"), data.get("seeds"), Knobs(**knobs) if knobs else None,
+                             forced=data.get("force"), where_forced="force")
         except (SweepError, ProfileError, ValueError) as exc:
             raise SweepError(f"{path}: {exc}") from None
 
@@ -181,11 +201,27 @@ class Sweep:
         """Framework versions, read from package metadata (the parent never imports a framework)."""
         return {name: adapter_version(name) for name in self.frameworks}
 
+    def check_forced(self, tasks: list[tuple[TaskRef, Task]] | None = None, where: str = "--force") -> None:
+        """Refuse forced faults that would do nothing: with a live endpoint (no fault injection), on a step
+        missing from one of the tasks, or that the step cannot meet (see :func:`faults.check_forced`)."""
+        if not self.forced:
+            return
+        if self.live is not None:
+            raise SweepError(f"{where} cannot be used with a live endpoint (--base-url): a live endpoint gets no "
+                             "fault injection")
+        routed = Variant.DELEGATED in self.variants
+        for _, task in tasks if tasks is not None else self.loaded_tasks():
+            try:
+                check_forced(self.forced, task, routed, where)
+            except ProfileError as exc:
+                raise SweepError(str(exc)) from None
+
     def jobs(self) -> list[EpisodeJob]:
         """Every episode of the matrix, grouped by framework so workers rarely switch frameworks."""
         versions = self.versions()
         tasks = self.loaded_tasks()
-        profile_keys = self.profile_keys()
+        self.check_forced(tasks)
+        profile_keys = {name: forced_profile_key(key, self.forced) for name, key in self.profile_keys().items()}
         jobs = []
         for framework in self.frameworks:
             for ref, task in tasks:
@@ -194,20 +230,23 @@ class Sweep:
                         for seed in self.seeds:
                             key = EpisodeKey(task.key, framework, versions[framework], variant.value,
                                              profile_keys[profile], seed)
-                            jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed))
+                            jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed, self.forced))
         return jobs
 
     def profile_keys(self) -> dict[str, str]:
-        """Each profile as the sweep names it (a name or a file) -> its key in episode keys."""
+        """Each profile as the sweep names it (a name or a file) -> its own key (episode keys add any forced faults)."""
         return {name: load_profile(name).key for name in self.profiles}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description of the sweep (stored with the run)."""
-        return {"tasks": [str(t) for t in self.tasks], "frameworks": list(self.frameworks),
-                "variants": [v.value for v in self.variants], "profiles": list(self.profiles),
-                "seeds": list(self.seeds), "knobs": self.knobs.to_dict(),
-                "live": None if self.live is None else {"base_url": self.live.base_url, "model": self.live.model,
-                                                        "api_key_env": self.live.api_key_env}}
+        described = {"tasks": [str(t) for t in self.tasks], "frameworks": list(self.frameworks),
+                     "variants": [v.value for v in self.variants], "profiles": list(self.profiles),
+                     "seeds": list(self.seeds), "knobs": self.knobs.to_dict(),
+                     "live": None if self.live is None else {"base_url": self.live.base_url, "model": self.live.model,
+                                                             "api_key_env": self.live.api_key_env}}
+        if self.forced:  # only when given, so a sweep without forced faults keeps its identity (and resumes)
+            described["force"] = sorted(str(f) for f in self.forced)
+        return described
 
     def identity(self) -> str:
         """A hash of everything that decides outcomes (not workers or time limits)."""

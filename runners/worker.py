@@ -217,7 +217,7 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
         job: EpisodeJob = message[1]
         try:
             task = job.task.load()
-            plan = FaultPlan(load_profile(job.profile), job.seed)
+            plan = FaultPlan(load_profile(job.profile), job.seed, job.forced)
             endpoint = None if live is None else _live_endpoint(live, [*task.roles, ROUTER_ROLE])
             result = run_episode(adapter, task, job.variant, simulator, plan, knobs, endpoint)
             if live is not None and result.status is Status.ERROR and (why := endpoint_unreachable(live.base_url)):

@@ -124,6 +124,48 @@ def best_sentence(text: str, query: str) -> str:
     return best[1]
 
 
+def best_match(items: list[dict], query: str, fields: list[str]) -> dict | None:
+    """The item whose ``fields`` share most words with ``query`` (keyword retrieval; first wins ties)."""
+    items, query_words = list(items or ()), words(query)
+    charge(len(items) * max(1, len(fields or ())))
+    if not items:
+        return None
+    # Indexes come from enumerate: ``items.index`` in the key would make a long list quadratic.
+    best = max(enumerate(items), key=lambda pair: (
+        len(words(" ".join(str(pair[1].get(f, "")) for f in fields)) & query_words), -pair[0]))
+    return best[1]
+
+
+def overlap(text: str, other: str) -> int:
+    """How many words ``text`` and ``other`` share (case-insensitive)."""
+    return len(words(text) & words(other))
+
+
+def lower(text: str) -> str:
+    """``text`` in lower case."""
+    return str(text).lower()
+
+
+def join(items: Iterable[Any], separator: str = ", ") -> str:
+    """The items as text, joined by ``separator`` (", " by default)."""
+    items = [str(item) for item in items]
+    charge(sum(len(item) for item in items))
+    return str(separator).join(items)
+
+
+def quoted(value: Any) -> str:
+    """``value`` as a quoted literal (``'C-1042'``), for an error message that must show it exactly."""
+    charge(size_of(value))
+    return repr(value)
+
+
+def keys(mapping: Any) -> list[Any] | None:
+    """The sorted keys of a mapping, or None for anything else (how a body checks an object's shape)."""
+    if not isinstance(mapping, dict):
+        return None
+    return sorted(mapping, key=str)
+
+
 def reconcile(invoices: list[dict], payments: list[dict]) -> dict[str, list[dict]]:
     """Match payments to invoices by reference; list the invoices paid the wrong amount."""
     paid: dict[str, float] = {}
@@ -218,5 +260,6 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "get": get, "len": len, "sum": sum_numbers, "min": min, "max": max, "sorted": sorted,
     "round": round_number, "abs": abs, "all": all, "any": any, "str": str, "int": int,
     "float": float, "list": list,
+    "best_match": best_match, "overlap": overlap, "lower": lower, "join": join, "quoted": quoted, "keys": keys,
 }
 """Every helper a task expression may call, by the name it calls it with."""

@@ -12,29 +12,30 @@ are unrolled, and a file with more than :data:`MAX_PROBLEMS` problems stops ther
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .expressions import Expression, ExpressionError, compile_expression
-from .functions import HELPERS
+from .expressions import Expression
+from .problems import (
+    MAX_PROBLEMS, FieldPath, Problem, ProblemCollector, TaskValidationError, TooManyProblems, clip, did_you_mean, show,
+)
+from .declared_tools import ToolDeclarations
+from .oracle import SolveFailure, solve
 from .schema import SCHEMA_VERSION, Check, Gate, OutputField, Role, Step, Task, ToolCallPlan
-from .tools import TOOLS
+from .toolbox import ToolLookupError, find_tool, tool_names
+from .tools import Tool, definition_digest
 from .yaml_files import YamlFileError, read_yaml_document
 
 SUITE_DIR = Path(__file__).parent / "suite"
 """Where the built-in suite's task files live."""
 
-FieldPath = tuple[Any, ...]
-
 _TOP_LEVEL = {"schema_version", "name", "version", "description", "params", "inputs", "roles",
-              "steps", "gates", "checks", "fixtures"}
+              "steps", "gates", "checks", "fixtures", "tools"}
 _REQUIRED_TOP_LEVEL = ("schema_version", "name", "version", "description", "roles", "steps", "fixtures")
 _ROLE_KEYS = {"goal", "instructions"}
 _STEP_KEYS = {"id", "role", "instruction", "reads", "tools", "produces", "repeat"}
-_CALL_KEYS = {"call", "args", "as"}
+_CALL_KEYS = {"call", "args", "as", "when"}
 _GATE_KEYS = {"before", "check", "retry", "message"}
 _CHECK_KEYS = {"expr", "description"}
 _PARAM_KEYS = {"default", "min", "max"}
@@ -44,74 +45,10 @@ _REPEAT_COUNT = re.compile(r"-?[0-9]{1,9}")
 
 MAX_STEPS = 12
 """Most steps a task may have, counted after ``repeat`` is unrolled."""
-MAX_PROBLEMS = 100
-"""Problems reported per file before validation stops (a broken 1 MiB file could have a million)."""
 MAX_PARAM_VALUE = 1_000_000
 """Largest parameter bound: ``${n}`` is substituted everywhere, so its text must stay short."""
 MAX_INSTRUCTION_CHARS = 20_000
 """Longest step instruction once task inputs are substituted into it."""
-_MAX_HINT_NAMES = 1_000
-_MAX_HINT_LENGTH = 200
-_MAX_LISTED_NAMES = 20
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One located problem in a task file."""
-
-    file: str
-    line: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}"
-
-
-class TaskValidationError(ValueError):
-    """A task file has one or more problems; ``problems`` lists them all."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__(f"{len(problems)} problem(s) in task file(s):\n" +
-                         "\n".join(f"  {p}" for p in problems))
-
-
-def did_you_mean(name: str, known: Iterable[Any], listed: Iterable[Any] | None = None) -> str:
-    """A hint naming the closest known names, or else listing ``listed`` (default: all known).
-
-    Names are compared as text (a task file may use numbers as keys); matching is skipped
-    past :data:`_MAX_HINT_NAMES` names or for very long ones (difflib is quadratic in the
-    worst case), and the listing is cut short, so a hint stays cheap.
-    """
-    known = sorted({str(k) for k in known})
-    candidates = [k for k in known if len(k) <= _MAX_HINT_LENGTH]
-    matchable = len(name) <= _MAX_HINT_LENGTH and len(candidates) <= _MAX_HINT_NAMES
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6) if matchable else []
-    if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    listed = sorted({str(k) for k in (known if listed is None else listed)})
-    shown = ", ".join(_clip(n) for n in listed[:_MAX_LISTED_NAMES])
-    more = f" and {len(listed) - _MAX_LISTED_NAMES} more" if len(listed) > _MAX_LISTED_NAMES else ""
-    return "known: " + (shown + more if listed else "(none)")
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    """``text`` cut to ``limit`` characters, for echoing file content in a message."""
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _show(value: Any) -> str:
-    """A short repr of a value from the file, for messages."""
-    return _clip(repr(value), 80)
-
-
-def _field_name(path: FieldPath) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(file)"
 
 
 def _filled_length(text: str, rendered: Mapping[str, str]) -> int:
@@ -131,69 +68,25 @@ def _substitute(value: Any, names: Mapping[str, Any]) -> Any:
     return value
 
 
-class _TooManyProblems(Exception):
-    """A file reached :data:`MAX_PROBLEMS`; the rest would only bury the first ones."""
-
-
-class _Builder:
+class _Builder(ProblemCollector):
     """Turns one parsed task file into a :class:`Task`, collecting every problem on the way."""
 
     def __init__(self, file: str, data: Any, lines: dict[FieldPath, int], overrides: Mapping[str, int]):
-        self.file, self.data, self.lines, self.overrides = file, data, lines, overrides
-        self.problems: list[Problem] = []
+        super().__init__(file, lines)
+        self.data, self.overrides = data, overrides
         self.unresolved_steps: set[str] = set()
         """Steps naming an unknown tool: checks that depend on their tools are skipped, not cascaded."""
         self.declared_outputs: dict[str, set[str]] = {}
         """Each step's output names as written, broken expressions included (so gates do not cascade)."""
         self.rendered_inputs: dict[str, str] = {}
         """Each task input as text, rendered once for every instruction that names it."""
-
-    # -- reporting ----------------------------------------------------------------------
-    def problem(self, path: FieldPath, message: str) -> None:
-        if len(self.problems) >= MAX_PROBLEMS:
-            self.problems.append(Problem(self.file, None, "(file)",
-                                         f"more than {MAX_PROBLEMS} problems; validation stopped here"))
-            raise _TooManyProblems
-        probe = path
-        while probe and probe not in self.lines:
-            probe = probe[:-1]
-        self.problems.append(Problem(self.file, self.lines.get(probe), _field_name(path), message))
-
-    def expect(self, value: Any, kind: type | tuple[type, ...], path: FieldPath, what: str) -> bool:
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return True
-        self.problem(path, f"expected {what}, got {type(value).__name__}")
-        return False
-
-    def expect_name(self, value: Any, path: FieldPath, what: str) -> bool:
-        """True for text; anything else (a number, a list) where a name belongs is a problem."""
-        if isinstance(value, str):
-            return True
-        self.problem(path, f"expected {what} (text), got {type(value).__name__}")
-        return False
-
-    def unknown_keys(self, mapping: Mapping[Any, Any], allowed: set[str], path: FieldPath) -> None:
-        for key in mapping:
-            if key not in allowed:
-                self.problem(path + (key,), f"unknown field {_show(key)}; {did_you_mean(str(key), allowed)}")
-
-    def expression(self, source: Any, path: FieldPath, allowed: set[str]) -> Expression | None:
-        if isinstance(source, (int, float, bool)) and not isinstance(source, str):
-            source = repr(source)
-        if not isinstance(source, str):
-            self.problem(path, f"expected an expression string, got {type(source).__name__}")
-            return None
-        try:
-            expression = compile_expression(source)
-        except ExpressionError as exc:
-            self.problem(path, f"invalid expression {_show(source)}: {exc}")
-            return None
-        for name in sorted(expression.free_names - allowed - set(HELPERS)):
-            kind = "function" if name in expression.called_names else "name"
-            listed = set(HELPERS) if kind == "function" else allowed
-            self.problem(path, f"unknown {kind} {name!r} in {_show(source)}; "
-                               f"{did_you_mean(name, allowed | set(HELPERS), listed)}")
-        return expression
+        self.own_tools: dict[str, Tool] = {}
+        """The tools this task file declares under ``tools:``."""
+        self.fixture_names: set[str] = set()
+        self.gate_tools: dict[str, Tool] = {}
+        """Read-only tools that gates call (a gate may look at the world through them)."""
+        self.step_paths: dict[str, FieldPath] = {}
+        """Where each step is written (a repeated step: its template), to locate what solving finds."""
 
     # -- building -----------------------------------------------------------------------
     def build(self) -> Task | None:
@@ -207,7 +100,7 @@ class _Builder:
                 self.problem((key,), "required field is missing")
         if "schema_version" in data and data["schema_version"] != SCHEMA_VERSION:
             self.problem(("schema_version",), f"this coordlab reads schema_version {SCHEMA_VERSION}, "
-                                              f"the file has {_show(data['schema_version'])}")
+                                              f"the file has {show(data['schema_version'])}")
         name = data.get("name", "")
         if "name" in data and (not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name)):
             self.problem(("name",), "must be a lower-case identifier such as 'incident_triage'")
@@ -222,6 +115,8 @@ class _Builder:
         fixtures = data.get("fixtures") or {}
         if not self.expect(fixtures, dict, ("fixtures",), "a mapping of world sections"):
             fixtures = {}
+        self.fixture_names = {name for name in fixtures if isinstance(name, str)}
+        self.own_tools = self.declared_tools(data.get("tools"))
         roles = self.roles(data.get("roles"))
         steps = self.steps(data.get("steps"), roles, inputs)
         gates = self.gates(data.get("gates") or [], steps, inputs)
@@ -229,12 +124,56 @@ class _Builder:
         if self.problems:
             return None
         role_tools = {r: tuple(dict.fromkeys(t.name for s in steps if s.role == r for t in s.tools)) for r in roles}
+        tools = {t.name: t for s in steps for t in s.tools} | self.gate_tools
         return Task(
             name=name, version=version, description=str(data.get("description", "")).strip(),
             params=params, inputs=dict(inputs),
             roles={r: Role(r, spec["goal"], spec["instructions"], role_tools[r]) for r, spec in roles.items()},
             steps=tuple(steps), gates=tuple(gates), checks=tuple(checks), fixtures=dict(fixtures),
+            tools=tools, content_hash=definition_digest(self.data, params, {n: t.fingerprint for n, t in tools.items()}),
         )
+
+    def verify(self, task: Task) -> None:
+        """Solve the task on a fresh world with no faults; what fails on its correct path is a located problem.
+
+        A task whose correct path fails its own gate, raises in an expression or a tool, or
+        ends with a check that does not hold can never succeed, and would look like every
+        framework failing; it is refused here instead.
+        """
+        try:
+            solve(task, strict=True)
+        except SolveFailure as failure:
+            where = failure.where if failure.step is None else self.step_paths[failure.step] + failure.where
+            self.problem(where, f"on the task's correct path (no faults): {failure.reason}")
+
+    def declared_tools(self, spec: Any) -> dict[str, Tool]:
+        """The task file's own tools; a name that a built-in or plug-in already has is refused."""
+        if spec is None:
+            return {}
+        tools = ToolDeclarations(self, "task file", self.fixture_names).parse(spec, ("tools",))
+        for name in sorted(set(tools) & tool_names()):
+            self.problem(("tools", name), f"there is already a tool named {name!r} (built-in or plug-in); "
+                                          "give this one another name")
+            del tools[name]
+        return tools
+
+    def resolve_tool(self, name: Any, path: FieldPath) -> Tool | None:
+        """The tool a call names: the task's own, else a built-in or plug-in; a located problem if none."""
+        if isinstance(name, str) and name in self.own_tools:
+            return self.own_tools[name]
+        try:
+            tool = find_tool(name) if isinstance(name, str) else None
+        except ToolLookupError as exc:
+            self.problem(path, str(exc))
+            return None
+        if tool is None:
+            self.problem(path, f"unknown tool {show(name)}; {did_you_mean(str(name), tool_names() | set(self.own_tools))}")
+            return None
+        missing = sorted((tool.sections or set()) - self.fixture_names)
+        if missing:
+            self.problem(path, f"tool {name!r} ({tool.origin}) uses the world section(s) {', '.join(map(repr, missing))}, "
+                               "which this task's fixtures lack")
+        return tool
 
     def params(self, spec: Any) -> dict[str, int]:
         if not self.expect(spec, dict, ("params",), "a mapping of parameter names to {default, min, max}"):
@@ -296,7 +235,7 @@ class _Builder:
             return None
         if not 1 <= count <= MAX_STEPS:
             self.problem(path + ("count",), f"must be 1 to {MAX_STEPS} (a task has at most {MAX_STEPS} steps), "
-                                            f"got {_show(count)}")
+                                            f"got {show(count)}")
             return None
         if not roles:
             self.problem(path + ("roles",), "name at least one role to cycle")
@@ -364,9 +303,10 @@ class _Builder:
             elif step_id in seen_ids:
                 self.problem(path + ("id",), f"step id {step_id!r} is used twice")
             seen_ids.add(step_id)
+            self.step_paths.setdefault(step_id, path)
             role = raw.get("role")
             if not isinstance(role, str) or role not in roles:
-                self.problem(path + ("role",), f"unknown role {_show(role)}; {did_you_mean(str(role), roles)}")
+                self.problem(path + ("role",), f"unknown role {show(role)}; {did_you_mean(str(role), roles)}")
             instruction = raw.get("instruction")
             if not isinstance(instruction, str) or not instruction.strip():
                 self.problem(path + ("instruction",), "required text is missing")
@@ -399,7 +339,7 @@ class _Builder:
                 continue
             if field_name not in available:
                 self.problem(path + (index,),
-                             f"{_show(field_name)} is neither a task input nor produced by an earlier step; "
+                             f"{show(field_name)} is neither a task input nor produced by an earlier step; "
                              f"{did_you_mean(field_name, available)}")
             reads.append(field_name)
         return reads
@@ -417,12 +357,14 @@ class _Builder:
             bind = raw.get("as", name)
             if "as" in raw and not self.expect_name(bind, call_path + ("as",), "a name for the result"):
                 bind = name
-            if not isinstance(name, str) or name not in TOOLS:
-                self.problem(call_path + ("call",), f"unknown tool {_show(name)}; {did_you_mean(str(name), TOOLS)}")
+            tool = self.resolve_tool(name, call_path + ("call",))
+            if tool is None:
                 self.unresolved_steps.add(step_id)
                 scope.add(str(bind))
                 continue
-            tool = TOOLS[name]
+            when = None
+            if "when" in raw:
+                when = self.expression(raw["when"], call_path + ("when",), scope)
             args = raw.get("args") or {}
             if not self.expect(args, dict, call_path + ("args",), "a mapping of argument expressions"):
                 continue
@@ -431,11 +373,11 @@ class _Builder:
             arguments: dict[str, Expression] = {}
             for arg, source in args.items():
                 if arg not in tool.parameters:
-                    self.problem(call_path + ("args", arg), f"tool {name!r} has no argument {_show(arg)}; "
+                    self.problem(call_path + ("args", arg), f"tool {name!r} has no argument {show(arg)}; "
                                                             f"{did_you_mean(str(arg), tool.parameters)}")
                 elif (expression := self.expression(source, call_path + ("args", arg), scope)) is not None:
                     arguments[arg] = expression
-            calls.append(ToolCallPlan(name, arguments, str(bind)))
+            calls.append(ToolCallPlan(tool.name, arguments, str(bind), tool, when))
             scope.add(str(bind))
         return calls
 
@@ -473,19 +415,21 @@ class _Builder:
             self.unknown_keys(raw, _GATE_KEYS, path)
             before = raw.get("before")
             if not isinstance(before, str) or before not in by_id:
-                self.problem(path + ("before",), f"unknown step {_show(before)}; {did_you_mean(str(before), by_id)}")
+                self.problem(path + ("before",), f"unknown step {show(before)}; {did_you_mean(str(before), by_id)}")
                 continue
             position = by_id[before]
             if not steps[position].mutating and before not in self.unresolved_steps:
                 self.problem(path + ("before",), f"step {before!r} changes nothing; gates guard mutating steps")
             retry = raw.get("retry", steps[position - 1].id if position else before)
             if not isinstance(retry, str) or retry not in by_id or by_id[retry] > position:
-                self.problem(path + ("retry",), f"retry step {_show(retry)} must be {before!r} or a step before it; "
+                self.problem(path + ("retry",), f"retry step {show(retry)} must be {before!r} or a step before it; "
                                                 f"{did_you_mean(str(retry), by_id)}")
             visible = {name for name in inputs if isinstance(name, str)}
             visible |= {o for s in steps[:position] for o in self.declared_outputs.get(s.id, s.output_names)}
-            visible |= {name for name, t in TOOLS.items() if not t.mutating}
+            visible |= tool_names() | set(self.own_tools)
             predicate = self.expression(raw.get("check"), path + ("check",), visible)
+            if predicate is not None:
+                self.gate_lookups(predicate, path + ("check",))
             message = raw.get("message")
             if not isinstance(message, str) or not message.strip():
                 self.problem(path + ("message",), "required text is missing: what a rejection tells the agent")
@@ -496,6 +440,15 @@ class _Builder:
             if step.mutating and step.id not in gated and step.id not in self.unresolved_steps:
                 self.problem(("steps", position), f"mutating step {step.id!r} has no gate")
         return gates
+
+    def gate_lookups(self, predicate: Expression, path: FieldPath) -> None:
+        """Record the tools a gate calls; a gate may only look, so a mutating one is a problem."""
+        for name in sorted(predicate.called_names & (tool_names() | set(self.own_tools))):
+            tool = self.resolve_tool(name, path)
+            if tool is not None and tool.mutating:
+                self.problem(path, f"a gate only looks at the world; {name!r} changes it")
+            elif tool is not None:
+                self.gate_tools[name] = tool
 
     def checks(self, spec: Any, inputs: Mapping[Any, Any], fixtures: Mapping[Any, Any]) -> list[Check]:
         if not self.expect(spec, list, ("checks",), "a list of checks"):
@@ -521,7 +474,9 @@ def _parse(path: Path, params: Mapping[str, int]) -> tuple[Task | None, list[Pro
     builder = _Builder(str(path), document.data, document.lines, params)
     try:
         task = builder.build()
-    except _TooManyProblems:
+        if task is not None:
+            builder.verify(task)
+    except TooManyProblems:
         return None, builder.problems
     if task is not None:
         task = Task(**{**task.__dict__, "source": path})

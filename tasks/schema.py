@@ -7,18 +7,27 @@ model answers from it; adapters must never show it to a framework.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from .expressions import Expression
-from .tools import TOOLS, Tool
+from .tools import Tool
 
 SCHEMA_VERSION = 1
 """The task-file schema this loader reads (``schema_version`` in every task file)."""
 
+_CONTENT_HASH = re.compile(r"\+([0-9a-f]+)(?=\[|$)")
+
 STEP_MARKER = "[coordlab:step={step}]"
 """Tag placed in each step's instruction; the simulator finds the current step by it."""
+
+
+def split_task_key(key: str) -> tuple[str, str | None]:
+    """``chain@1+3f2a9c0d41be[n=6]`` -> (``chain@1[n=6]``, ``3f2a9c0d41be``); a key from before content hashes: (key, None)."""
+    match = _CONTENT_HASH.search(key)
+    return (key, None) if match is None else (key[:match.start()] + key[match.end():], match.group(1))
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,10 @@ class ToolCallPlan:
     arguments: Mapping[str, Expression]
     bind: str
     """Name under which the call's result is visible to later expressions of the step."""
+    spec: Tool = field(compare=False, repr=False)
+    """The tool itself, resolved when the task loads (built-in, plug-in or declared in the task)."""
+    when: Expression | None = None
+    """A branch: the call is made only when this holds over the step's reads and earlier results."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +76,12 @@ class Step:
 
     @property
     def tools(self) -> tuple[Tool, ...]:
-        """The distinct tools this step uses, in plan order."""
-        return tuple(TOOLS[name] for name in dict.fromkeys(c.tool for c in self.tool_calls))
+        """The distinct tools this step may use (on any branch), in plan order."""
+        return tuple({c.tool: c.spec for c in self.tool_calls}.values())
 
     @property
     def mutating(self) -> bool:
-        """True when the step changes the world (a gate belongs in front of it)."""
+        """True when the step may change the world on some branch (a gate belongs in front of it)."""
         return any(t.mutating for t in self.tools)
 
     @property
@@ -115,14 +128,34 @@ class Task:
     gates: tuple[Gate, ...]
     checks: tuple[Check, ...]
     fixtures: Mapping[str, Any]
+    tools: Mapping[str, Tool] = field(default_factory=dict, compare=False, repr=False)
+    """Every tool the task's steps and gates use, by name."""
+    content_hash: str = ""
+    """A digest of everything that decides the task's episodes: its file's content and its tools' definitions."""
     source: Path | None = field(default=None, compare=False)
     schema_version: int = SCHEMA_VERSION
 
     @property
     def key(self) -> str:
-        """``name@version``, plus parameters when set (``chain@1[n=6]``): part of an episode key."""
+        """``name@version+hash``, plus parameters when set (``chain@1+3f2a9c0d41be[n=6]``): part of an episode key.
+
+        The content hash makes the key content-addressed: an edited task whose version was
+        not bumped can never be mixed with the results of the old one.
+        """
+        return self._key(f"+{self.content_hash}" if self.content_hash else "")
+
+    @property
+    def release(self) -> str:
+        """``name@version[params]``, the key without its content hash.
+
+        Fault draws are seeded with it (editing a task's wording keeps its draws, so old and
+        new versions stay paired), and a store refuses two content hashes for one release.
+        """
+        return self._key("")
+
+    def _key(self, content: str) -> str:
         suffix = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}@{self.version}" + (f"[{suffix}]" if suffix else "")
+        return f"{self.name}@{self.version}{content}" + (f"[{suffix}]" if suffix else "")
 
     def step(self, step_id: str) -> Step:
         """The step called ``step_id``."""

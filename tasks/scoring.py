@@ -14,7 +14,6 @@ from typing import Any, Mapping
 from .functions import HELPERS
 from .oracle import Solution, safe_evaluate, solve
 from .schema import Task
-from .tools import TOOLS
 from .world import World
 
 
@@ -70,7 +69,7 @@ def gate_namespace(task: Task, values: Mapping[str, Any], world: World) -> dict[
     namespace: dict[str, Any] = dict(HELPERS)
     namespace.update(task.inputs)
     namespace.update(values)
-    for name, tool in TOOLS.items():
+    for name, tool in task.tools.items():
         if not tool.mutating:
             namespace[name] = (lambda t: lambda **kwargs: t(world, kwargs))(tool)
     return namespace

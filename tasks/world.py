@@ -12,9 +12,13 @@ import copy
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .budget import charge_size
+
+if TYPE_CHECKING:
+    from .schema import Task
+    from .tools import Tool
 
 
 def canonical_json(value: Any) -> str:
@@ -43,13 +47,20 @@ class World:
     state: dict[str, Any]
     side_effects: list[SideEffect] = field(default_factory=list)
     final_output: dict[str, Any] = field(default_factory=dict)
+    tools: Mapping[str, Tool] = field(default_factory=dict, repr=False)
+    """The tools that act on this world (its task's), by name: what a model's tool call can reach."""
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _counters: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_fixtures(cls, fixtures: Mapping[str, Any]) -> "World":
+    def from_fixtures(cls, fixtures: Mapping[str, Any], tools: Mapping[str, Tool] | None = None) -> "World":
         """A fresh world whose state is a deep copy of ``fixtures``."""
-        return cls(state=copy.deepcopy(dict(fixtures)))
+        return cls(state=copy.deepcopy(dict(fixtures)), tools=dict(tools or {}))
+
+    @classmethod
+    def for_task(cls, task: Task) -> "World":
+        """A fresh world for one episode of ``task``: its fixtures, acted on by its tools."""
+        return cls.from_fixtures(task.fixtures, task.tools)
 
     def section(self, name: str) -> Any:
         """One fixture section (``calendar``, ``crm``...); a clear error when the task lacks it.

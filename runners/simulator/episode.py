@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from coordlab.runners.faults import Fault, FaultPlan
 from coordlab.tasks.oracle import (
-    PlannedCall, call_arguments, correct_outputs, corrupt_value, step_namespace,
+    PlannedCall, call_arguments, correct_outputs, corrupt_value, step_namespace, walk_plan,
 )
 from coordlab.tasks.schema import Step, Task
 
@@ -108,7 +108,7 @@ class EpisodeState:
         attempt = self.attempts[step.id]
         if (step.id, attempt) in self._fired:
             return None
-        return self.plan.fault_for(self.task.key, step, attempt)
+        return self.plan.fault_for(self.task.release, step, attempt)
 
     def _fire(self, step: Step) -> None:
         self._fired.add((step.id, self.attempts[step.id]))
@@ -131,21 +131,13 @@ class EpisodeState:
         values = visible_values(messages)
         issues = self._handoff_issues(step, values)
         transcript = step_transcript(messages, marker_index)
-        results: dict[str, Any] = {}
-        pending: PlannedCall | None = None
-        for plan in step.tool_calls:
-            arguments = call_arguments(plan, step_namespace(step, values, results))
-            answered, result = transcript.result_for(plan.tool, arguments)
-            if not answered:
-                pending = PlannedCall(plan, arguments)
-                break
-            results[plan.bind] = result
+        results, pending = walk_plan(step, values, lambda plan, arguments: transcript.result_for(plan.tool, arguments))
         namespace = step_namespace(step, values, results)
 
         if pending is not None:
             reply = self._tool_phase(step, pending, namespace, fault)
         else:
-            reply = self._final_phase(step, namespace, fault)
+            reply = self._final_phase(step, namespace, results, fault)
         if reply.fault is not None:
             self._fire(step)
         if reply.kind == "final":
@@ -164,10 +156,12 @@ class EpisodeState:
             return Reply("tool_call", tool_calls=[self._call(f"{name}_v2", arguments)], fault=fault)
         return Reply("tool_call", tool_calls=[self._call(name, arguments)])
 
-    def _final_phase(self, step: Step, namespace: Mapping[str, Any], fault: Fault | None) -> Reply:
-        if fault is Fault.REPEATED_SIDE_EFFECT:
-            mutating = [p for p in step.tool_calls if p.tool in {t.name for t in step.tools if t.mutating}]
-            plan = mutating[-1]
+    def _final_phase(self, step: Step, namespace: Mapping[str, Any], results: Mapping[str, Any],
+                     fault: Fault | None) -> Reply:
+        # A repeated side effect repeats the last mutating call this step made (on the branch it took).
+        made = [p for p in step.tool_calls if p.spec.mutating and p.bind in results]
+        if fault is Fault.REPEATED_SIDE_EFFECT and made:
+            plan = made[-1]
             return Reply("tool_call", tool_calls=[self._call(plan.tool, json.dumps(call_arguments(plan, namespace)))],
                          fault=fault)
         if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):

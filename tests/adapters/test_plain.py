@@ -82,4 +82,5 @@ def test_trace_is_ordered_and_complete(simulator: Simulator) -> None:
     assert kinds[-1] is EventKind.TERMINATION
     assert kinds.count(EventKind.MODEL_CALL) == result.counts.model_calls == 8
     assert kinds.count(EventKind.GATE) == 2 and kinds.count(EventKind.SIDE_EFFECT) == 2
-    assert result.key == ("appointment_rebooking@1", f"plain@{result.framework_version}", "gated", "none", 0)
+    task_key = load_suite_task("appointment_rebooking").key
+    assert result.key == (task_key, f"plain@{result.framework_version}", "gated", "none", 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coordlab.runners.cli import main
-from coordlab.tasks.loader import SUITE_DIR
+from coordlab.tasks.loader import SUITE_DIR, load_suite_task
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -19,7 +19,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_tasks_list(capsys) -> None:
     code, out, _ = run(capsys, "tasks", "list")
-    assert code == 0 and "appointment_rebooking@1" in out and "chain@1[n=6]" in out
+    chain = load_suite_task("chain").key
+    assert code == 0 and load_suite_task("appointment_rebooking").key in out and chain in out and chain.endswith("[n=6]")
 
 
 def test_tasks_validate_suite_folder(capsys) -> None:
@@ -37,7 +38,7 @@ def test_tasks_validate_reports_every_bad_file_and_fails(capsys, data_dir: Path)
 
 def test_simulate_run_prints_the_log_and_the_verdict(capsys) -> None:
     code, out, _ = run(capsys, "simulate", "run", "chain", "--param", "n=3", "--force", "stage_2:wrong_value")
-    assert code == 1 and "wrong_value" in out and "chain@1[n=3]" in out and "failed" in out
+    assert code == 1 and "wrong_value" in out and load_suite_task("chain", {"n": 3}).key in out and "failed" in out
     code, out, _ = run(capsys, "simulate", "run", "chain", "--param", "n=3")
     assert code == 0 and out.rstrip().endswith("success")
 

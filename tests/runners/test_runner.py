@@ -18,6 +18,7 @@ import pytest
 from coordlab.runners.runner import RunSummary, run_sweep
 from coordlab.runners.store import SCHEMA_VERSION, EpisodeKey, Store, StoreError
 from coordlab.runners.sweep import Sweep, SweepError, parse_seeds
+from coordlab.tasks.schema import split_task_key
 
 SMALL = dict(tasks=["chain:n=2", "refund_policy_answer"], frameworks=["plain"], variants=["linear", "gated"])
 SWEEP_200 = ["--frameworks", "plain", "--tasks", "chain:n=1", "refund_policy_answer", "--variants", "linear",
@@ -107,7 +108,7 @@ def test_hung_episode_is_killed_at_its_limit_and_the_rest_go_on(tmp_path: Path, 
     summary = run_sweep(sweep, tmp_path / "h.sqlite", workers=1, time_limit=2.0)
     assert summary.statuses == Counter({"success": 2, "timeout": 2})
     with Store(tmp_path / "h.sqlite") as store:
-        rows = {(r["task"], r["seed"]): r for r in store.episodes()}
+        rows = {(split_task_key(r["task"])[0], r["seed"]): r for r in store.episodes()}
     for seed in (0, 1):
         timed_out = rows[("refund_policy_answer@1", seed)]
         assert timed_out["status"] == "timeout" and timed_out["wall_ms"] <= 3000

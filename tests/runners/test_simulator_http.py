@@ -12,7 +12,7 @@ from coordlab.runners.faults import Fault, FaultPlan, FaultProfile, ForcedFault,
 from coordlab.runners.scripted import run_scripted
 from coordlab.runners.simulator import ROUTER_ROLE, Simulator, SimulatorError
 from coordlab.tasks.loader import load_suite_task
-from coordlab.tasks.tools import TOOLS
+from coordlab.tasks.toolbox import builtin_tools
 
 TASK = load_suite_task("appointment_rebooking")
 NONE = FaultPlan(load_profile("none"), 0)
@@ -32,7 +32,7 @@ def client_for(simulator: Simulator, episode_id: str, role: str, **options) -> o
 def test_plain_completion_returns_tool_call_then_answer(simulator: Simulator) -> None:
     episode = simulator.open_episode(TASK, NONE)
     client = client_for(simulator, episode.id, "scheduler")
-    tools = [TOOLS[n].openai_spec() for n in TASK.roles["scheduler"].tools]
+    tools = [builtin_tools()[n].openai_spec() for n in TASK.roles["scheduler"].tools]
     messages = first_step_messages()
     first = client.chat.completions.create(model="any-model", messages=messages, tools=tools)
     call = first.choices[0].message.tool_calls[0]
@@ -128,7 +128,7 @@ def test_episodes_can_be_registered_over_http(simulator: Simulator) -> None:
         created = http.post("/episodes", json={"task": "chain", "params": {"n": 2}, "profile": "none", "seed": 1})
         assert created.status_code == 201
         body = created.json()
-        assert body["task"] == "chain@1[n=2]" and set(body["base_urls"]) == {"stage_a", "stage_b", ROUTER_ROLE}
+        assert body["task"] == load_suite_task("chain", {"n": 2}).key and set(body["base_urls"]) == {"stage_a", "stage_b", ROUTER_ROLE}
         bad = http.post("/episodes", json={"task": "chian"})
         assert bad.status_code == 400 and "did you mean 'chain'" in bad.json()["error"]["message"]
         log = http.get(f"/episodes/{body['episode_id']}/log")

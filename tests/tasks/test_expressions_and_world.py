@@ -8,7 +8,8 @@ from coordlab.tasks.expressions import ExpressionError, compile_expression
 from coordlab.tasks.loader import load_suite_task
 from coordlab.tasks.oracle import generic_corruption, solve
 from coordlab.tasks.scoring import score
-from coordlab.tasks.tools import TOOLS, ToolError
+from coordlab.tasks.toolbox import builtin_tools
+from coordlab.tasks.tools import ToolError
 from coordlab.tasks.world import World
 
 
@@ -35,14 +36,14 @@ def test_builtins_are_not_reachable() -> None:
 def test_tool_validation_names_every_problem() -> None:
     world = World.from_fixtures({"outbox": []})
     with pytest.raises(ToolError, match="missing argument 'subject'.*unknown argument 'cc'.*must be string"):
-        TOOLS["send_email"](world, {"to": 1, "body": "x", "cc": "y"})
+        builtin_tools()["send_email"](world, {"to": 1, "body": "x", "cc": "y"})
     assert world.side_effects == [] and world.state["outbox"] == []
 
 
 def test_worlds_are_independent_per_episode() -> None:
     task = load_suite_task("appointment_rebooking")
     first, second = World.from_fixtures(task.fixtures), World.from_fixtures(task.fixtures)
-    TOOLS["send_email"](first, {"to": "a@b.c", "subject": "s", "body": "b"})
+    builtin_tools()["send_email"](first, {"to": "a@b.c", "subject": "s", "body": "b"})
     assert len(first.state["outbox"]) == 1 and second.state["outbox"] == [] and task.fixtures["outbox"] == []
 
 
@@ -51,7 +52,7 @@ def test_duplicated_side_effect_is_a_harmful_failure() -> None:
     solution = solve(task)
     world = World.from_fixtures(task.fixtures)
     for effect in solution.side_effects * 2:
-        TOOLS[effect.tool](world, effect.arguments)
+        builtin_tools()[effect.tool](world, effect.arguments)
     verdict = score(task, world, solution)
     assert not verdict.success and verdict.harmful and len(verdict.unexpected_side_effects) == 1
 
@@ -65,7 +66,7 @@ def test_missing_side_effect_fails_without_harm() -> None:
 def test_wrong_team_paged_is_harmful() -> None:
     task = load_suite_task("incident_triage")
     world = World.from_fixtures(task.fixtures)
-    TOOLS["page_team"](world, {"team": "team-platform", "message": "checkout latency above SLO: root cause database"})
+    builtin_tools()["page_team"](world, {"team": "team-platform", "message": "checkout latency above SLO: root cause database"})
     verdict = score(task, world)
     assert verdict.harmful and "exactly one page went to the team owning the root cause" in verdict.failed_checks
 

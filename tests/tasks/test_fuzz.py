@@ -29,7 +29,7 @@ from coordlab.tasks.expressions import ExpressionError, compile_expression
 from coordlab.tasks.functions import HELPERS, get
 from coordlab.tasks.loader import TaskValidationError, load_task, suite_paths
 from coordlab.tasks.schema import Task
-from coordlab.tasks.tools import TOOLS
+from coordlab.tasks.toolbox import builtin_tools
 from coordlab.tasks.world import World
 
 DATA = Path(__file__).parents[1] / "data"
@@ -251,7 +251,7 @@ def secret_namespace() -> Iterator[dict[str, Any]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SECRET_VARIABLE, SECRET)
         yield {**HELPERS, "x": 3, "s": "text", "L": list(range(50)), "d": {"a": 1, "b": [1, 2]}, "f": get,
-               "kb_search": lambda **arguments: TOOLS["kb_search"](world, arguments)}
+               "kb_search": lambda **arguments: builtin_tools()["kb_search"](world, arguments)}
 
 
 def _check_expression(source: str, namespace: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ import pytest
 from coordlab.tasks.expressions import ExpressionError, compile_expression
 from coordlab.tasks.functions import HELPERS, fmt, get
 from coordlab.tasks.loader import TaskValidationError, load_task, suite_paths, validate_files
-from coordlab.tasks.tools import TOOLS
+from coordlab.tasks.toolbox import builtin_tools
 from coordlab.tasks.world import World
 from coordlab.tasks.yaml_files import read_yaml_file
 
@@ -358,7 +358,7 @@ def _evaluate_or_error(source: str) -> tuple[str, Any]:
 
 def test_read_only_tools_are_charged_for_the_world_they_read() -> None:
     world = World.from_fixtures({"kb": [{"id": f"F{i}", "topic": "heat pumps", "text": "x"} for i in range(20_000)]})
-    namespace = {"kb_search": lambda **arguments: TOOLS["kb_search"](world, arguments), "L": [0] * 1000}
+    namespace = {"kb_search": lambda **arguments: builtin_tools()["kb_search"](world, arguments), "L": [0] * 1000}
     with pytest.raises(ExpressionError, match="units of work"):
         evaluate("[len(kb_search(topic='solar')) for _ in L]", namespace)
 

@@ -47,7 +47,8 @@ def test_distinct_coordination_shapes() -> None:
 @pytest.mark.parametrize("n", [1, 6, 12])
 def test_chain_length_is_a_parameter(n: int) -> None:
     task = load_suite_task("chain", {"n": n})
-    assert len(task.steps) == n and task.key == f"chain@1[n={n}]"
+    assert len(task.steps) == n and task.release == f"chain@1[n={n}]"
+    assert task.key == f"chain@1+{task.content_hash}[n={n}]"
     assert set(solve(task).final_output) == {f"value_{n}"}
 
 

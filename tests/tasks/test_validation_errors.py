@@ -32,7 +32,7 @@ def broken(data_dir: Path, stem: str) -> Path:
 
 def test_minimal_task_is_valid(data_dir: Path) -> None:
     task = load_task(data_dir / "minimal.yaml")
-    assert task.key == "minimal@1" and [s.id for s in task.steps] == ["lookup", "notify"]
+    assert task.release == "minimal@1" and [s.id for s in task.steps] == ["lookup", "notify"]
 
 
 def test_every_broken_file_has_an_expected_error(data_dir: Path) -> None:
