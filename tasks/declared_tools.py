@@ -49,6 +49,7 @@ _PARAMETER_KEYS = {"type", "description", "items", "enum"}
 _ERROR_KEYS = {"when", "message"}
 _EFFECT_KINDS = ("append", "extend", "set")
 _BODY_NAMES = {"args", "new_id"}
+_LOCAL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")
 MAX_TOOLS_PER_FILE = 64
 """Most tools one file may declare."""
 
@@ -204,8 +205,9 @@ class ToolDeclarations:
             field_path = path + (name,)
             if not c.expect_name(name, field_path, "a parameter name"):
                 continue
-            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,63}", name) or name in _BODY_NAMES:
-                c.problem(field_path, f"a parameter name is a lower-case identifier other than {', '.join(_BODY_NAMES)}")
+            if not _LOCAL_NAME.fullmatch(name) or name in _BODY_NAMES:
+                c.problem(field_path, "a parameter name is a lower-case identifier other than "
+                                      f"{' and '.join(sorted(_BODY_NAMES))}")
                 continue
             if not c.expect(schema, dict, field_path, "a mapping with type and description"):
                 continue
@@ -247,7 +249,11 @@ class ToolDeclarations:
             return []
         lets = []
         for name, source in spec.items():
-            if not c.expect_name(name, path + (name,), "a name") or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            if not c.expect_name(name, path + (name,), "a name"):
+                continue
+            if not _LOCAL_NAME.fullmatch(name) or name in _BODY_NAMES or name in HELPERS:
+                c.problem(path + (name,), "a let name is a lower-case identifier that is not a helper, "
+                                          f"{' or '.join(sorted(_BODY_NAMES))}")
                 continue
             expression = self.body_expression(source, path + (name,), local)
             local.add(name)

@@ -55,16 +55,24 @@ def visible_values(messages: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def find_step(task: Task, role: str, messages: list[Mapping[str, Any]]) -> tuple[Step | None, int]:
-    """The step this request is about, and the index of the message holding its last marker.
+    """The step this request is about, and the index of the message holding its marker.
 
-    The last marker of a step belonging to ``role`` wins, so history that mentions other
-    agents' steps does not confuse the identification.
+    The latest message naming one of ``role``'s steps decides, so history that mentions
+    other agents' steps (or this role's earlier ones) does not confuse the identification.
+    A message that names several of the role's steps at once (a role briefed on all its
+    work, as a team's task text does) is read as a model would read it: it works on the
+    first of them whose results it cannot yet see in the request, else the last.
     """
     own_steps = {s.id for s in task.steps_of(role)}
     for index in range(len(messages) - 1, -1, -1):
-        for step_id in reversed(_MARKER.findall(message_text(messages[index]))):
-            if step_id in own_steps:
-                return task.step(step_id), index
+        named = [s for s in dict.fromkeys(_MARKER.findall(message_text(messages[index]))) if s in own_steps]
+        if len(named) == 1:
+            return task.step(named[0]), index
+        if named:
+            visible = visible_values(messages)
+            steps = sorted((task.step(s) for s in named), key=task.steps.index)
+            pending = next((s for s in steps if any(o not in visible for o in s.output_names)), steps[-1])
+            return pending, index
     return None, -1
 
 
