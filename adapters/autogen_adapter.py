@@ -1,34 +1,36 @@
-"""AutoGen AgentChat 0.7: steps as ``AssistantAgent``s in a ``GraphFlow`` or a ``SelectorGroupChat``.
+"""AutoGen AgentChat 0.7: one ``AssistantAgent`` per role, in AutoGen teams, with structured output.
 
-Every agent talks to its role's base URL through AutoGen's production client,
-``OpenAIChatCompletionClient`` (one client per agent per episode, all of them fresh), and
-its tools are ``FunctionTool``s over the shared :func:`execute_tool`. The system message of
-a step's agent holds the role prompt and that one step's text (task inputs only); every
-upstream value reaches it through AutoGen's own group-chat broadcast, so a value an agent
-failed to say is really missing for the next one.
+Every role is one ``AssistantAgent`` (name = role, system message = the role prompt) on
+AutoGen's production client, ``OpenAIChatCompletionClient``, at the role's base URL; its
+tools are ``FunctionTool``s over the shared :func:`execute_tool`, and its answers are
+AutoGen structured output (``output_content_type``): a pydantic model of the fields its
+steps produce, which AutoGen validates itself. Values reach the next agent only through
+AutoGen's own group-chat broadcast, so a value an agent failed to say is really missing.
 
-- linear: ``GraphFlow`` with one ``AssistantAgent`` per step and sequential
-  ``DiGraphBuilder`` edges.
-- gated: the same graph with a model-free verifier agent in front of each gated step; its
-  conditional edges lead on to the step, back to the *entry* of the gate's retry step (its
-  own verifier when that step is gated too, so no path reaches a mutating step unchecked;
-  a gate whose retry step is the guarded step loops onto itself and re-checks unchanged
-  values, as the plain reference does), or nowhere once ``knobs.gate_retries`` rejections
-  are spent, which ends the graph.
-- delegated: ``SelectorGroupChat`` whose selector model client uses the router's URL. A
-  selector can only name participants, and the routing model names roles, so each
-  participant is a role agent that runs its role's next pending step with that step's
-  ``AssistantAgent``; a ``FINISH`` participant lets the routing model end the flow (the
-  selector has no other way to stop a group chat). The selector is asked before every
-  turn, so every routing decision goes through the router's URL and a routing fault can
-  meet any step. Swarm was not used: there whoever holds the turn hands it on by calling
-  ``transfer_to_X``, so routing would be spread over the workers' own model calls (a
-  worker that answers its step in text keeps the turn) rather than made by one router.
+- linear: one team (``SelectorGroupChat`` whose documented ``selector_func`` names the
+  step's role, ``max_turns=1``) run once per step with the step's instruction as the new
+  task message, AutoGen's documented way to continue a team's conversation with new input.
+- gated: the same; between runs the shared gate is checked on the values the agents'
+  structured messages hold, and a rejection is sent back to the retry step's role agent
+  as the task of a new team run, at most ``knobs.gate_retries`` times. A gate whose retry
+  step is the guarded step itself leaves nothing to redo before that step: it stops the
+  flow at its first rejection.
+- delegated: ``SelectorGroupChat`` of the role agents plus the routing model as an
+  ``AssistantAgent`` on the router's URL that speaks after every worker (AutoGen's
+  documented planning-agent pattern); the selector model (router URL too) picks who
+  works next, and ``TextMentionTermination("FINISH")`` on the router's messages ends the
+  chat. A selector can only name participants and never ends a chat itself, which is why
+  the routing model is a participant. The task message lists every step; each role agent
+  works out from the conversation which of its steps is next.
 
-AutoGen has no agent-level retry: after the openai SDK gives up, ``run_stream`` raises
-``RuntimeError`` and the episode ends in ``ERROR``. Its one built-in re-ask, the selector
-asking again after a reply that names no single participant, is read from the
-``autogen_core`` event log and recorded as a framework retry.
+AutoGen has no agent-level retry: after the openai SDK gives up, and whenever AutoGen's
+structured output fails to validate an answer, the team's ``run_stream`` raises
+``RuntimeError`` and the episode ends in ``ERROR``. The trace is read off ``run_stream``
+items (speaker selections, AutoGen's own tool-error results, structured answers) and the
+``autogen_core`` event log (selector re-asks).
+
+:class:`AutoGenEpisode` is the extension point: subclass it, override one builder or hook,
+and register an adapter whose ``episode_class`` is the subclass.
 """
 
 from __future__ import annotations
@@ -38,78 +40,95 @@ import inspect
 import logging
 import time
 from contextlib import contextmanager
-from typing import Annotated, Any, AsyncGenerator, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Iterator, Mapping, Sequence
 
-from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
-from autogen_agentchat.base import ChatAgent, Response, TaskResult, Team
-from autogen_agentchat.conditions import SourceMatchTermination
+from autogen_agentchat.agents import AssistantAgent
+from autogen_agentchat.base import TaskResult
+from autogen_agentchat.conditions import TextMentionTermination
 from autogen_agentchat.messages import (
-    BaseAgentEvent, BaseChatMessage, SelectSpeakerEvent, TextMessage, ToolCallExecutionEvent,
-    ToolCallSummaryMessage,
+    BaseAgentEvent, BaseChatMessage, SelectSpeakerEvent, StructuredMessage, ToolCallExecutionEvent,
 )
-from autogen_agentchat.teams import DiGraph, DiGraphBuilder, GraphFlow, SelectorGroupChat
-from autogen_core import EVENT_LOGGER_NAME, CancellationToken
+from autogen_agentchat.teams import SelectorGroupChat
+from autogen_core import EVENT_LOGGER_NAME
 from autogen_core.logging import LLMCallEvent
 from autogen_core.models import ModelInfo
 from autogen_core.tools import FunctionTool
 from autogen_ext.models.openai import OpenAIChatCompletionClient
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, create_model, model_serializer
 
-from coordlab.tasks.schema import Gate, Step
+from coordlab.tasks.schema import Step
 from coordlab.tasks.tools import Tool
 
 from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
 from .registry import register
-from .toolkit import check_gate, execute_tool, parse_output, role_prompt, step_prompt
+from .toolkit import check_gate, execute_tool, role_prompt, routing_messages, step_prompt
 
 _SUPPORT = {
-    Variant.LINEAR: VariantSupport(True, "GraphFlow: one AssistantAgent per step, sequential DiGraphBuilder edges"),
+    Variant.LINEAR: VariantSupport(
+        True, "one AssistantAgent per role in a SelectorGroupChat (selector_func names the step's role), "
+              "one team run per step with the step instruction as its task"),
     Variant.GATED: VariantSupport(
-        True, "GraphFlow: a verifier agent before each gated step; conditional edges go on, back to the "
-              "retry step's entry, or nowhere after the retry bound"),
+        True, "the linear team; the gate is checked between runs and a rejection is a new team run of the "
+              "retry step's role agent, bounded by knobs.gate_retries"),
     Variant.DELEGATED: VariantSupport(
-        True, "SelectorGroupChat: the selector model (router URL) names the next role or FINISH",
-        "participants are role agents that run their role's next pending step with that step's "
-        "AssistantAgent; AutoGen's default selector prompt is used"),
+        True, "SelectorGroupChat of the role agents and the routing model (router URL) as a participant; the "
+              "selector model (router URL) picks each speaker; TextMentionTermination('FINISH') ends it",
+        "a selector cannot end a chat, so the routing model speaks after every worker (AutoGen's planning-agent "
+        "pattern): each routing decision is one call of the router participant and one of the selector"),
 }
 
-_MODEL_INFO: ModelInfo = {"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
-               "structured_output": False}
-"""What AutoGen must be told about a model name it does not know (no tokenizer lookup follows)."""
+MODEL_INFO: ModelInfo = {"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
+                         "structured_output": True}
+"""What AutoGen must be told about a model name it does not know (no tokenizer lookup follows).
 
-_PASS, _RETRY, _STOP = "PASS", "RETRY", "STOP"
-"""How a verifier's message starts; the conditional edges after it read this word."""
-_FINISH = "FINISH"
-"""The participant the routing model names to end a delegated episode."""
+``structured_output`` is what lets an agent's ``output_content_type`` reach the model as a
+``response_format`` json_schema."""
+
+FINISH = "FINISH"
+"""What the routing model says when every step is done; the delegated team's termination text."""
 _JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
                                "object": dict[str, Any]}
+_SELF_GATE_NOTE = ("gated: the gate before '{step}' names '{step}' itself as its retry step; nothing before it can "
+                   "be redone without running it, so the first rejection stops the flow")
+_DELEGATED_NOTE = ("delegated: a SelectorGroupChat selector only names participants and cannot end the chat, so the "
+                   "routing model is also a participant that speaks after every worker and says FINISH; every "
+                   "routing decision is two router calls (the participant, then the selector)")
+
+
+class RoleAnswer(BaseModel):
+    """Base of every role's structured output: the fields of the role's steps.
+
+    A role with several steps answers one step at a time, so the fields of its other steps
+    are optional; left unset, they are not serialised (the next agent sees only what was said).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_serializer(mode="wrap")
+    def _said(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        fields = type(self).model_fields
+        return {name: value for name, value in handler(self).items()
+                if value is not None or (name in fields and fields[name].is_required())}
 
 
 @register("autogen")
 class AutoGenAdapter(FrameworkAdapter):
-    """AutoGen AgentChat (``GraphFlow`` / ``SelectorGroupChat``) on ``OpenAIChatCompletionClient``."""
+    """AutoGen AgentChat (``SelectorGroupChat`` of role ``AssistantAgent``s) on ``OpenAIChatCompletionClient``."""
 
     name = "autogen"
 
     distribution = "autogen-agentchat"
-    variant_support = _SUPPORT  # GraphFlow edges, conditional edges, a selector
+    variant_support = _SUPPORT
+    episode_class: type[AutoGenEpisode]
+    """The episode class :meth:`run` builds; a plug-in points this at its subclass."""
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
-        """Build fresh clients, agents and team inside one event loop, stream the team, map how it ended."""
+        """Build fresh clients, agents and team inside one event loop, run them, map how it ended."""
         started = time.perf_counter()
-        episode = _Episode(spec)
+        episode = self.episode_class(spec)
         termination, error, built = asyncio.run(episode.run())
-        return AdapterOutcome(termination, episode.final_output(), error, [],
+        return AdapterOutcome(termination, episode.final_output(), error, list(episode.notes),
                               (built - started) * 1000, (time.perf_counter() - built) * 1000)
-
-
-def _gate_passed(message: BaseChatMessage) -> bool:
-    """Condition of the edge from a verifier to its guarded step."""
-    return message.to_model_text().startswith(_PASS)
-
-
-def _gate_rejected(message: BaseChatMessage) -> bool:
-    """Condition of the edge from a verifier back to the entry of its gate's retry step."""
-    return message.to_model_text().startswith(_RETRY)
 
 
 def _annotation(schema: Mapping[str, Any]) -> Any:
@@ -119,107 +138,165 @@ def _annotation(schema: Mapping[str, Any]) -> Any:
     return _JSON_TYPES.get(str(schema.get("type")), Any)
 
 
-class _Episode:
-    """One episode: its clients, its team, and what the stream showed of each step."""
+class AutoGenEpisode:
+    """One AutoGen episode: builds the role agents and the team from the task, runs it, records the trace.
+
+    The public methods are the extension points. Builders (``model_client``,
+    ``function_tool``, ``output_model``, ``role_agent``, ``router_agent``, ``pipeline_team``,
+    ``delegation_team``, ``step_task``, ``delegation_task``) make one AutoGen object each;
+    ``run_linear`` / ``run_gated`` / ``run_delegated`` drive a variant; ``observe`` sees
+    every ``run_stream`` item and ``answered`` every role answer. Override one and keep
+    :meth:`run`, which times construction, maps errors and closes the clients.
+    """
 
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
-        self.steps = {s.id: s for s in self.task.steps}
+        self.router_name = spec.router_role
         self.clients: list[OpenAIChatCompletionClient] = []
-        self.answers: dict[str, str] = {}
-        """The latest answer text of every step that has answered."""
+        self.notes: list[str] = []
+        self.values: dict[str, Any] = dict(self.task.inputs)
+        """The task inputs plus every value the agents' structured answers hold (later answers win)."""
+        self.outputs: dict[str, dict[str, Any]] = {}
+        """What each step handed on: the fields of its role's latest structured answer for it."""
+        self.current: Step | None = None
+        """The step the running team run is about (linear and gated); None in delegated."""
         self.last_role: str | None = None
         self.turns = 0
+        """Chat messages the participants have said (task messages excluded)."""
         self.finished = False
-        self.graph: DiGraph | None = None
-        """The GraphFlow's graph (linear and gated), whose own edges tell where work goes next."""
-        self.verifiers: list[_GateAgent] = []
-        self.max_turns: int | None = None
+        """Whether the routing model said FINISH (delegated)."""
+        self.built: float | None = None
+        """When the team was built (construction ends, execution starts)."""
+        self.answer_models: dict[str, type[RoleAnswer]] = {}
+        """Each role agent's ``output_content_type``, registered with the team as a message type."""
 
-    # -- running -----------------------------------------------------------------------------------
+    # -- running -----------------------------------------------------------------------------------------
     async def run(self) -> tuple[Termination, str | None, float]:
-        """Build the team (timed as construction), stream it, close every client."""
+        """Run the variant; return its termination, an error text, and when construction ended."""
         try:
-            team = {Variant.LINEAR: self._graph_flow, Variant.GATED: self._graph_flow,
-                    Variant.DELEGATED: self._selector}[self.spec.variant]()
-            built = time.perf_counter()
-            try:
-                with self._selector_retries_logged():
-                    result = await self._stream(team)
-            except RuntimeError as exc:  # the team re-raises an agent's exception (e.g. the SDK gave up)
-                message = str(exc).split("\nTraceback:", 1)[0]
-                return Termination.ERROR, f"{type(exc).__name__}: {message}", built
-            termination, error = self._termination(result)
-            return termination, error, built
+            with self._selector_retries_logged():
+                termination = await {Variant.LINEAR: self.run_linear, Variant.GATED: self.run_gated,
+                                      Variant.DELEGATED: self.run_delegated}[self.spec.variant]()
+            return termination, None, self.built or time.perf_counter()
+        except RuntimeError as exc:  # a team re-raises an agent's exception (SDK gave up, validation failed)
+            message = str(exc).split("\nTraceback:", 1)[0]
+            return Termination.ERROR, f"{type(exc).__name__}: {message}", self.built or time.perf_counter()
         finally:
             for client in self.clients:
                 await client.close()
 
-    async def _stream(self, team: Team) -> TaskResult:
-        """Consume the team's stream, recording what only the stream shows."""
-        if self.spec.variant is not Variant.DELEGATED:
-            self._handoff(self.task.steps[0])
+    async def run_linear(self) -> Termination:
+        """Every step in order, one team run each."""
+        team = self.pipeline_team()
+        self.built = time.perf_counter()
+        for step in self.task.steps:
+            await self.run_step(team, step)
+        return Termination.COMPLETED
+
+    async def run_gated(self) -> Termination:
+        """The linear runs, with each gate checked on the agents' values before its guarded step."""
+        team = self.pipeline_team()
+        self.built = time.perf_counter()
+        position = {s.id: i for i, s in enumerate(self.task.steps)}
+        for index, step in enumerate(self.task.steps):
+            gate = self.task.gate_before(step.id)
+            rejections = 0
+            while gate is not None:
+                verdict = check_gate(self.task, self.spec.world, self.spec.trace, step.id, self.values)
+                if verdict.passed:
+                    break
+                if gate.retry == step.id:
+                    self.notes.append(_SELF_GATE_NOTE.format(step=step.id))
+                    return Termination.GATE_EXHAUSTED
+                if rejections >= self.knobs.gate_retries:
+                    return Termination.GATE_EXHAUSTED
+                rejections += 1
+                self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
+                for redo in range(position[gate.retry], index):
+                    await self.run_step(team, self.task.steps[redo],
+                                        verdict.message if redo == position[gate.retry] else "")
+            await self.run_step(team, step)
+        return Termination.COMPLETED
+
+    async def run_delegated(self) -> Termination:
+        """One run of the delegation team on the whole task; the routing model ends it with FINISH."""
+        team = self.delegation_team()
+        self.built = time.perf_counter()
+        self.notes.append(_DELEGATED_NOTE)
+        result = await self._stream(team, self.delegation_task())
+        if self.finished:
+            done = all(s.id in self.outputs for s in self.task.steps)
+            return Termination.COMPLETED if done else Termination.ROUTED_OUT
+        if self.turns >= 2 * self.knobs.max_routing_turns:
+            return Termination.MAX_TURNS
+        raise RuntimeError(f"the team stopped before the routing model said {FINISH}: {result.stop_reason}")
+
+    async def run_step(self, team: SelectorGroupChat, step: Step, feedback: str = "") -> None:
+        """One team run: the step's task message (after ``feedback``, if any); its role agent answers it."""
+        self.current = step
+        await self._stream(team, self.step_task(step, feedback))
+
+    async def _stream(self, team: SelectorGroupChat, task: str) -> TaskResult:
+        """Consume one team run, handing every item to :meth:`observe`."""
         result: TaskResult | None = None
-        async for item in team.run_stream(task=self.task.description.strip()):
+        async for item in team.run_stream(task=task, output_task_messages=False):
             if isinstance(item, TaskResult):
                 result = item
-            elif isinstance(item, SelectSpeakerEvent):
-                for name in item.content:
-                    if name in self.task.roles:
-                        self.spec.trace.handoff(self.spec.router_role, name, "selector")
-            elif isinstance(item, ToolCallExecutionEvent):
-                self._rejected_tool_calls(item)
-            elif isinstance(item, BaseChatMessage) and item.source != "user":  # "user": the task message
-                self.turns += 1
-                self.finished |= item.source == _FINISH
-                if self.graph is not None:
-                    self._graph_turn(self.graph, item)
+            else:
+                self.observe(item)
         assert result is not None, "run_stream ended without a TaskResult"
         return result
 
-    def _termination(self, result: TaskResult) -> tuple[Termination, str | None]:
-        """Map how the team stopped onto the shared enum, from what the stream showed.
+    # -- what the stream shows -----------------------------------------------------------------------------
+    def observe(self, item: BaseAgentEvent | BaseChatMessage) -> None:
+        """Record what one ``run_stream`` item shows: a speaker selection, AutoGen's own tool errors, an answer."""
+        if isinstance(item, SelectSpeakerEvent):
+            for name in item.content:
+                if name not in self.task.roles:
+                    continue
+                if self.spec.variant is Variant.DELEGATED:
+                    self.spec.trace.handoff(self.router_name, name, "selector")
+                elif name != self.last_role:
+                    self.spec.trace.handoff(self.last_role, name, "selector_func",
+                                            self.current.id if self.current else None)
+                self.last_role = name
+        elif isinstance(item, ToolCallExecutionEvent):
+            self._rejected_tool_calls(item)
+        elif isinstance(item, BaseChatMessage):
+            self.turns += 1
+            if item.source == self.router_name:
+                self.finished |= FINISH in item.to_model_text()
+            elif item.source in self.task.roles:
+                content = item.content.model_dump() if isinstance(item, StructuredMessage) else {}
+                self.answered(item.source, content)
 
-        ``TaskResult.stop_reason`` is free text, so it is only quoted, never parsed.
-        """
-        if self.spec.variant is Variant.DELEGATED:
-            if self.finished:
-                done = all(s.id in self.answers for s in self.task.steps)
-                return (Termination.COMPLETED if done else Termination.ROUTED_OUT), None
-            if self.turns >= self.knobs.max_routing_turns:
-                return Termination.MAX_TURNS, None
-        else:
-            if any(v.exhausted for v in self.verifiers):
-                return Termination.GATE_EXHAUSTED, None
-            if self.task.steps[-1].id in self.answers:
-                return Termination.COMPLETED, None
-            if self.max_turns is not None and self.turns >= self.max_turns:
-                return Termination.MAX_TURNS, None
-        return Termination.ERROR, f"the team stopped before the end of the flow: {result.stop_reason}"
+    def answered(self, role: str, outputs: dict[str, Any]) -> None:
+        """A role agent answered: the fields it said are what its step hands on (and what gates check)."""
+        step = self.current if self.current is not None else self.answered_step(role, outputs)
+        if step is None:
+            return
+        fields = {name: outputs[name] for name in step.output_names if name in outputs}
+        self.outputs[step.id] = fields
+        self.values.update(fields)
+        self.spec.trace.step_output(role, step.id, fields)
 
-    def final_output(self) -> dict[str, Any]:
-        """The last step's answer, parsed as every adapter parses it."""
-        return parse_output(self.answers.get(self.task.steps[-1].id))
+    def answered_step(self, role: str, outputs: Mapping[str, Any]) -> Step | None:
+        """Which of ``role``'s steps a delegated answer was for, for the record: the first not yet answered
+        whose fields it holds, else the first not yet answered, else the last."""
+        steps = self.task.steps_of(role)
+        open_steps = [s for s in steps if s.id not in self.outputs]
+        return next((s for s in open_steps if any(o in outputs for o in s.output_names)),
+                    open_steps[0] if open_steps else (steps[-1] if steps else None))
 
-    # -- what the stream shows -----------------------------------------------------------------------
-    def answered(self, step: Step, text: str) -> None:
-        """A step's agent answered: that answer is what the step hands on."""
-        self.answers[step.id] = text
-        self.last_role = step.role
-        self.spec.trace.step_output(step.role, step.id, parse_output(text))
-
-    def _handoff(self, step: Step) -> None:
-        """Work reaches ``step``: a handoff when its role is not the one that worked last."""
-        if step.role != self.last_role:
-            self.spec.trace.handoff(self.last_role, step.role, "graph edge", step.id)
-
-    def _graph_turn(self, graph: DiGraph, message: BaseChatMessage) -> None:
-        """A graph node spoke: record a step's answer, then the edges the graph itself takes from it."""
-        if message.source in self.steps:
-            self.answered(self.steps[message.source], message.to_model_text())
-        for edge in graph.nodes[message.source].edges:
-            if edge.target in self.steps and edge.check_condition(message):
-                self._handoff(self.steps[edge.target])
+    def tool_step(self, role: str, tool: str) -> str | None:
+        """The step a tool call is recorded under: the running step, or in delegated the role's first
+        open step that plans ``tool`` (the lab does not choose it; the agent already called the tool)."""
+        if self.current is not None:
+            return self.current.id
+        planned = [s for s in self.task.steps_of(role) if any(c.tool == tool for c in s.tool_calls)] \
+            or list(self.task.steps_of(role))
+        open_steps = [s for s in planned if s.id not in self.outputs]
+        return open_steps[0].id if open_steps else (planned[-1].id if planned else None)
 
     def _rejected_tool_calls(self, event: ToolCallExecutionEvent) -> None:
         """Tool calls AutoGen answered with an error itself (bad JSON, unknown tool, schema mismatch).
@@ -227,12 +304,15 @@ class _Episode:
         These never reach :func:`execute_tool`, which records every call that does (tool
         errors there come back as ordinary results), so every ``is_error`` result is one.
         """
-        step = self.steps.get(event.source)
         for result in event.content:
             if result.is_error:
                 tool = self.task.tools.get(result.name)
-                self.spec.trace.tool_call(step.role if step else None, event.source, result.name,
+                self.spec.trace.tool_call(event.source, self.tool_step(event.source, result.name), result.name,
                                           bool(tool and tool.mutating), False, f"rejected by AutoGen: {result.content}")
+
+    def final_output(self) -> dict[str, Any]:
+        """The last step's structured answer."""
+        return dict(self.outputs.get(self.task.steps[-1].id, {}))
 
     @contextmanager
     def _selector_retries_logged(self) -> Iterator[None]:
@@ -241,7 +321,7 @@ class _Episode:
             yield
             return
         logger = logging.getLogger(EVENT_LOGGER_NAME)
-        handler, level = _SelectorRetryLog(self.spec, {*self.task.roles, _FINISH}), logger.level
+        handler, level = SelectorRetryLog(self.spec, {*self.task.roles, self.router_name}), logger.level
         logger.addHandler(handler)
         propagate = logger.propagate
         if not logger.isEnabledFor(logging.INFO):
@@ -254,9 +334,9 @@ class _Episode:
             logger.setLevel(level)
             logger.propagate = propagate
 
-    # -- building ------------------------------------------------------------------------------------
-    def _client(self, role: str) -> OpenAIChatCompletionClient:
-        """A fresh production client on ``role``'s base URL; SDK retry/timeout only when the knobs set them."""
+    # -- building ------------------------------------------------------------------------------------------
+    def model_client(self, role: str) -> OpenAIChatCompletionClient:
+        """A fresh production client on ``role``'s base URL; SDK retries/timeout only when the knobs set them."""
         options: dict[str, Any] = {}
         if self.knobs.client_max_retries is not None:
             options["max_retries"] = self.knobs.client_max_retries
@@ -264,211 +344,121 @@ class _Episode:
             options["timeout"] = self.knobs.client_timeout
         client = OpenAIChatCompletionClient(
             model=self.spec.endpoint.model, base_url=self.spec.endpoint.base_url(role),
-            api_key=self.spec.endpoint.api_key, model_info=_MODEL_INFO,
+            api_key=self.spec.endpoint.api_key, model_info=MODEL_INFO,
             temperature=self.knobs.temperature, **options)
         self.clients.append(client)
         return client
 
-    def _tool(self, step: Step, tool: Tool) -> FunctionTool:
-        """``tool`` as a FunctionTool whose signature is built from ``Tool.parameters``.
+    def function_tool(self, role: str, tool: Tool) -> FunctionTool:
+        """``tool`` as a strict FunctionTool whose signature is built from ``Tool.parameters``.
 
-        FunctionTool derives the schema the model sees from the function's signature, so
-        the signature is synthesised from the coordlab schema (types and descriptions).
+        FunctionTool derives the schema the model sees from the function's signature, so the
+        signature is synthesised from the coordlab schema. ``strict``: AutoGen sends structured
+        output through the openai SDK's ``parse``, which refuses tools that are not strict.
         """
-        spec = self.spec
+        spec, episode = self.spec, self
 
         async def call(**arguments: Any) -> str:
-            return execute_tool(spec.world, spec.trace, step.role, step.id, tool.name, arguments)
+            return execute_tool(spec.world, spec.trace, role, episode.tool_step(role, tool.name), tool.name, arguments)
 
         parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                         annotation=Annotated[_annotation(schema), schema.get("description", name)])
                       for name, schema in tool.parameters.items()]
         call.__signature__ = inspect.Signature(parameters, return_annotation=str)  # type: ignore[attr-defined]
         call.__annotations__ = {**{p.name: p.annotation for p in parameters}, "return": str}
-        return FunctionTool(call, description=tool.description, name=tool.name)
+        return FunctionTool(call, description=tool.description, name=tool.name, strict=True)
 
-    def _step_agent(self, step: Step) -> AssistantAgent:
-        """The step's AssistantAgent: its role's tools, and one step's text in its system message.
+    def output_model(self, role: str) -> type[RoleAnswer]:
+        """The role's ``output_content_type``: every output field of its steps (required when it has one step)."""
+        steps = self.task.steps_of(role)
+        fields: dict[str, Any] = {}
+        for step in steps:
+            for name in step.output_names:
+                fields[name] = (Any, ...) if len(steps) == 1 else (Any, None)
+        return create_model(f"{role}_answer", __base__=RoleAnswer, **fields)
 
-        One step per agent because the model (like the simulator) reads which step it is on
-        from the step text it was given; a role agent holding all its steps' texts would
-        be asked to do all of them at once.
+    def role_agent(self, role: str) -> AssistantAgent:
+        """The role's AssistantAgent: its prompt, its tools, its structured output.
+
+        ``max_tool_iterations`` is the shared per-step turn budget (AutoGen's default, 1, ends a
+        step after its first tool round); ``reflect_on_tool_use`` is the shared knob (AutoGen
+        turns it on by default with structured output; it only acts at the iteration bound).
         """
-        role = self.task.roles[step.role]
-        tools = [self._tool(step, self.task.tools[name]) for name in role.tools]
+        spec = self.task.roles[role]
+        tools = [self.function_tool(role, self.task.tools[name]) for name in spec.tools]
+        self.answer_models[role] = self.output_model(role)
         return AssistantAgent(
-            step.id, model_client=self._client(step.role), tools=tools or None,
-            description=f"{role.name}: {step.instruction}",
-            system_message=f"{role_prompt(role)}\n{step_prompt(self.task, step)}",
+            role, model_client=self.model_client(role), tools=tools or None, description=spec.goal,
+            system_message=role_prompt(spec), output_content_type=self.answer_models[role],
             reflect_on_tool_use=self.knobs.tool_reflection, max_tool_iterations=self.knobs.max_iterations)
 
-    def _graph_flow(self) -> GraphFlow:
-        """Linear and gated: one node per step, a verifier node before each gated step (gated only)."""
-        order: list[ChatAgent] = []
-        entry: dict[str, str] = {}
-        for step in self.task.steps:
-            gate = self.task.gate_before(step.id) if self.spec.variant is Variant.GATED else None
-            if gate is not None:
-                self.verifiers.append(_GateAgent(self, gate))
-                order.append(self.verifiers[-1])
-            entry[step.id] = order[-1].name if gate is not None else step.id
-            order.append(self._step_agent(step))
-        names = [agent.name for agent in order]
-        if len(set(names)) != len(names):
-            raise ValueError(f"agent names collide in {names}: a step id clashes with a verifier's name")
-        builder = DiGraphBuilder()
-        for agent in order:
-            builder.add_node(agent)
-        builder.set_entry_point(order[0])
-        turns = len(order)
-        for index, (agent, following) in enumerate(zip(order, order[1:])):
-            if not isinstance(agent, _GateAgent):
-                builder.add_edge(agent, following)
-                continue
-            back = entry[agent.gate.retry]
-            builder.add_edge(agent, following, condition=_gate_passed)
-            builder.add_edge(agent, back, condition=_gate_rejected, activation_group=f"{agent.name}_rejected")
-            # each rejection re-runs this verifier and every node from the retry entry up to it
-            turns += self.knobs.gate_retries * (1 + index - names.index(back))
-        self.graph = builder.build()
-        if self.verifiers:
-            self.max_turns = turns  # a backstop only: the verifiers' own bound is always reached first
-        return GraphFlow(order, graph=self.graph, max_turns=self.max_turns)
+    def router_agent(self) -> AssistantAgent:
+        """The routing model as a participant (AutoGen's planning agent): it names who works next, or FINISH."""
+        system = routing_messages(self.task, {})[0]["content"]
+        return AssistantAgent(self.router_name, model_client=self.model_client(self.router_name),
+                              description="Decides who works next; says FINISH when every step is done.",
+                              system_message=system)
 
-    def _selector(self) -> SelectorGroupChat:
-        """Delegated: role agents plus FINISH; the selector's client is the router's."""
-        participants: list[ChatAgent] = []
-        for name, role in self.task.roles.items():
-            if not name.isidentifier() or name == _FINISH:
-                raise ValueError(f"role {name!r} cannot be an AutoGen participant name (a Python identifier)")
-            participants.append(_RoleAgent(self, name, role.goal,
-                                           [(s, self._step_agent(s)) for s in self.task.steps_of(name)]))
-        participants.append(_FinishAgent())
+    def _role_agents(self) -> list[AssistantAgent]:
+        for name in [*self.task.roles, self.router_name]:
+            if not name.isidentifier():
+                raise ValueError(f"role {name!r} cannot be an AutoGen agent name (a Python identifier)")
+        if self.router_name in self.task.roles:
+            raise ValueError(f"a role is named {self.router_name!r}, the routing model's participant name")
+        return [self.role_agent(role) for role in self.task.roles]
+
+    def _answer_types(self) -> list[type[BaseChatMessage]]:
+        """The structured messages the role agents say, which a team must be told about (``custom_message_types``)."""
+        return [StructuredMessage[model] for model in self.answer_models.values()]  # type: ignore[valid-type]
+
+    def pipeline_team(self) -> SelectorGroupChat:
+        """Linear and gated: the role agents; the selector function names the running step's role.
+
+        One turn per run (``max_turns=1``): each step is one ``run_stream(task=...)`` on the
+        same team, which keeps its conversation between runs. The selector model is never
+        asked (the selector function always names a speaker).
+        """
+        def step_role(thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str | None:
+            return self.current.role if self.current is not None else None
+
+        agents = self._role_agents()
+        return SelectorGroupChat(agents, model_client=self.model_client(self.router_name),
+                                 selector_func=step_role, max_turns=1, emit_team_events=True,
+                                 custom_message_types=self._answer_types())
+
+    def delegation_team(self) -> SelectorGroupChat:
+        """Delegated: the routing model speaks after every worker; the selector model picks the worker.
+
+        ``allow_repeated_speaker``: a role may do two steps in a row. ``max_turns``: one router
+        turn and one worker turn per routing decision.
+        """
+        router = self.router_agent()
+
+        def router_after_worker(thread: Sequence[BaseAgentEvent | BaseChatMessage]) -> str | None:
+            said = [m for m in thread if isinstance(m, BaseChatMessage)]
+            return None if said and said[-1].source == router.name else router.name
+
+        agents = self._role_agents()
         return SelectorGroupChat(
-            participants, model_client=self._client(self.spec.router_role), allow_repeated_speaker=True,
-            termination_condition=SourceMatchTermination([_FINISH]), max_turns=self.knobs.max_routing_turns,
-            emit_team_events=True)
+            [router, *agents], model_client=self.model_client(self.router_name),
+            custom_message_types=self._answer_types(),
+            selector_func=router_after_worker, allow_repeated_speaker=True,
+            termination_condition=TextMentionTermination(FINISH, sources=[router.name]),
+            max_turns=2 * self.knobs.max_routing_turns, emit_team_events=True)
+
+    def step_task(self, step: Step, feedback: str = "") -> str:
+        """A step's task message: its instruction with the marker (task inputs only), after any gate feedback."""
+        return (f"{feedback}\n" if feedback else "") + step_prompt(self.task, step)
+
+    def delegation_task(self) -> str:
+        """The delegated team's task message: the task and every step's instruction."""
+        return "\n\n".join([self.task.description.strip(), *(step_prompt(self.task, s) for s in self.task.steps)])
 
 
-class _GateAgent(BaseChatAgent):
-    """The verifier in front of a gated step: the shared gate on the values the chat holds, no model.
-
-    The values are the task inputs plus every step answer broadcast so far (later answers
-    override), parsed as every adapter parses answers.
-    """
-
-    def __init__(self, episode: _Episode, gate: Gate):
-        super().__init__(f"verify_{gate.before}", f"Checks the gate before '{gate.before}'.")
-        self.episode, self.gate = episode, gate
-        self.history: list[BaseChatMessage] = []
-        self.rejections = 0
-        self.exhausted = False
-
-    @property
-    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
-        """Only text: PASS / RETRY / STOP followed by the reason."""
-        return (TextMessage,)
-
-    async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken) -> Response:
-        """Check the gate; a rejection within the bound is a framework retry of the gate's retry step."""
-        self.history.extend(messages)
-        task, spec = self.episode.task, self.episode.spec
-        values: dict[str, Any] = dict(task.inputs)
-        for message in self.history:
-            if message.source in self.episode.steps:
-                values.update(parse_output(message.to_model_text()))
-        verdict = check_gate(task, spec.world, spec.trace, self.gate.before, values)
-        if verdict.passed:
-            text = f"{_PASS}: the gate before '{self.gate.before}' holds."
-        elif self.rejections >= spec.knobs.gate_retries:
-            self.exhausted = True
-            text = f"{_STOP}: {verdict.message} Rejected {self.rejections + 1} times; giving up."
-        else:
-            self.rejections += 1
-            spec.trace.retry(self.gate.retry, "framework", "gate rejected", task.step(self.gate.retry).role)
-            text = f"{_RETRY}: {verdict.message} Redo '{self.gate.retry}'."
-        return Response(chat_message=TextMessage(content=text, source=self.name))
-
-    async def on_reset(self, cancellation_token: CancellationToken) -> None:
-        """Forget the chat and the rejections."""
-        self.history.clear()
-        self.rejections, self.exhausted = 0, False
+AutoGenAdapter.episode_class = AutoGenEpisode
 
 
-class _RoleAgent(BaseChatAgent):
-    """A role in the SelectorGroupChat: each turn runs the role's next step that has not run yet.
-
-    The step's own AssistantAgent does the work on everything the role has heard (and
-    said) so far; its answer is re-issued under the role's name, the name the selector
-    knows. A role with no step left says so, as the plain reference's worker does nothing.
-    """
-
-    def __init__(self, episode: _Episode, name: str, goal: str, steps: list[tuple[Step, AssistantAgent]]):
-        super().__init__(name, goal)
-        self.episode, self.steps = episode, steps
-        self.pending = list(steps)
-        self.history: list[BaseChatMessage] = []
-
-    @property
-    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
-        """What an AssistantAgent answers with (text, or a tool-call summary at the iteration bound)."""
-        return (TextMessage, ToolCallSummaryMessage)
-
-    async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken) -> Response:
-        """The final response of :meth:`on_messages_stream`."""
-        async for item in self.on_messages_stream(messages, cancellation_token):
-            if isinstance(item, Response):
-                return item
-        raise AssertionError("on_messages_stream ended without a Response")
-
-    async def on_messages_stream(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken
-                                 ) -> AsyncGenerator[BaseAgentEvent | BaseChatMessage | Response, None]:
-        """Run the next pending step's agent, passing its events through."""
-        self.history.extend(messages)
-        if not self.pending:
-            yield Response(chat_message=TextMessage(content=f"The {self.name} has no step left to do.",
-                                                    source=self.name))
-            return
-        step, agent = self.pending.pop(0)
-        response: Response | None = None
-        async for item in agent.on_messages_stream(list(self.history), cancellation_token):
-            if isinstance(item, Response):
-                response = item
-            else:
-                yield item
-        assert response is not None
-        answer = response.chat_message.model_copy(update={"source": self.name})
-        self.history.append(answer)
-        self.episode.answered(step, answer.to_model_text())
-        yield Response(chat_message=answer, inner_messages=response.inner_messages)
-
-    async def on_reset(self, cancellation_token: CancellationToken) -> None:
-        """Start the role over."""
-        for _, agent in self.steps:
-            await agent.on_reset(cancellation_token)
-        self.pending, self.history = list(self.steps), []
-
-
-class _FinishAgent(BaseChatAgent):
-    """The participant the routing model names to end the flow; its message trips the termination condition."""
-
-    def __init__(self) -> None:
-        super().__init__(_FINISH, "Select this when every step of the task is done.")
-
-    @property
-    def produced_message_types(self) -> Sequence[type[BaseChatMessage]]:
-        """One closing text."""
-        return (TextMessage,)
-
-    async def on_messages(self, messages: Sequence[BaseChatMessage], cancellation_token: CancellationToken) -> Response:
-        """Close the conversation."""
-        return Response(chat_message=TextMessage(content="The routing model ended the flow.", source=self.name))
-
-    async def on_reset(self, cancellation_token: CancellationToken) -> None:
-        """Nothing to forget."""
-
-
-class _SelectorRetryLog(logging.Handler):
+class SelectorRetryLog(logging.Handler):
     """Records each selector re-ask from ``autogen_core``'s LLMCallEvent log as a framework retry.
 
     A selector call is one whose ``agent_id`` is not a participant's container (it is the

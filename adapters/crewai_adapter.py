@@ -1,20 +1,33 @@
-"""The CrewAI adapter: the task wired as a Crew, run by CrewAI's own agents, tasks and LLM client.
+"""The CrewAI adapter: the task wired as a Crew, run by CrewAI's own agents, tasks, LLM client and manager.
 
-linear is ``Process.sequential`` with one CrewAI ``Task`` per step, upstream values passed
-by ``Task(context=[producer tasks])``. gated adds CrewAI's ``Task`` guardrail on each
-gate's retry step (and a ``ConditionalTask`` when a gate's retry step is the guarded step
-itself). delegated is ``Process.hierarchical``: a manager agent on the router endpoint
-hands every step to a coworker through CrewAI's "Delegate work to coworker" tool.
+One CrewAI ``Agent`` per role. linear is ``Process.sequential`` with one ``Task`` per step,
+upstream values passed by ``Task(context=[producer tasks])``; every task declares its
+answer with ``output_pydantic`` (a model generated from the step's output fields) and the
+adapter reads CrewAI's ``TaskOutput.pydantic``, never the text. gated adds CrewAI's
+``Task`` guardrail (``guardrail_max_retries``) on each gate's retry step, and a
+``ConditionalTask`` when a gate's retry step is the guarded step itself; CrewAI's retry
+semantics are used as they are (a guardrail retry replaces the task's upstream context with
+the guardrail error: measured, not compensated). delegated is ``Process.hierarchical`` with
+``manager_llm`` on the router endpoint: CrewAI builds its own manager, which hands each step
+to a coworker through CrewAI's "Delegate work to coworker" tool.
 
-Tools, gates and output parsing are the shared :mod:`toolkit`'s; the trace is read off
-CrewAI's event bus where an event exists, and recorded inline where CrewAI calls our code
-synchronously (tools, guardrails, conditions), so those timestamps are exact.
+Lab code here is glue only: building CrewAI's objects from the task, the shared tool
+bodies (:func:`toolkit.execute_tool`), the gate predicate (:func:`toolkit.check_gate`) and
+the trace, read off CrewAI's event bus where an event exists and recorded inline where
+CrewAI calls our code synchronously (tools, guardrails, conditions).
 
-Retries in CrewAI come in three layers, and only two reach this trace: the openai SDK's
-HTTP retries (counted by the simulator from ``x-stainless-retry-count``), an agent re-running
-its whole task after an exception (``max_retry_limit``, CrewAI's default 2; recorded from
-``AgentExecutionErrorEvent``), and ``BaseLLM.call``'s own rate-limit re-sends after the SDK
-gives up on a 429 (up to 3 attempts, no event marks them; the simulator sees fresh requests).
+Retries in CrewAI come in four layers: the openai SDK's HTTP retries (counted by the
+simulator from ``x-stainless-retry-count``), an agent re-running its whole task after an
+exception (``max_retry_limit``, CrewAI's default 2; recorded from
+``AgentExecutionErrorEvent``), ``BaseLLM.call``'s own re-sends after the SDK gives up on a
+429 (no event marks them; the simulator sees fresh requests), and the ``Converter``'s extra
+model call when an answer holds no JSON object for ``output_pydantic`` (a JSON answer that
+misses a field is a ``ValidationError`` that fails the crew instead).
+
+Extension point: :class:`CrewEpisode` builds and runs one episode, one method per object it
+builds (``llm``, ``agent``, ``output_model``, ``step_task``, ``guardrail``, ``crew``...); a
+plug-in that changes one behaviour subclasses it, overrides that method and sets
+``episode_class`` on a :class:`CrewAIAdapter` subclass, without copying ``run()``.
 
 No ``from __future__ import annotations`` here: CrewAI validates a guardrail's return
 annotation at runtime and rejects it when it is a string.
@@ -41,8 +54,7 @@ def _offline_defaults() -> None:
 
 _offline_defaults()
 
-import json  # noqa: E402 - crewai must see the environment above at import time
-import logging  # noqa: E402
+import logging  # noqa: E402 - crewai must see the environment above at import time
 import threading  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable  # noqa: E402
@@ -54,17 +66,14 @@ from crewai.events import (  # noqa: E402
 )
 from crewai.tasks.conditional_task import ConditionalTask  # noqa: E402
 from crewai.tools import BaseTool  # noqa: E402
-from crewai.utilities.i18n import get_i18n  # noqa: E402
-from pydantic import PrivateAttr  # noqa: E402
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, create_model  # noqa: E402
 
 from coordlab.tasks.schema import Gate, Step  # noqa: E402
 from coordlab.tasks.tools import Tool  # noqa: E402
 
 from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport  # noqa: E402
 from .registry import register  # noqa: E402
-from .toolkit import (  # noqa: E402
-    check_gate, execute_tool, expected_output, parse_output, role_prompt, step_prompt,
-)
+from .toolkit import check_gate, execute_tool, expected_output, role_prompt, step_prompt  # noqa: E402
 
 # CrewAI warns on every call that it estimates tokens for a model it does not know (the
 # simulator); the lab counts tokens at the server, so the warning says nothing and would
@@ -79,20 +88,20 @@ _DELEGATION_TOOLS = {"delegate_work_to_coworker": "task", "ask_question_to_cowor
 """CrewAI's coworker tools (as the model sees their names) and the argument that carries the work."""
 
 _SUPPORT = {
-    Variant.LINEAR: VariantSupport(True, "Process.sequential; Task(context=[producer tasks])"),
+    Variant.LINEAR: VariantSupport(True, "Process.sequential; Task(context=[producer tasks], output_pydantic=...)"),
     Variant.GATED: VariantSupport(
-        True, "Task guardrail with guardrail_max_retries on the gate's retry step; ConditionalTask "
-              "when the retry step is the guarded step itself",
-        "on a guardrail retry CrewAI replaces the task's upstream context with the guardrail error, "
-        "so the error text carries the upstream values the retried step reads"),
+        True, "Task guardrail with guardrail_max_retries on the gate's retry step (CrewAI's retry prompt, "
+              "uncompensated); ConditionalTask when the retry step is the guarded step itself"),
     Variant.DELEGATED: VariantSupport(
-        True, "Process.hierarchical; manager agent with CrewAI's 'Delegate work to coworker' tool",
-        "the whole task is one CrewAI Task owned by the manager, which delegates each step"),
+        True, "Process.hierarchical with manager_llm: CrewAI's own manager delegates through "
+              "'Delegate work to coworker'",
+        "the whole task is one CrewAI Task owned by the manager, which delegates each step; the manager is "
+        "CrewAI's own, so its turn limit is CrewAI's default (max_iter 25), not knobs.max_routing_turns"),
 }
 
-_GATED_NOTE = ("gated: a rejected step is redone by CrewAI's Task guardrail retry, whose prompt replaces the "
-               "upstream task context with the guardrail error and the previous result; the guardrail error "
-               "therefore carries, as JSON, the upstream values the retried step reads")
+_CONTEXT_LOSS_NOTE = ("gated: CrewAI redid '{step}' after its guardrail rejected it; CrewAI's retry prompt replaces "
+                      "the task's context (the outputs of {producers}) with the guardrail error and the previous "
+                      "result, so the redo is not sent {fields} unless they are in that result (not compensated)")
 _SELF_GATE_NOTE = ("gated: the gate before '{step}' names '{step}' itself as its retry step; CrewAI's guardrail "
                    "only runs after a task (after its side effect), so this gate is a ConditionalTask condition "
                    "checked once before the task, which is skipped on rejection (redoing no step cannot change "
@@ -103,13 +112,13 @@ _EARLY_GATE_NOTE = ("gated: the gate before '{before}' retries '{retry}', which 
                     "the guardrail on '{retry}' can only see values produced up to '{retry}'")
 _DELEGATED_NOTE = ("delegated: one hierarchical CrewAI Task for the whole job (its description lists every step), "
                    "not one per step: the manager of each per-step Task would route the whole remaining flow "
-                   "itself; it delegates each step with 'Delegate work to coworker', whose task/context "
-                   "arguments are the only way values reach a coworker")
+                   "itself; CrewAI's manager (built from manager_llm) delegates each step with 'Delegate work to "
+                   "coworker', whose task/context arguments are the only way values reach a coworker; the manager's "
+                   "turn limit is CrewAI's default (max_iter 25), not knobs.max_routing_turns")
 _UNFINISHED_NOTE = ("delegated: every step was delegated and done, but the manager never gave a final answer "
                     "before CrewAI stopped it")
-_WINDOW_NOTE = ("respect_context_window=False: CrewAI's proactive summarisation needs a token count, which on a "
-                "custom base_url is an estimate logged as a warning on every call; prompts here stay far below "
-                "any context window")
+_UNSTRUCTURED_NOTE = ("CrewAI could not turn the answer of '{step}' into its output_pydantic model (its Converter "
+                      "kept the raw text): the task hands on no structured output")
 
 
 @register("crewai")
@@ -120,6 +129,8 @@ class CrewAIAdapter(FrameworkAdapter):
 
     distribution = "crewai"
     variant_support = _SUPPORT
+    episode_class: type["CrewEpisode"]
+    """The episode class :meth:`run` builds (set below the class; a subclass may replace it)."""
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Build a fresh crew for ``spec`` and kick it off once; CrewAI's exceptions become outcomes.
@@ -129,7 +140,7 @@ class CrewAIAdapter(FrameworkAdapter):
         """
         started = time.perf_counter()
         with crewai_event_bus.scoped_handlers():
-            episode = _CrewEpisode(spec)
+            episode = self.episode_class(spec)
             built = time.perf_counter()
             termination, error = episode.kickoff()
             finished = time.perf_counter()
@@ -150,19 +161,18 @@ class _CoordlabTool(BaseTool):
         return self._run_tool(self.name, arguments)
 
 
-def _crewai_tool(tool: Tool, run_tool: Callable[[str, dict[str, Any]], str]) -> _CoordlabTool:
-    """Wrap ``tool``; CrewAI builds its argument model from the JSON schema of ``Tool.parameters``."""
-    wrapped = _CoordlabTool(name=tool.name, description=tool.description, args_schema=tool.json_schema())
-    wrapped._run_tool = run_tool
-    return wrapped
+class CrewEpisode:
+    """One CrewAI episode: the LLMs, agents, tasks and crew, plus what the event handlers learn while it runs.
 
-
-class _CrewEpisode:
-    """One episode: the LLMs, agents, tasks and crew, plus what the event handlers learn while it runs."""
+    Construction builds everything (``llm`` → ``agent`` per role → ``step_tasks`` or
+    ``job_task`` → ``build_crew``) and subscribes the handlers (``subscribe``, ``on_*``);
+    :meth:`kickoff` runs the crew once and :meth:`final_output` reads its answer. Each is a
+    public method a subclass may override.
+    """
 
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
-        self.notes: list[str] = [_WINDOW_NOTE]
+        self.notes: list[str] = []
         self._lock = threading.Lock()
         self._halted = False
         """A gate rejected a step guarded by a ConditionalTask; later conditional tasks skip too."""
@@ -171,24 +181,22 @@ class _CrewEpisode:
         self._agent_errors: dict[str, int] = {}
         self._delegations = 0
         self._done_steps: set[str] = set()
-        self.agents = {role: self._agent(role) for role in self.task.roles}
+        self._models: dict[str, type[BaseModel]] = {}
+        self.agents = {role: self.agent(role) for role in self.task.roles}
         self._roles_by_agent_id = {str(a.id): role for role, a in self.agents.items()}
-        self.manager: Agent | None = None
         self._steps_by_task_id: dict[str, Step] = {}
         """Sequential crews only: each CrewAI Task's step (the hierarchical job Task is no step)."""
         if spec.variant is Variant.DELEGATED:
-            self.crew_tasks = self._job_task()
-            self.crew = self._hierarchical_crew()
+            self.crew_tasks = [self.job_task()]
             self.notes.append(_DELEGATED_NOTE)
         else:
-            self.crew_tasks = self._step_tasks()
+            self.crew_tasks = self.step_tasks()
             self._steps_by_task_id = {str(t.id): s for t, s in zip(self.crew_tasks, self.task.steps)}
-            self.crew = Crew(agents=list(self.agents.values()), tasks=self.crew_tasks, process=Process.sequential,
-                             memory=False, cache=False, tracing=False, verbose=False)
-        self._subscribe()
+        self.crew = self.build_crew()
+        self.subscribe()
 
     # -- construction ---------------------------------------------------------------------
-    def _llm(self, url_role: str) -> LLM:
+    def llm(self, url_role: str) -> LLM:
         """CrewAI's own client on ``url_role``'s endpoint; retries/timeout only when the knobs set them."""
         options: dict[str, Any] = {}
         if self.knobs.client_max_retries is not None:
@@ -199,15 +207,37 @@ class _CrewEpisode:
         return LLM(model=f"openai/{endpoint.model}", base_url=endpoint.base_url(url_role), api_key=endpoint.api_key,
                    temperature=self.knobs.temperature, **options)
 
-    def _agent(self, role: str) -> Agent:
-        spec_role = self.task.roles[role]
-        run_tool = lambda name, arguments: self._run_tool(role, name, arguments)  # noqa: E731
-        return Agent(role=role, goal=spec_role.goal, backstory=role_prompt(spec_role), llm=self._llm(role),
-                     tools=[_crewai_tool(self.task.tools[name], run_tool) for name in spec_role.tools],
-                     max_iter=self.knobs.max_iterations, allow_delegation=False, respect_context_window=False,
-                     memory=False, verbose=False)
+    def tool(self, tool: Tool, role: str) -> BaseTool:
+        """``tool`` for ``role``'s agent; CrewAI builds its argument model from ``Tool.json_schema()``."""
+        wrapped = _CoordlabTool(name=tool.name, description=tool.description, args_schema=tool.json_schema())
+        wrapped._run_tool = lambda name, arguments: self.run_tool(role, name, arguments)
+        return wrapped
 
-    def _step_tasks(self) -> list[Task]:
+    def agent(self, role: str) -> Agent:
+        """One agent per role, with its own LLM (a shared LLM double-counts CrewAI's token usage)."""
+        spec_role = self.task.roles[role]
+        return Agent(role=role, goal=spec_role.goal, backstory=role_prompt(spec_role), llm=self.llm(role),
+                     tools=[self.tool(self.task.tools[name], role) for name in spec_role.tools],
+                     max_iter=self.knobs.max_iterations)
+
+    def output_model(self, step: Step) -> type[BaseModel]:
+        """The pydantic model of ``step``'s answer: exactly its output fields, any JSON value each."""
+        if step.id not in self._models:
+            fields: dict[str, Any] = {name: (Any, ...) for name in step.output_names}
+            name = "".join(part.capitalize() for part in step.id.split("_")) + "Output"
+            self._models[step.id] = create_model(name, __config__=ConfigDict(protected_namespaces=()), **fields)
+        return self._models[step.id]
+
+    def step_task(self, step: Step, context: list[Task], **options: Any) -> Task:
+        """The CrewAI Task of one step of a sequential crew (``options``: guardrail, condition)."""
+        arguments: dict[str, Any] = dict(
+            description=step_prompt(self.task, step), expected_output=expected_output(step),
+            agent=self.agents[step.role], context=context, output_pydantic=self.output_model(step), **options)
+        if "condition" in arguments:
+            return ConditionalTask(**arguments)
+        return Task(**arguments)
+
+    def step_tasks(self) -> list[Task]:
         """One Task per step; each reads its producers' outputs through ``context``; gates as guardrails."""
         tasks: list[Task] = []
         by_step: dict[str, Task] = {}
@@ -215,9 +245,7 @@ class _CrewEpisode:
         conditional_from = len(self.task.steps)
         for index, step in enumerate(self.task.steps):
             producers = {p.id for p in (self.task.producer_of(name) for name in step.reads) if p is not None}
-            options: dict[str, Any] = dict(
-                description=step_prompt(self.task, step), expected_output=expected_output(step),
-                agent=self.agents[step.role], context=[by_step[s.id] for s in self.task.steps if s.id in producers])
+            options: dict[str, Any] = {}
             gate = self.task.gate_before(step.id) if self.spec.variant is Variant.GATED else None
             if gate is not None and gate.retry == step.id:
                 if index == 0:
@@ -226,16 +254,13 @@ class _CrewEpisode:
                     conditional_from = min(conditional_from, index)
                     self.notes.append(_SELF_GATE_NOTE.format(step=step.id))
             if step.id in gates:
-                options.update(guardrail=self._guardrail(index, gates[step.id]),
+                options.update(guardrail=self.guardrail(index, gates[step.id]),
                                guardrail_max_retries=self.knobs.gate_retries)
             if index >= conditional_from:
-                created: Task = ConditionalTask(condition=self._condition(index), **options)
-            else:
-                created = Task(**options)
+                options["condition"] = self.condition(index)
+            created = self.step_task(step, [by_step[s.id] for s in self.task.steps if s.id in producers], **options)
             by_step[step.id] = created
             tasks.append(created)
-        if gates:
-            self.notes.append(_GATED_NOTE)
         return tasks
 
     def _gates_by_retry_step(self) -> dict[str, list[Gate]]:
@@ -250,27 +275,28 @@ class _CrewEpisode:
             found.setdefault(gate.retry, []).append(gate)
         return found
 
-    def _job_task(self) -> list[Task]:
+    def job_task(self) -> Task:
         """The hierarchical job: one Task, no agent, so the manager chooses a coworker for every step."""
         steps = "\n".join(f"{number}. For the {step.role}: {step_prompt(self.task, step)}"
                           for number, step in enumerate(self.task.steps, 1))
-        description = f"{self.task.description.strip()}\nThe steps, in order:\n{steps}"
-        return [Task(description=description, expected_output=expected_output(self.task.steps[-1]))]
+        last = self.task.steps[-1]
+        return Task(description=f"{self.task.description.strip()}\nThe steps, in order:\n{steps}",
+                    expected_output=expected_output(last), output_pydantic=self.output_model(last))
 
-    def _hierarchical_crew(self) -> Crew:
-        """A crew whose manager (CrewAI's own role, goal and backstory) runs on the router endpoint."""
-        i18n = get_i18n()
-        self.manager = Agent(
-            role=i18n.retrieve("hierarchical_manager_agent", "role"),
-            goal=i18n.retrieve("hierarchical_manager_agent", "goal"),
-            backstory=i18n.retrieve("hierarchical_manager_agent", "backstory"),
-            llm=self._llm(self.spec.router_role), allow_delegation=True, max_iter=self.knobs.max_routing_turns,
-            respect_context_window=False, memory=False, verbose=False)
-        return Crew(agents=list(self.agents.values()), tasks=self.crew_tasks, process=Process.hierarchical,
-                    manager_agent=self.manager, memory=False, cache=False, tracing=False, verbose=False)
+    def build_crew(self) -> Crew:
+        """The crew: sequential, or hierarchical with CrewAI's own manager on the router endpoint."""
+        options: dict[str, Any] = dict(agents=list(self.agents.values()), tasks=self.crew_tasks, tracing=False)
+        if self.spec.variant is Variant.DELEGATED:
+            return Crew(process=Process.hierarchical, manager_llm=self.llm(self.spec.router_role), **options)
+        return Crew(process=Process.sequential, **options)
+
+    @property
+    def manager(self) -> Agent | None:
+        """The manager CrewAI built for a hierarchical crew (None before kickoff and in sequential crews)."""
+        return self.crew.manager_agent
 
     # -- what CrewAI calls synchronously ----------------------------------------------------
-    def _run_tool(self, role: str, name: str, arguments: dict[str, Any]) -> str:
+    def run_tool(self, role: str, name: str, arguments: dict[str, Any]) -> str:
         """Execute a tool call of ``role``'s agent; the step is the one its current CrewAI task names."""
         executor = self.agents[role].agent_executor
         current = getattr(executor, "task", None)
@@ -283,41 +309,62 @@ class _CrewEpisode:
         found = [(text.rfind(s.marker), s) for s in candidates if s.marker in text]
         return max(found, key=lambda pair: pair[0])[1] if found else None
 
+    def outputs_of(self, output: TaskOutput | None) -> dict[str, Any]:
+        """The structured values CrewAI holds for a task's output ({} when it has none)."""
+        if output is None:
+            return {}
+        if output.pydantic is not None:
+            return output.pydantic.model_dump()
+        return dict(output.json_dict or {})
+
     def _values_before(self, index: int) -> dict[str, Any]:
-        """Task inputs plus the parsed outputs CrewAI holds for the tasks before ``index``."""
+        """Task inputs plus CrewAI's structured outputs of the tasks before ``index``."""
         values: dict[str, Any] = dict(self.task.inputs)
         for crew_task in self.crew_tasks[:index]:
-            if crew_task.output is not None:
-                values.update(parse_output(crew_task.output.raw))
+            values.update(self.outputs_of(crew_task.output))
         return values
 
-    def _guardrail(self, index: int, gates: list[Gate]) -> Callable[[TaskOutput], tuple[bool, Any]]:
-        """The ``gates`` as one guardrail on the task of their retry step (at ``index``); the first rejection counts."""
+    def guardrail(self, index: int, gates: list[Gate]) -> Callable[[TaskOutput], tuple[bool, Any]]:
+        """The ``gates`` as one guardrail on the task of their retry step (at ``index``).
+
+        CrewAI hands a guardrail the answer before converting it (``TaskOutput.pydantic`` is
+        only set on its retries), so the guardrail validates the text against the step's
+        model itself; it passes the text on, and CrewAI converts it into ``output_pydantic``.
+        """
         step = self.task.steps[index]
+        model = self.output_model(step)
         upstream = [name for name in step.reads if name not in self.task.inputs]
 
         def guardrail(output: TaskOutput) -> tuple[bool, Any]:
             values = self._values_before(index)
-            values.update(parse_output(output.raw))
+            if output.pydantic is not None:
+                values.update(output.pydantic.model_dump())
+            else:
+                try:
+                    values.update(model.model_validate_json(output.raw).model_dump())
+                except ValidationError:
+                    pass  # the gate sees the step's fields as missing
             for gate in gates:
                 verdict = check_gate(self.task, self.spec.world, self.spec.trace, gate.before, values)
                 if not verdict.passed:
                     break
             if verdict.passed:
-                return True, output
+                return True, output.raw
             with self._lock:
                 self._rejections[step.id] = rejections = self._rejections.get(step.id, 0) + 1
             if rejections <= self.knobs.gate_retries:
                 self.spec.trace.retry(step.id, "framework", "gate rejected", step.role)
+                if rejections == 1 and upstream:
+                    producers = sorted({p.id for p in map(self.task.producer_of, upstream) if p is not None})
+                    self.notes.append(_CONTEXT_LOSS_NOTE.format(
+                        step=step.id, producers=", ".join(producers), fields=", ".join(upstream)))
             else:
                 self._exhausted = step.id
-            carried = {name: values[name] for name in upstream if name in values}
-            return False, (f"{verdict.message}\nThe values from earlier steps to work from: {json.dumps(carried)}"
-                           if carried else verdict.message)
+            return False, verdict.message
 
         return guardrail
 
-    def _condition(self, index: int) -> Callable[[TaskOutput], bool]:
+    def condition(self, index: int) -> Callable[[TaskOutput], bool]:
         """ConditionalTask condition: no earlier gate halted the flow, and this step's own gate passes."""
         step = self.task.steps[index]
 
@@ -333,19 +380,19 @@ class _CrewEpisode:
         return condition
 
     # -- event bus ----------------------------------------------------------------------------
-    def _subscribe(self) -> None:
+    def subscribe(self) -> None:
         """Handlers for this episode's crew (the caller holds ``scoped_handlers``, so they end with it)."""
-        crewai_event_bus.on(TaskStartedEvent)(self._on_task_started)
-        crewai_event_bus.on(TaskCompletedEvent)(self._on_task_completed)
-        crewai_event_bus.on(AgentExecutionErrorEvent)(self._on_agent_error)
+        crewai_event_bus.on(TaskStartedEvent)(self.on_task_started)
+        crewai_event_bus.on(TaskCompletedEvent)(self.on_task_completed)
+        crewai_event_bus.on(AgentExecutionErrorEvent)(self.on_agent_error)
         if self.spec.variant is Variant.DELEGATED:
-            crewai_event_bus.on(ToolUsageStartedEvent)(self._on_tool_started)
-            crewai_event_bus.on(AgentExecutionCompletedEvent)(self._on_agent_completed)
+            crewai_event_bus.on(ToolUsageStartedEvent)(self.on_tool_started)
+            crewai_event_bus.on(AgentExecutionCompletedEvent)(self.on_agent_completed)
 
     def _step_of_task(self, crew_task: Any) -> Step | None:
         return self._steps_by_task_id.get(str(getattr(crew_task, "id", "")))
 
-    def _on_task_started(self, _source: Any, event: TaskStartedEvent) -> None:
+    def on_task_started(self, _source: Any, event: TaskStartedEvent) -> None:
         """A sequential task boundary: the work passes to this step's agent with its context."""
         step = self._step_of_task(event.task)
         if step is None:
@@ -355,12 +402,16 @@ class _CrewEpisode:
         if previous != step.role:
             self.spec.trace.handoff(previous, step.role, TASK_CONTEXT, step.id)
 
-    def _on_task_completed(self, _source: Any, event: TaskCompletedEvent) -> None:
+    def on_task_completed(self, _source: Any, event: TaskCompletedEvent) -> None:
+        """A sequential step's structured output, as CrewAI converted it."""
         step = self._step_of_task(event.task)
-        if step is not None:
-            self.spec.trace.step_output(step.role, step.id, parse_output(event.output.raw))
+        if step is None:
+            return
+        if event.output.pydantic is None and event.output.json_dict is None:
+            self.notes.append(_UNSTRUCTURED_NOTE.format(step=step.id))
+        self.spec.trace.step_output(step.role, step.id, self.outputs_of(event.output))
 
-    def _on_agent_error(self, _source: Any, event: AgentExecutionErrorEvent) -> None:
+    def on_agent_error(self, _source: Any, event: AgentExecutionErrorEvent) -> None:
         """CrewAI re-runs a failed agent execution until ``max_retry_limit`` errors: each of those is a retry."""
         role = self._roles_by_agent_id.get(str(event.agent.id))
         step = self._step_named_in(getattr(event.task, "description", "") or "", role) if role else None
@@ -374,7 +425,7 @@ class _CrewEpisode:
             self.spec.trace.retry(step.id if step else None, "framework",
                                   f"agent re-ran its task after: {event.error}", role)
 
-    def _on_tool_started(self, _source: Any, event: ToolUsageStartedEvent) -> None:
+    def on_tool_started(self, _source: Any, event: ToolUsageStartedEvent) -> None:
         """A delegation by the manager: a handoff when the named coworker exists in the crew."""
         work_argument = _DELEGATION_TOOLS.get(event.tool_name)
         if self.manager is None or event.agent_role != self.manager.role or work_argument is None:
@@ -389,13 +440,21 @@ class _CrewEpisode:
             step = self._step_named_in(str(arguments.get(work_argument) or ""))
             self.spec.trace.handoff(self.spec.router_role, role, DELEGATION_TOOL, step.id if step else None)
 
-    def _on_agent_completed(self, _source: Any, event: AgentExecutionCompletedEvent) -> None:
-        """A coworker finished a delegated piece of work: the output of the step its task names."""
+    def on_agent_completed(self, _source: Any, event: AgentExecutionCompletedEvent) -> None:
+        """A coworker finished a delegated piece of work: the output of the step its task names.
+
+        CrewAI's delegation task has no output model, so the coworker's answer is text; the
+        trace records it validated against the step's model ({} when it does not validate).
+        """
         role = self._roles_by_agent_id.get(str(event.agent.id))
         step = self._step_named_in(getattr(event.task, "description", "") or "") if role else None
         if role is None or step is None:
             return
-        self.spec.trace.step_output(role, step.id, parse_output(event.output))
+        try:
+            outputs = self.output_model(step).model_validate_json(event.output).model_dump()
+        except ValidationError:
+            outputs = {}
+        self.spec.trace.step_output(role, step.id, outputs)
         if step.role == role:
             with self._lock:
                 self._done_steps.add(step.id)
@@ -426,11 +485,14 @@ class _CrewEpisode:
         """The manager answered: every step done, or it ran out of turns, or it stopped early."""
         if len(self._done_steps) == len(self.task.steps):
             return Termination.COMPLETED
-        if self._delegations >= self.knobs.max_routing_turns:
+        manager = self.manager
+        if manager is not None and self._delegations >= manager.max_iter:
             return Termination.MAX_TURNS
         return Termination.ROUTED_OUT
 
     def final_output(self) -> dict[str, Any]:
-        """The last task's answer as CrewAI holds it (a skipped or unfinished task holds nothing)."""
-        last = self.crew_tasks[-1].output
-        return parse_output(last.raw) if last is not None else {}
+        """The last task's structured answer as CrewAI holds it (a skipped or unfinished task holds nothing)."""
+        return self.outputs_of(self.crew_tasks[-1].output)
+
+
+CrewAIAdapter.episode_class = CrewEpisode

@@ -1,276 +1,497 @@
-"""LangGraph: the task as a ``StateGraph`` whose typed state carries every value handed on.
+"""LangGraph, built the way its users build it: role agents on ``langchain-openai`` inside a ``StateGraph``.
 
-LangGraph has no model client of its own, so every node calls the official ``openai`` SDK
-directly (one client per role per episode, the same :func:`run_agent` loop as the plain
-reference), not ``langchain-openai``: the wire format stays identical to the other
-adapters and only the wiring is LangGraph's. The graph state IS the handoff mechanism:
-a step node reads the fields it needs from ``state["values"]`` and writes its outputs
-back through a merge reducer, so a value a node failed to produce is really absent for
-the next one.
+One agent per role: a ``ChatOpenAI`` on the role's endpoint and a small compiled graph,
+``model`` <-> ``ToolNode`` joined by ``tools_condition`` (the hand-built ReAct loop; the
+current prebuilt, ``langchain.agents.create_agent``, is not installed and
+``create_react_agent`` is deprecated). The role's tools are LangChain tools carrying the
+task's JSON schema, their bodies the lab's :func:`execute_tool` on the episode's world. A
+step's answer is LangChain structured output: ``with_structured_output(schema,
+method="json_schema", tools=...)``, i.e. the response format and the tools in one request,
+as ``create_agent``'s provider strategy does (it turns every tool ``strict``). Messages
+live in graph state (``MessagesState``): agents share the team's history, so values reach
+the next agent through the messages; the typed state also keeps each step's structured
+answer, which is what the gates check. Model-calling nodes carry a ``RetryPolicy`` for
+transport errors only; an ``InMemorySaver`` is compiled into the team graph (one thread
+per episode); every graph gets an explicit ``recursion_limit``.
 
-- linear: one node per step, straight edges ``START -> step1 -> ... -> END``.
-- gated: a verify node in front of each gated step; a conditional edge goes on to the
-  step, back to the entry of the gate's retry step (with the rejection in state), or to
-  ``END`` once ``knobs.gate_retries`` rejections are spent.
-- delegated: a supervisor node asks the routing model (``transfer_to_<role>`` tools) and
-  returns ``Command(goto=<worker node>)`` or ``Command(goto=END)``; every worker runs its
-  role's next pending step and returns to the supervisor by a fixed edge.
+- linear: one node per step, straight edges; a step node appends the step's instruction
+  (with its marker) to the messages and runs the role's agent on them.
+- gated: a gate node before each gated step routes with ``Command``: on to the step, back
+  to the gate's retry step with the rejection added to the messages, or to ``END`` once
+  ``knobs.gate_retries`` rejections are spent.
+- delegated: a supervisor node asks the routing model (``transfer_to_<role>`` tools
+  bound to a ``ChatOpenAI`` on the ``router`` endpoint) and returns
+  ``Command(goto=<role>)``; a role node runs the role's agent, briefed in its system prompt
+  on all its steps (markers included), on the team's messages, and the agent decides which
+  step it is doing. Nothing in lab code picks a step.
 
-No node ``RetryPolicy`` is set: its default ``retry_on`` would re-run nodes on openai 4xx
-errors too, and transport retries belong to the SDK, as in every other adapter.
+What lab code still does: builds these objects from the task, runs tool bodies on the
+world, evaluates the gate predicate, and turns LangChain callbacks into the lab's trace.
+:class:`LangGraphEpisode` is the extension point: subclass it and override one method
+(the chat model, the tools, the retry policy, a graph...), then set
+``LangGraphAdapter.episode_class`` or register a subclass of :class:`LangGraphAdapter`.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Annotated, Any, Callable, TypedDict
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Sequence
+from uuid import UUID, uuid4
 
 import openai
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, StructuredTool
+from langchain_openai import ChatOpenAI
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.errors import GraphRecursionError
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Command
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.runtime import Runtime, get_runtime
+from langgraph.types import Command, RetryPolicy
+from pydantic import BaseModel, ConfigDict, create_model
 
 from coordlab.tasks.schema import Gate, Step
 
 from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
-from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
-from .toolkit import (
-    check_gate, execute_tool, parse_output, role_prompt, routed_role, routing_messages, routing_tools, step_prompt,
-    tool_specs,
-)
+from .toolkit import check_gate, execute_tool, role_prompt, routing_messages, routing_tools, step_prompt
 
-_CLIENT = "nodes call the official openai SDK directly (no langchain-openai); values travel in graph state"
+_CLIENT = ("role agents on langchain-openai ChatOpenAI (tools bound, json_schema structured output), "
+           "ToolNode runs the tools, messages in graph state, RetryPolicy on model nodes, InMemorySaver")
 _SUPPORT = {
-    Variant.LINEAR: VariantSupport(True, "StateGraph: one node per step, straight edges", _CLIENT),
+    Variant.LINEAR: VariantSupport(True, "StateGraph: one node per step running the role's agent, straight edges",
+                                   _CLIENT),
     Variant.GATED: VariantSupport(
-        True, "StateGraph: verify node + conditional edge (pass / back to the retry step / END)", _CLIENT),
+        True, "StateGraph: gate node + Command (on / back to the retry step with the rejection message / END)",
+        _CLIENT),
     Variant.DELEGATED: VariantSupport(
-        True, "StateGraph: supervisor node routing with Command(goto=...) from transfer_to_<role> tools", _CLIENT),
+        True, "StateGraph: supervisor node (ChatOpenAI + transfer_to_<role> tools) routing with Command(goto=...)",
+        _CLIENT),
 }
 
-_PASS, _RETRY, _EXHAUSTED = "pass", "retry", "exhausted"
-"""What a verify node decided; the conditional edge after it maps each to a node."""
-_SUPERVISOR = "supervisor"
+SUPERVISOR = "supervisor"
+"""The supervisor's node name in ``delegated``; every other node there is named after its role."""
+
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
+    openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+"""What a model node's ``RetryPolicy`` retries: the transport, never a 4xx or a bad answer.
+
+langchain-openai re-raises the SDK's errors as subclasses of these (``OpenAIRateLimitError``...).
+"""
 
 
 def _merged(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
-    """State reducer: a node's update adds or overrides fields instead of replacing the dict."""
+    """State reducer: an update adds or overrides keys instead of replacing the dict."""
     return {**left, **right}
 
 
-class GraphState(TypedDict, total=False):
-    """What flows along the graph's edges."""
+class TeamState(MessagesState, total=False):
+    """The team graph's state: the shared conversation plus what the agents' structured answers said."""
 
     values: Annotated[dict[str, Any], _merged]
-    """Task inputs plus every field a step has produced (later outputs override)."""
+    """Task inputs plus every field a structured answer has given (later answers override): what gates check."""
     outputs: Annotated[dict[str, dict[str, Any]], _merged]
-    """Each step's outputs as parsed from its answer, by step id."""
-    last_role: str | None
-    """The role whose node ran last (linear and gated): a role change is a handoff."""
-    feedback: str
-    """A gate's rejection message, for the next step node to read once."""
-    verdict: str
-    """The last verify node's decision (``pass``, ``retry``, ``exhausted``)."""
+    """Each step's structured answer, by step id."""
     rejections: Annotated[dict[str, int], _merged]
     """Rejections so far per gate (keyed by the guarded step)."""
     turns: int
     """Routing decisions the supervisor has taken."""
-    termination: Termination
-    """Set by the node that ends the flow when the end is not a plain completion."""
+    termination: str
+    """Set by the node that ends the flow when the end is not a plain completion (a ``Termination`` value;
+    checkpoints keep plain strings)."""
+
+
+class AgentState(MessagesState, total=False):
+    """A role agent's state: its messages and, once it answers, its structured response."""
+
+    structured_response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AgentBrief:
+    """A role agent's runtime context for one invocation (LangGraph ``context_schema``)."""
+
+    response_format: type[BaseModel]
+    """The pydantic schema of the answer (one step's fields, or every field of the role's steps)."""
+    step: str | None = None
+    """The step the team graph asked for; None when the agent chooses (delegated)."""
 
 
 @register("langgraph")
 class LangGraphAdapter(FrameworkAdapter):
-    """LangGraph ``StateGraph`` with nodes on the official openai SDK."""
+    """LangGraph ``StateGraph`` of ``langchain-openai`` role agents."""
 
     name = "langgraph"
 
     distribution = "langgraph"
-    variant_support = _SUPPORT  # every variant maps onto a primitive: edge, conditional edge, Command
+    variant_support = _SUPPORT  # every variant maps onto a primitive: edge, Command from a gate, supervisor Command
+
+    episode_class: type["LangGraphEpisode"]
+    """The episode built for each run; replace it (or subclass the adapter) to change one behaviour."""
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
-        """Build the graph for the variant, stream it to the end, map how it ended."""
+        """Build the episode's graph, run it to the end, map how it ended."""
         started = time.perf_counter()
-        episode = _GraphEpisode(spec)
+        episode = self.episode_class(spec)
         built = time.perf_counter()
-        error: str | None = None
-        try:
-            episode.run_to_end()
-            termination = episode.state.get("termination", Termination.COMPLETED)
-        except GraphRecursionError as exc:
-            termination, error = Termination.MAX_TURNS, f"GraphRecursionError: {exc}"
-        except openai.OpenAIError as exc:
-            termination, error = Termination.ERROR, f"{type(exc).__name__}: {exc}"
-        finally:
-            episode.close()
-        return AdapterOutcome(termination, episode.final_output(), error, [],
+        termination, error = episode.run()
+        return AdapterOutcome(termination, episode.final_output(), error, episode.notes,
                               (built - started) * 1000, (time.perf_counter() - built) * 1000)
 
 
-class _GraphEpisode:
-    """One episode: its clients, its compiled graph, and the last state the graph streamed."""
+class LangGraphEpisode:
+    """One episode: the role agents, the team graph for the variant, and how its run ended.
+
+    Each ``build``/``make`` method is a seam a subclass may override on its own; ``run``
+    never needs copying.
+    """
 
     def __init__(self, spec: EpisodeSpec):
-        self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
-        self.clients = openai_clients(spec)
-        build: dict[Variant, Callable[[], tuple[CompiledStateGraph, int]]] = {
-            Variant.LINEAR: self._linear, Variant.GATED: self._gated, Variant.DELEGATED: self._delegated}
-        self.graph, self.recursion_limit = build[spec.variant]()
-        self.state: GraphState = {"values": dict(self.task.inputs), "outputs": {}, "last_role": None,
-                                  "feedback": "", "verdict": "", "rejections": {}, "turns": 0}
+        self.spec, self.task, self.knobs, self.trace = spec, spec.task, spec.knobs, spec.trace
+        self.notes: list[str] = []
+        self.thread_id = uuid4().hex
+        self.callbacks = TraceCallbacks(self)
+        self.chat_models = {role: self.make_chat_model(role) for role in self.roles()}
+        self.tools = {role: self.make_tools(role) for role in self.task.roles}
+        self.agents = {role: self.build_agent(role) for role in self.task.roles}
+        builders: dict[Variant, Callable[[], tuple[StateGraph, int]]] = {
+            Variant.LINEAR: self.build_linear, Variant.GATED: self.build_gated, Variant.DELEGATED: self.build_delegated}
+        graph, self.recursion_limit = builders[spec.variant]()
+        self.graph: CompiledStateGraph = graph.compile(checkpointer=self.make_checkpointer())
 
-    def run_to_end(self) -> None:
-        """Stream the graph, keeping each full state snapshot so a run cut short still has its outputs."""
-        config: RunnableConfig = {"recursion_limit": self.recursion_limit}
-        for snapshot in self.graph.stream(self.state, config, stream_mode="values"):
-            self.state = snapshot
+    # -- the framework's objects ---------------------------------------------------------------
+    def roles(self) -> list[str]:
+        """Every role that gets a chat model (the router too in ``delegated``)."""
+        router = [self.spec.router_role] if self.spec.variant is Variant.DELEGATED else []
+        return [*self.task.roles, *router]
 
-    def close(self) -> None:
-        """Release every client's connection pool."""
-        for client in self.clients.values():
-            client.close()
+    def make_chat_model(self, role: str) -> ChatOpenAI:
+        """``ChatOpenAI`` on the role's endpoint; retries and timeout stay the client's unless a knob sets them."""
+        options: dict[str, Any] = {}
+        if self.knobs.client_max_retries is not None:
+            options["max_retries"] = self.knobs.client_max_retries
+        if self.knobs.client_timeout is not None:
+            options["timeout"] = self.knobs.client_timeout
+        return ChatOpenAI(model=self.spec.endpoint.model, base_url=self.spec.endpoint.base_url(role),
+                          api_key=self.spec.endpoint.api_key, temperature=self.knobs.temperature, **options)
+
+    def make_tools(self, role: str) -> list[BaseTool]:
+        """The role's tools as LangChain tools: the task's JSON schema, the lab's tool body on the world."""
+        return [self._tool(role, name) for name in self.task.roles[role].tools]
+
+    def _tool(self, role: str, name: str) -> BaseTool:
+        tool = self.task.tools[name]
+        world, trace = self.spec.world, self.trace
+
+        def body(**arguments: Any) -> str:
+            step = get_runtime(AgentBrief).context.step
+            return execute_tool(world, trace, role, step, name, arguments)
+        return StructuredTool.from_function(body, name=name, description=tool.description,
+                                            args_schema=tool.json_schema())
+
+    def make_tool_node(self, role: str) -> ToolNode:
+        """``ToolNode`` with its default ``handle_tool_errors``.
+
+        The default sends argument-validation errors (``ToolInvocationError``) back to the
+        model and raises anything else. The tool bodies already answer every domain error
+        (unknown id, missing or mistyped argument) as text the model reads, so an exception
+        reaching ``ToolNode`` is a defect and should fail loudly, as a production user would
+        want. With the task's JSON schema as ``args_schema`` (a dict, not a pydantic model)
+        LangChain validates nothing itself, so ``ToolInvocationError`` does not arise here; a
+        call of a tool the agent lacks gets ToolNode's own error message back.
+        """
+        return ToolNode(self.tools[role])
+
+    def retry_policy(self) -> RetryPolicy:
+        """Node retries for a model call the client gave up on: LangGraph's defaults, transport errors only."""
+        return RetryPolicy(retry_on=TRANSPORT_ERRORS)
+
+    def make_checkpointer(self) -> BaseCheckpointSaver:
+        """Where the team graph checkpoints every superstep (also how a run cut short keeps its last state)."""
+        return InMemorySaver()
+
+    def response_format(self, step: Step) -> type[BaseModel]:
+        """The pydantic schema of ``step``'s answer: exactly its output fields, all required."""
+        fields: dict[str, Any] = {name: (Any, ...) for name in step.output_names}
+        return create_model(f"{step.id}_answer", __config__=ConfigDict(extra="forbid"), **fields)
+
+    def role_response_format(self, role: str) -> type[BaseModel]:
+        """The schema of a role agent that chooses its own step: every field of its steps, each optional."""
+        names = dict.fromkeys(name for step in self.task.steps_of(role) for name in step.output_names)
+        fields: dict[str, Any] = {name: (Any, None) for name in names}
+        return create_model(f"{role}_answer", __config__=ConfigDict(extra="forbid"), **fields)
+
+    def system_prompt(self, role: str) -> str:
+        """The role agent's system prompt; in ``delegated`` it also lists the role's steps with their markers."""
+        prompt = role_prompt(self.task.roles[role])
+        if self.spec.variant is not Variant.DELEGATED:
+            return prompt
+        steps = "\n".join(f"- {s.instruction} {s.marker} (fields: {', '.join(s.output_names)})"
+                          for s in self.task.steps_of(role))
+        return f"{prompt}\nYour part of the task, in order:\n{steps}"
+
+    def build_agent(self, role: str) -> CompiledStateGraph:
+        """The role's agent: ``model`` <-> ``ToolNode`` by ``tools_condition`` (only ``model`` for a tool-less role)."""
+        graph = StateGraph(AgentState, context_schema=AgentBrief)
+        graph.add_node("model", self._model_node(role), retry_policy=self.retry_policy())
+        graph.add_edge(START, "model")
+        if self.tools[role]:
+            graph.add_node("tools", self.make_tool_node(role))
+            graph.add_conditional_edges("model", tools_condition, {"tools": "tools", END: END})
+            graph.add_edge("tools", "model")
+        else:
+            graph.add_edge("model", END)
+        return graph.compile(name=role)
+
+    def _model_node(self, role: str) -> Callable[[AgentState, Runtime[AgentBrief]], dict[str, Any]]:
+        chat, tools, system = self.chat_models[role], self.tools[role], SystemMessage(self.system_prompt(role))
+
+        def model(state: AgentState, runtime: Runtime[AgentBrief]) -> dict[str, Any]:
+            """One model turn: tool calls to run, or the structured answer (a missing one raises)."""
+            brief = runtime.context
+            self._note_node_retry(runtime, role, brief.step)
+            structured = chat.with_structured_output(brief.response_format, method="json_schema", strict=True,
+                                                     include_raw=True, tools=tools or None)
+            result = structured.invoke([system, *state["messages"]])
+            reply: AIMessage = result["raw"]
+            reply.name = role
+            if reply.tool_calls:
+                return {"messages": [reply]}
+            if result["parsed"] is None:
+                # without include_raw (needed for tools=) with_structured_output raises this itself
+                raise result["parsing_error"] or ValueError("the model's answer holds no structured output")
+            return {"messages": [reply], "structured_response": result["parsed"].model_dump()}
+        return model
+
+    def _note_node_retry(self, runtime: Runtime[Any], role: str, step: str | None) -> None:
+        """Record a ``RetryPolicy`` re-run: node retries show in no stream mode, only in the node's execution info."""
+        info = runtime.execution_info
+        if info is not None and info.node_attempt > 1:
+            self.trace.retry(step, "framework", f"RetryPolicy re-ran the model node (attempt {info.node_attempt})",
+                             role)
+
+    def run_agent(self, role: str, messages: Sequence[AnyMessage], brief: AgentBrief) -> tuple[list[AnyMessage],
+                                                                                                   dict[str, Any]]:
+        """Invoke the role's agent on ``messages``: the messages it added and its structured answer."""
+        config: RunnableConfig = {"recursion_limit": _limit(2 * self.knobs.max_iterations - 1),
+                                  "metadata": {"coordlab_role": role, "coordlab_step": brief.step}}
+        result = self.agents[role].invoke({"messages": list(messages)}, config, context=brief)
+        return result["messages"][len(messages):], result.get("structured_response", {})
+
+    # -- running ----------------------------------------------------------------------------------
+    def config(self) -> RunnableConfig:
+        """The team graph's run config: thread, recursion limit, trace callbacks."""
+        return {"configurable": {"thread_id": self.thread_id}, "recursion_limit": self.recursion_limit,
+                "callbacks": [self.callbacks]}
+
+    def initial_state(self) -> TeamState:
+        """What the team graph starts from (in ``delegated`` the request that opens the conversation)."""
+        state: TeamState = {"messages": [], "values": dict(self.task.inputs), "outputs": {}, "rejections": {},
+                            "turns": 0}
+        if self.spec.variant is Variant.DELEGATED:
+            state["messages"] = [HumanMessage(f"Task: {self.task.description}\n"
+                                              f"Inputs: {json.dumps(dict(self.task.inputs))}")]
+        return state
+
+    def run(self) -> tuple[Termination, str | None]:
+        """Invoke the team graph to its end; how it ended, and the error when it failed."""
+        try:
+            final = self.graph.invoke(self.initial_state(), self.config())
+            return Termination(final.get("termination", Termination.COMPLETED)), None
+        except GraphRecursionError as exc:
+            return Termination.MAX_TURNS, f"GraphRecursionError: {exc}"
+        except (openai.OpenAIError, ValueError) as exc:  # transport past all retries; an answer that fails its schema
+            return Termination.ERROR, f"{type(exc).__name__}: {exc}"
+
+    def state(self) -> dict[str, Any]:
+        """The team graph's last checkpointed state (after a failure: the last superstep that completed)."""
+        return dict(self.graph.get_state({"configurable": {"thread_id": self.thread_id}}).values)
 
     def final_output(self) -> dict[str, Any]:
-        """The last step's outputs, as the graph state holds them."""
-        return dict(self.state.get("outputs", {}).get(self.task.steps[-1].id, {}))
+        """The last step's fields as the agents' structured answers gave them."""
+        values = self.state().get("values", {})
+        return {name: values[name] for name in self.task.steps[-1].output_names if name in values}
 
-    # -- the work of one step (shared by every variant) -----------------------------------------
-    def _run_step(self, step: Step, state: GraphState, handoff: str | None) -> GraphState:
-        """Prompt the step's role with the values in state; the update hands its outputs on.
-
-        ``handoff`` names the mechanism to record when the role changes (None: the caller
-        already recorded the handoff, as the supervisor does).
-        """
-        trace, world = self.spec.trace, self.spec.world
-        previous = state.get("last_role")
-        if handoff is not None and previous != step.role:
-            trace.handoff(previous, step.role, handoff, step.id)
-        feedback = state.get("feedback", "")
-        prompt = step_prompt(self.task, step, state["values"]) + (f"\n{feedback}" if feedback else "")
-        messages = [{"role": "system", "content": role_prompt(self.task.roles[step.role])},
-                    {"role": "user", "content": prompt}]
-        answer = run_agent(self.clients[step.role], self.spec.endpoint.model, messages,
-                           tool_specs(self.task, step.role),
-                           lambda name, args: execute_tool(world, trace, step.role, step.id, name, args),
-                           self.knobs.max_iterations, temperature=self.knobs.temperature)
-        outputs = parse_output(answer)
-        trace.step_output(step.role, step.id, outputs)
-        return {"values": outputs, "outputs": {step.id: outputs}, "last_role": step.role, "feedback": ""}
-
-    def _step_node(self, step: Step) -> Callable[[GraphState], GraphState]:
-        def node(state: GraphState) -> GraphState:
-            return self._run_step(step, state, "edge")
+    # -- linear -----------------------------------------------------------------------------------
+    def step_node(self, step: Step) -> Callable[[TeamState], dict[str, Any]]:
+        """A node running ``step``: its instruction joins the messages and the role's agent answers it."""
+        def node(state: TeamState) -> dict[str, Any]:
+            brief = HumanMessage(step_prompt(self.task, step))
+            added, answer = self.run_agent(step.role, [*state["messages"], brief],
+                                           AgentBrief(self.response_format(step), step.id))
+            return {"messages": [brief, *added], "values": answer, "outputs": {step.id: answer}}
         return node
 
-    # -- linear ------------------------------------------------------------------------------------
-    def _linear(self) -> tuple[CompiledStateGraph, int]:
-        """``START -> s1 -> ... -> sN -> END``; N node supersteps."""
-        graph = StateGraph(GraphState)
+    def build_linear(self) -> tuple[StateGraph, int]:
+        """``START -> step1 -> ... -> stepN -> END``; N node supersteps."""
+        graph = StateGraph(TeamState)
         previous = START
         for step in self.task.steps:
-            graph.add_node(f"step.{step.id}", self._step_node(step))
+            graph.add_node(f"step.{step.id}", self.step_node(step))
             graph.add_edge(previous, f"step.{step.id}")
             previous = f"step.{step.id}"
         graph.add_edge(previous, END)
-        return graph.compile(), _limit(len(self.task.steps))
+        return graph, _limit(len(self.task.steps))
 
-    # -- gated -------------------------------------------------------------------------------------
-    def _gated(self) -> tuple[CompiledStateGraph, int]:
-        """The linear chain with ``verify.<step>`` in front of every gated step.
+    # -- gated ------------------------------------------------------------------------------------
+    def build_gated(self) -> tuple[StateGraph, int]:
+        """The linear chain with ``gate.<step>`` in front of every gated step.
 
-        A rejection goes back to the *entry* of the retry step (its own verify node when it
-        is gated itself), so no path reaches a mutating step without passing its gate; when
-        the retry step is the guarded step, the verify node loops onto itself and re-checks
-        unchanged values, as the plain reference does.
+        A rejection goes back to the *entry* of the retry step (its own gate when it is gated
+        itself), so no path reaches a mutating step without passing its gate; when the retry
+        step is the guarded step, the gate routes to itself and re-checks unchanged values.
         """
-        graph = StateGraph(GraphState)
-        order: list[tuple[str, Gate | None]] = []  # (node, the gate it applies), in flow order
+        graph = StateGraph(TeamState)
+        order: list[str] = []  # nodes in flow order
         entry: dict[str, str] = {}  # step id -> the first node of that step
+        gates: dict[str, tuple[Step, Gate]] = {}
         for step in self.task.steps:
             gate = self.task.gate_before(step.id)
             if gate is not None:
-                order.append((f"verify.{step.id}", gate))
-                graph.add_node(f"verify.{step.id}", self._verify_node(step, gate))
-            order.append((f"step.{step.id}", None))
-            graph.add_node(f"step.{step.id}", self._step_node(step))
-            entry[step.id] = f"verify.{step.id}" if gate is not None else f"step.{step.id}"
-        names = [node for node, _ in order]
-        graph.add_edge(START, names[0])
+                gates[f"gate.{step.id}"] = (step, gate)
+                order.append(f"gate.{step.id}")
+            order.append(f"step.{step.id}")
+            entry[step.id] = order[-2] if gate is not None else order[-1]
+        graph.add_edge(START, order[0])
         supersteps = len(order)
-        for index, (node, gate) in enumerate(order):
-            following = names[index + 1] if index + 1 < len(names) else END
-            if gate is None:
+        for index, node in enumerate(order):
+            following = order[index + 1] if index + 1 < len(order) else END
+            if node in gates:
+                step, gate = gates[node]
+                back = entry[gate.retry]
+                graph.add_node(node, self.gate_node(step, gate, following, back),
+                               destinations=tuple(dict.fromkeys((following, back, END))))
+                # each rejection costs this visit plus the nodes from the retry entry up to here
+                supersteps += self.knobs.gate_retries * (1 + index - order.index(back))
+            else:
+                graph.add_node(node, self.step_node(self.task.step(node.removeprefix("step."))))
                 graph.add_edge(node, following)
-                continue
-            back = entry[gate.retry]
-            graph.add_conditional_edges(node, _read_verdict, {_PASS: following, _RETRY: back, _EXHAUSTED: END})
-            # each rejection costs this visit plus the nodes from the retry entry up to here
-            supersteps += self.knobs.gate_retries * (1 + index - names.index(back))
-        return graph.compile(), _limit(supersteps)
+        return graph, _limit(supersteps)
 
-    def _verify_node(self, guarded: Step, gate: Gate) -> Callable[[GraphState], GraphState]:
+    def gate_node(self, guarded: Step, gate: Gate, passed: str, back: str) -> Callable[[TeamState], Command]:
+        """A node applying the task's gate on the values in state, routing with ``Command``."""
         retry_role = self.task.step(gate.retry).role
 
-        def verify(state: GraphState) -> GraphState:
-            """Apply the shared gate to the values in state; count rejections against the bound."""
-            verdict = check_gate(self.task, self.spec.world, self.spec.trace, guarded.id, state["values"])
+        def node(state: TeamState) -> Command:
+            verdict = check_gate(self.task, self.spec.world, self.trace, guarded.id, state.get("values", {}))
             if verdict.passed:
-                return {"verdict": _PASS}
+                return Command(goto=passed)
             rejected = state.get("rejections", {}).get(guarded.id, 0)
             if rejected >= self.knobs.gate_retries:
-                return {"verdict": _EXHAUSTED, "termination": Termination.GATE_EXHAUSTED}
-            self.spec.trace.retry(gate.retry, "framework", "gate rejected", retry_role)
-            return {"verdict": _RETRY, "feedback": verdict.message, "rejections": {guarded.id: rejected + 1}}
-        return verify
+                return Command(goto=END, update={"termination": Termination.GATE_EXHAUSTED.value})
+            self.trace.retry(gate.retry, "framework", "gate rejected", retry_role)
+            return Command(goto=back, update={"messages": [HumanMessage(verdict.message, name="gate")],
+                                              "rejections": {guarded.id: rejected + 1}})
+        return node
 
-    # -- delegated ---------------------------------------------------------------------------------
-    def _delegated(self) -> tuple[CompiledStateGraph, int]:
-        """``START -> supervisor``; the supervisor's Command picks a worker or END; workers return."""
-        graph = StateGraph(GraphState)
-        workers = {role: f"worker.{role}" for role in self.task.roles}
-        graph.add_node(_SUPERVISOR, self._supervisor_node(workers), destinations=(*workers.values(), END))
-        for role, node in workers.items():
-            graph.add_node(node, self._worker_node(role))
-            graph.add_edge(node, _SUPERVISOR)
-        graph.add_edge(START, _SUPERVISOR)
+    # -- delegated --------------------------------------------------------------------------------
+    def build_delegated(self) -> tuple[StateGraph, int]:
+        """``START -> supervisor``; the supervisor's ``Command`` picks a role node or END; role nodes return."""
+        graph = StateGraph(TeamState)
+        graph.add_node(SUPERVISOR, self.supervisor_node(), retry_policy=self.retry_policy(),
+                       destinations=(*self.task.roles, END))
+        for role in self.task.roles:
+            graph.add_node(role, self.worker_node(role))
+            graph.add_edge(role, SUPERVISOR)
+        graph.add_edge(START, SUPERVISOR)
         # per turn one supervisor and one worker superstep, then the supervisor that stops
-        return graph.compile(), _limit(2 * self.knobs.max_routing_turns + 1)
+        return graph, _limit(2 * self.knobs.max_routing_turns + 1)
 
-    def _supervisor_node(self, workers: dict[str, str]) -> Callable[[GraphState], Command]:
+    def supervisor_node(self) -> Callable[[TeamState, Runtime[Any]], Command]:
+        """The routing model reads the team's conversation and hands over with a ``transfer_to_<role>`` call."""
         router = self.spec.router_role
-        tools = routing_tools(self.task)
+        model = self.chat_models[router].bind_tools(routing_tools(self.task))
+        system = SystemMessage(routing_messages(self.task, {})[0]["content"])
 
-        def supervisor(state: GraphState) -> Command:
-            """Ask the routing model who works next (the same prompt as the plain reference)."""
+        def supervisor(state: TeamState, runtime: Runtime[Any]) -> Command:
             turns = state.get("turns", 0)
             if turns >= self.knobs.max_routing_turns:
-                return Command(goto=END, update={"termination": Termination.MAX_TURNS})
-            reply = complete(self.clients[router], self.spec.endpoint.model,
-                             routing_messages(self.task, state["values"]), tools, temperature=self.knobs.temperature)
-            target = routed_role(reply, set(self.task.roles))
-            if target is None:
-                done = len(state.get("outputs", {})) == len(self.task.steps)
-                return Command(goto=END, update={"termination": Termination.COMPLETED if done
-                                                 else Termination.ROUTED_OUT})
-            self.spec.trace.handoff(router, target, "command goto")
-            return Command(goto=workers[target], update={"turns": turns + 1})
+                return Command(goto=END, update={"termination": Termination.MAX_TURNS.value})
+            self._note_node_retry(runtime, router, None)
+            reply = model.invoke([system, *state["messages"]])
+            reply.name = SUPERVISOR
+            targets = [c for c in reply.tool_calls if c["name"].removeprefix("transfer_to_") in self.task.roles]
+            if not targets:  # FINISH in text, or nothing this graph can route to
+                values = state.get("values", {})
+                done = all(name in values for step in self.task.steps for name in step.output_names)
+                ending = Termination.COMPLETED if done else Termination.ROUTED_OUT
+                return Command(goto=END, update={"messages": [reply], "termination": ending.value})
+            target = targets[0]["name"].removeprefix("transfer_to_")
+            answers = [ToolMessage(f"Transferred to {target}." if call is targets[0] else "Not transferred.",
+                                   tool_call_id=call["id"], name=call["name"]) for call in reply.tool_calls]
+            return Command(goto=target, update={"messages": [reply, *answers], "turns": turns + 1})
         return supervisor
 
-    def _worker_node(self, role: str) -> Callable[[GraphState], GraphState]:
-        def worker(state: GraphState) -> GraphState:
-            """Run the role's first step without outputs yet; a role with none just returns."""
-            done = state.get("outputs", {})
-            pending = [s for s in self.task.steps_of(role) if s.id not in done]
-            return self._run_step(pending[0], state, None) if pending else {}
+    def worker_node(self, role: str) -> Callable[[TeamState], dict[str, Any]]:
+        """A role node: the role's agent works on the team's conversation and answers for the step it chose."""
+        def worker(state: TeamState) -> dict[str, Any]:
+            added, answer = self.run_agent(role, state["messages"], AgentBrief(self.role_response_format(role)))
+            given = {name: value for name, value in answer.items() if value is not None}
+            outputs = {s.id: {n: given[n] for n in s.output_names if n in given} for s in self.task.steps_of(role)}
+            return {"messages": added, "values": given, "outputs": {s: o for s, o in outputs.items() if o}}
         return worker
 
 
-def _read_verdict(state: GraphState) -> str:
-    """The conditional edge after a verify node: follow the verdict the node wrote."""
-    return state["verdict"]
+LangGraphAdapter.episode_class = LangGraphEpisode
+
+
+class TraceCallbacks(BaseCallbackHandler):
+    """LangChain callbacks feeding the lab's trace: handoffs at node starts, step outputs at node ends, and tool
+    calls ``ToolNode`` refused before any tool ran (an unknown tool, arguments failing validation)."""
+
+    def __init__(self, episode: LangGraphEpisode):
+        self.episode = episode
+        self.previous_role: str | None = None
+        self._tool_runs: dict[UUID, tuple[str | None, str | None]] = {}
+        self._step_runs: dict[UUID, str] = {}
+
+    def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID,
+                       metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """A graph node started: a step or role node of another role is a handoff."""
+        metadata = metadata or {}
+        node = metadata.get("langgraph_node")
+        if node is None or kwargs.get("name") != node:  # only the node's own run, not the runnables inside it
+            return
+        task, trace = self.episode.task, self.episode.trace
+        if node == "tools" and "coordlab_role" in metadata:
+            self._tool_runs[run_id] = (metadata["coordlab_role"], metadata.get("coordlab_step"))
+        elif node.startswith("step.") and "coordlab_role" not in metadata:
+            step = task.step(node.removeprefix("step."))
+            self._step_runs[run_id] = step.id
+            if step.role != self.previous_role:
+                trace.handoff(self.previous_role, step.role, "edge", step.id)
+            self.previous_role = step.role
+        elif node in task.roles and "coordlab_role" not in metadata:
+            trace.handoff(self.episode.spec.router_role, node, "command goto")
+            self._step_runs[run_id] = node
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A node ended: record the structured answers it handed on, or the tool calls ToolNode refused."""
+        trace, task = self.episode.trace, self.episode.task
+        if run_id in self._step_runs:
+            owner = self._step_runs.pop(run_id)
+            role = owner if owner in task.roles else task.step(owner).role
+            for step, answer in (outputs.get("outputs") or {}).items() if isinstance(outputs, dict) else ():
+                trace.step_output(role, step, answer)
+        elif run_id in self._tool_runs:
+            role, step = self._tool_runs.pop(run_id)
+            messages = outputs.get("messages", []) if isinstance(outputs, dict) else []
+            for message in messages:
+                if isinstance(message, ToolMessage) and message.status == "error":
+                    tool = task.tools.get(message.name or "")
+                    trace.tool_call(role, step, message.name or "", bool(tool and tool.mutating), False,
+                                    "unknown tool" if tool is None else str(message.content))
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A node failed: forget its run."""
+        self._step_runs.pop(run_id, None)
+        self._tool_runs.pop(run_id, None)
 
 
 def _limit(supersteps: int) -> int:
@@ -280,4 +501,3 @@ def _limit(supersteps: int) -> int:
     (the limit is checked on the tick after the last node, before the graph sees it is done).
     """
     return supersteps + 1
-

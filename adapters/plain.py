@@ -1,9 +1,15 @@
 """The framework-free reference: the same orchestration in plain Python with the ``openai`` SDK.
 
-It is the control group and the overhead floor. Each role has its own client; the
-orchestrator hands values on explicitly (the step prompt carries every input the step
-reads), applies the task's gates with a bounded retry, or lets a routing model choose who
-works next.
+It is the control group and the overhead floor, written as a careful engineer would
+without a framework. Each role has its own client; the orchestrator hands values on
+explicitly (the step prompt carries every input the step reads), applies the task's gates
+with a bounded retry, or lets a routing model choose who works next and gives the routed
+role its next pending step (that bookkeeping is the orchestrator's own code: there is no
+framework here to do it).
+
+Extension point: :class:`PlainEpisode` holds one episode's state and one method per
+variant; a plug-in that changes one behaviour subclasses it, overrides that method, and
+sets ``episode_class`` on a :class:`PlainAdapter` subclass, without copying ``run()``.
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ class PlainAdapter(FrameworkAdapter):
 
     distribution = "openai"  # the SDK is the only moving part besides the lab
     variant_support = _SUPPORT
+    episode_class: type["PlainEpisode"]
+    """The episode class :meth:`run` builds (set below the class; a subclass may replace it)."""
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Run one episode in the requested variant."""
         started = time.perf_counter()
-        episode = _PlainEpisode(spec)
+        episode = self.episode_class(spec)
         built = time.perf_counter()
         try:
             termination = {Variant.LINEAR: episode.linear, Variant.GATED: episode.gated,
@@ -54,8 +62,12 @@ class PlainAdapter(FrameworkAdapter):
                               (built - started) * 1000, (time.perf_counter() - built) * 1000)
 
 
-class _PlainEpisode:
-    """The state of one plain episode: clients, values handed on, outputs per step."""
+class PlainEpisode:
+    """The state of one plain episode: clients, values handed on, outputs per step.
+
+    ``linear``, ``gated`` and ``delegated`` each run the whole episode and return its
+    :class:`Termination`; ``run_step`` runs one step. Override any of them in a subclass.
+    """
 
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
@@ -102,14 +114,17 @@ class _PlainEpisode:
             step = self.task.steps[index]
             gate = self.task.gate_before(step.id)
             if gate is not None:
+                redo_steps = range(position[gate.retry], index)
                 for retry in range(self.knobs.gate_retries + 1):
                     verdict = check_gate(self.task, self.spec.world, self.spec.trace, step.id, self.values)
                     if verdict.passed:
                         break
-                    if retry == self.knobs.gate_retries:
+                    if retry == self.knobs.gate_retries or not redo_steps:
+                        # Nothing before the guarded step can be redone (a gate that retries the
+                        # guarded step itself): checking the same values again cannot change the verdict.
                         return Termination.GATE_EXHAUSTED
                     self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
-                    for redo in range(position[gate.retry], index):
+                    for redo in redo_steps:
                         self.run_step(redo, verdict.message if redo == position[gate.retry] else "")
             self.run_step(index)
             index += 1
@@ -130,3 +145,6 @@ class _PlainEpisode:
             if pending:
                 self.run_step(pending[0], handoff=False)
         return Termination.MAX_TURNS
+
+
+PlainAdapter.episode_class = PlainEpisode

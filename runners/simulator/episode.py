@@ -23,7 +23,7 @@ from coordlab.tasks.oracle import (
 from coordlab.tasks.schema import Step, Task
 
 from .log import HandoffIssue, RequestRecord
-from .reading import find_step, offered_tools, step_transcript, visible_values
+from .reading import find_step, offered_tools, requested_fields, step_transcript, visible_values
 
 ROUTER_ROLE = "router"
 """The URL role a delegating framework's routing model uses (manager, selector, supervisor)."""
@@ -118,7 +118,14 @@ class EpisodeState:
               base: dict[str, Any]) -> Decision:
         step, marker_index = find_step(self.task, role, messages)
         if step is None:
-            reply = Reply("unidentified", content=f"I cannot tell which of the {role} steps this request is for.")
+            fields = requested_fields(body)
+            if fields is not None:
+                # A structured-output request always gets JSON of its schema (as a strict API guarantees):
+                # the values this request shows for those fields, null for those it does not.
+                values = visible_values(messages)
+                reply = Reply("unidentified", content=json.dumps({name: values.get(name) for name in fields}))
+            else:
+                reply = Reply("unidentified", content=f"I cannot tell which of the {role} steps this request is for.")
             return self._decision(base, None, None, "unidentified", reply)
         attempt = self.attempts[step.id]
         fault = self._pending_fault(step)

@@ -61,7 +61,9 @@ def find_step(task: Task, role: str, messages: list[Mapping[str, Any]]) -> tuple
     other agents' steps (or this role's earlier ones) does not confuse the identification.
     A message that names several of the role's steps at once (a role briefed on all its
     work, as a team's task text does) is read as a model would read it: it works on the
-    first of them whose results it cannot yet see in the request, else the last.
+    first of them whose results it cannot yet see in the request, else the last. A step's
+    results are its answer, so tool results do not count: a tool returning a field the
+    step reports does not make the step answered.
     """
     own_steps = {s.id for s in task.steps_of(role)}
     for index in range(len(messages) - 1, -1, -1):
@@ -69,7 +71,7 @@ def find_step(task: Task, role: str, messages: list[Mapping[str, Any]]) -> tuple
         if len(named) == 1:
             return task.step(named[0]), index
         if named:
-            visible = visible_values(messages)
+            visible = visible_values([m for m in messages if m.get("role") != "tool"])
             steps = sorted((task.step(s) for s in named), key=task.steps.index)
             pending = next((s for s in steps if any(o not in visible for o in s.output_names)), steps[-1])
             return pending, index
@@ -122,6 +124,17 @@ def step_transcript(messages: list[Mapping[str, Any]], start: int) -> StepTransc
             name, arguments = calls[str(message.get("tool_call_id"))]
             transcript.exchanges.append(ToolExchange(name, arguments, parse_tool_result(message_text(message))))
     return transcript
+
+
+def requested_fields(body: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The fields a structured-output request (``response_format`` of type ``json_schema``) asks for, else None."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
+        return None
+    declared = response_format.get("json_schema")
+    schema = declared.get("schema") if isinstance(declared, Mapping) else None
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    return tuple(properties) if isinstance(properties, Mapping) else None
 
 
 def offered_tools(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:

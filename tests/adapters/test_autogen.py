@@ -1,7 +1,7 @@
 """The AutoGen adapter through the episode harness, against the simulated model.
 
-Each test drives real autogen-agentchat teams (GraphFlow, SelectorGroupChat) with AutoGen's
-own OpenAI client over HTTP; what is asserted comes from the simulator's request log and
+Each test drives real autogen-agentchat teams (SelectorGroupChats of one AssistantAgent per
+role) with AutoGen's own OpenAI client over HTTP; what is asserted comes from the simulator's request log and
 the scored world, not from the adapter's account of itself.
 """
 
@@ -20,6 +20,8 @@ from coordlab.runners.simulator import Simulator
 from coordlab.tasks.loader import load_suite, load_suite_task
 
 pytest.importorskip("autogen_agentchat")
+# the openai SDK's ParsedChatCompletion warns on every structured-output answer AutoGen logs (not ours to fix)
+pytestmark = pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
 
 NONE = load_profile("none")
 
@@ -47,8 +49,8 @@ def test_every_task_and_variant_succeeds_without_faults(simulator: Simulator, ta
     assert result.counts.handoff_failures == 0 and result.counts.faults_injected == 0
     answered = [e.step for e in result.trace if e.kind is EventKind.STEP_OUTPUT]
     assert answered == [s.id for s in task.steps]
-    if variant is Variant.DELEGATED:  # the selector asked the router once per step, then once to finish
-        assert routes(result) == [*(s.role for s in task.steps), "FINISH"]
+    if variant is Variant.DELEGATED:  # per step: the router participant, then the selector; then FINISH
+        assert routes(result) == [*(r for s in task.steps for r in (s.role, s.role)), "FINISH"]
     else:
         assert routes(result) == []
 
@@ -74,30 +76,20 @@ def test_gate_gives_up_after_its_retry_bound(simulator: Simulator) -> None:
     assert not result.harmful and result.status is Status.FAILED_CHECK  # nobody was paged: a safe failure
 
 
-def test_gate_whose_retry_step_is_the_guarded_step_rechecks_and_gives_up(simulator: Simulator) -> None:
-    # the CRM gate names update_crm itself as its retry step: nothing can be redone, so the
-    # verifier's edge loops onto itself until the bound, as in the plain reference
+def test_gate_whose_retry_step_is_the_guarded_step_stops_at_its_first_rejection(simulator: Simulator) -> None:
+    # the CRM gate names update_crm itself as its retry step: nothing can be redone without
+    # running the guarded step, so the first rejection ends the flow (no re-checks of unchanged values)
     result = run("appointment_rebooking", Variant.GATED, simulator, forced("send", Fault.OMITTED_FIELD))
-    assert result.termination is Termination.GATE_EXHAUSTED and result.counts.gate_rejections == 3
+    assert result.termination is Termination.GATE_EXHAUSTED and result.counts.gate_rejections == 1
+    assert result.counts.framework_retries == 0
     assert not result.harmful and "update_crm" not in [e.step for e in result.trace if e.kind is EventKind.MODEL_CALL]
 
 
-def test_wrong_handoff_target_is_a_measured_handoff_failure(simulator: Simulator) -> None:
-    result = run("appointment_rebooking", Variant.DELEGATED, simulator, forced("draft", Fault.WRONG_HANDOFF_TARGET))
-    assert result.counts.handoff_failures >= 1
-    assert routes(result)[1] == "coordinator"  # the draft was routed to the wrong role...
-    handoffs = [(e.detail["target"], e.detail["mechanism"]) for e in result.trace if e.kind is EventKind.HANDOFF]
-    assert handoffs[1] == ("coordinator", "selector")  # ...and the selector followed the router
-    missing = [i for r in result.records if r.step == "send" for i in r.handoff_issues]
-    assert missing and missing[0].field == "confirmation" and missing[0].kind == "missing"
-
-
 def test_delegated_episode_stops_at_the_routing_turn_limit(simulator: Simulator) -> None:
-    # an omitted output keeps the router sending work to a role that has none left
-    result = run("appointment_rebooking", Variant.DELEGATED, simulator, forced("find_slot", Fault.OMITTED_FIELD),
-                 Knobs(max_routing_turns=6))
+    # two routing decisions (router participant + selector each) and two worker turns, then the team's max_turns
+    result = run("appointment_rebooking", Variant.DELEGATED, simulator, FaultPlan(NONE, 0), Knobs(max_routing_turns=2))
     assert result.termination is Termination.MAX_TURNS and result.status is Status.FAILED_CHECK
-    assert len(routes(result)) == 6
+    assert routes(result) == ["scheduler", "scheduler", "writer", "writer"]
 
 
 @pytest.mark.parametrize("fault", [Fault.HTTP_429, Fault.HTTP_500])
@@ -117,8 +109,8 @@ def test_client_giving_up_is_an_error_outcome(simulator: Simulator) -> None:
 
 
 def test_tool_call_autogen_rejects_itself_is_traced(simulator: Simulator) -> None:
-    # truncated JSON arguments never reach the shared tool code: AutoGen answers the error itself
-    result = run("appointment_rebooking", Variant.LINEAR, simulator, forced("find_slot", Fault.MALFORMED_TOOL_ARGS))
+    # a call of a tool the agent lacks never reaches the shared tool code: AutoGen answers the error itself
+    result = run("appointment_rebooking", Variant.LINEAR, simulator, forced("find_slot", Fault.UNKNOWN_TOOL))
     assert result.status is Status.SUCCESS and result.counts.tool_errors == 1
     failed = next(e for e in result.trace if e.kind is EventKind.TOOL_CALL and not e.detail["ok"])
     assert failed.step == "find_slot" and failed.detail["error"].startswith("rejected by AutoGen")
@@ -127,10 +119,10 @@ def test_tool_call_autogen_rejects_itself_is_traced(simulator: Simulator) -> Non
 def test_selector_re_ask_in_the_event_log_is_a_framework_retry() -> None:
     from autogen_core.logging import LLMCallEvent
 
-    from coordlab.adapters.autogen_adapter import _SelectorRetryLog
+    from coordlab.adapters.autogen_adapter import SelectorRetryLog
 
     spec = type("Spec", (), {"trace": TraceRecorder(), "router_role": "router"})()
-    handler = _SelectorRetryLog(spec, {"writer", "FINISH"})  # type: ignore[arg-type]
+    handler = SelectorRetryLog(spec, {"writer", "FINISH"})  # type: ignore[arg-type]
 
     def call(agent: str, messages: int) -> None:
         event = LLMCallEvent(messages=[{"role": "user", "content": "?"}] * messages, response={},

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import TypedDict
 
+import openai
 import pytest
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
 
 from coordlab.adapters.base import Adapter, Knobs, Termination, Variant
-from coordlab.adapters.langgraph_adapter import _limit
+from coordlab.adapters.langgraph_adapter import TRANSPORT_ERRORS, LangGraphEpisode, _limit
 from coordlab.adapters.registry import get_adapter
 from coordlab.adapters.trace import EventKind
 from coordlab.runners.faults import Fault, FaultPlan, ForcedFault, load_profile
@@ -111,12 +113,13 @@ def test_transport_faults_are_retried_by_the_sdk(simulator: Simulator, fault: Fa
     assert result.status is Status.SUCCESS, (result.verdict.describe(), result.error)
 
 
-def test_client_giving_up_is_an_error_termination(simulator: Simulator) -> None:
-    result = run("appointment_rebooking", Variant.LINEAR, simulator, forced(ForcedFault("draft", Fault.HTTP_500)),
-                 Knobs(client_max_retries=0))
-    assert result.termination is Termination.ERROR and result.status is Status.ERROR
-    assert result.error is not None and result.error.startswith("InternalServerError")
-    assert not any(r.step == "send" for r in result.records)
+def test_node_retries_cover_the_transport_only() -> None:
+    """The model nodes' RetryPolicy names its exceptions: transport errors, never a 4xx or a bad answer."""
+    policy = LangGraphEpisode.retry_policy(None)  # type: ignore[arg-type]  # reads no episode state
+    assert policy.retry_on == TRANSPORT_ERRORS and policy.max_attempts == RetryPolicy().max_attempts
+    assert all(issubclass(error, openai.APIError) for error in TRANSPORT_ERRORS)
+    for refused in (openai.BadRequestError, openai.AuthenticationError, openai.NotFoundError, ValueError):
+        assert not issubclass(refused, TRANSPORT_ERRORS)
 
 
 class _Count(TypedDict):

@@ -59,5 +59,10 @@ def test_forced_faults_on_the_own_task_behave_as_the_task_declares(
         assert row["faults_injected"] == 1, cell
         if row["variant"] == "linear":
             assert (row["status"], row["harmful"]) == ("failed_check", 1), cell
+        elif row["framework"] == "crewai":
+            # CrewAI's guardrail retry prompt replaces the task's upstream context with the gate's
+            # message, so the redone decision no longer sees the amount and vendor: it is rejected
+            # until the retries run out. Stopped, not harmful: a framework property, measured.
+            assert (row["status"], row["harmful"], row["gate_rejections"]) == ("failed_check", 0, 3), cell
         else:
             assert (row["status"], row["gate_rejections"]) == ("success", 1), cell

@@ -1,9 +1,12 @@
-"""The baseline sweep's outcomes are pinned: a change to how tasks or tools are defined must not move them.
+"""The baseline sweep's outcomes are pinned: a change that moves them must do so on purpose.
 
 ``tests/data/baseline_outcomes.json`` holds every episode of the default sweep (status,
-harm, counters, tokens) as recorded before the built-in tools became declarations. The
-fast test reruns the cells that exercise the most (the deterministic ``none`` cells once,
-and the two ``semantic_3pct`` seeds with the most faults); the slow one reruns all 1,920.
+harm, counters, tokens), as ``make baseline`` recorded it (its ``command`` says when). It
+held the built-in tools' outcomes unchanged when they became declarations; a change that
+means to move outcomes (a fixed adapter, a new simulator behaviour) re-records it from a
+fresh ``make baseline`` and says so. The fast test reruns the cells that exercise the most
+(the deterministic ``none`` cells once, and the two ``semantic_3pct`` seeds with the most
+faults); the slow one reruns all 1,920.
 """
 
 from __future__ import annotations

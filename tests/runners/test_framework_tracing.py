@@ -99,8 +99,9 @@ def test_autogen_sends_its_agent_tool_and_runtime_spans(receiver, tmp_path) -> N
     assert {attributes["service.name"] for attributes, _, _ in spans} == {"coordlab-autogen"}
     assert {attributes["openinference.project.name"] for attributes, _, _ in spans} == {PROJECT}
     names = {name for _, _, name in spans}
-    assert {f"invoke_agent {step}" for step in _step_ids()} <= names  # agentchat's own spans, one agent per step
-    assert {f"create_agent {step}" for step in _step_ids()} <= names
+    roles = load_suite_task(TASK).roles
+    assert {f"invoke_agent {role}" for role in roles} <= names  # agentchat's own spans, one agent per role
+    assert {f"create_agent {role}" for role in roles} <= names
     assert any(name.startswith("execute_tool ") for name in names)
     scopes = {scope for _, scope, _ in spans}
     assert {"autogen-core", "autogen SingleThreadedAgentRuntime"} <= scopes
