@@ -337,11 +337,7 @@ class AutoGenEpisode:
     # -- building ------------------------------------------------------------------------------------------
     def model_client(self, role: str) -> OpenAIChatCompletionClient:
         """A fresh production client on ``role``'s base URL; SDK retries/timeout only when the knobs set them."""
-        options: dict[str, Any] = {}
-        if self.knobs.client_max_retries is not None:
-            options["max_retries"] = self.knobs.client_max_retries
-        if self.knobs.client_timeout is not None:
-            options["timeout"] = self.knobs.client_timeout
+        options = self.knobs.client_options()
         client = OpenAIChatCompletionClient(
             model=self.spec.endpoint.model, base_url=self.spec.endpoint.base_url(role),
             api_key=self.spec.endpoint.api_key, model_info=MODEL_INFO,

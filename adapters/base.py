@@ -77,6 +77,19 @@ class Knobs:
         """The knobs as a JSON-ready dict (stored with every outcome)."""
         return asdict(self)
 
+    def client_options(self) -> dict[str, Any]:
+        """``max_retries``/``timeout`` for a model client, only where a knob sets them.
+
+        Knobs left at None keep each client's own defaults (every framework's client takes
+        these two keyword arguments).
+        """
+        options: dict[str, Any] = {}
+        if self.client_max_retries is not None:
+            options["max_retries"] = self.client_max_retries
+        if self.client_timeout is not None:
+            options["timeout"] = self.client_timeout
+        return options
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

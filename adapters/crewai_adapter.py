@@ -198,11 +198,7 @@ class CrewEpisode:
     # -- construction ---------------------------------------------------------------------
     def llm(self, url_role: str) -> LLM:
         """CrewAI's own client on ``url_role``'s endpoint; retries/timeout only when the knobs set them."""
-        options: dict[str, Any] = {}
-        if self.knobs.client_max_retries is not None:
-            options["max_retries"] = self.knobs.client_max_retries
-        if self.knobs.client_timeout is not None:
-            options["timeout"] = self.knobs.client_timeout
+        options = self.knobs.client_options()
         endpoint = self.spec.endpoint
         return LLM(model=f"openai/{endpoint.model}", base_url=endpoint.base_url(url_role), api_key=endpoint.api_key,
                    temperature=self.knobs.temperature, **options)

@@ -173,11 +173,7 @@ class LangGraphEpisode:
 
     def make_chat_model(self, role: str) -> ChatOpenAI:
         """``ChatOpenAI`` on the role's endpoint; retries and timeout stay the client's unless a knob sets them."""
-        options: dict[str, Any] = {}
-        if self.knobs.client_max_retries is not None:
-            options["max_retries"] = self.knobs.client_max_retries
-        if self.knobs.client_timeout is not None:
-            options["timeout"] = self.knobs.client_timeout
+        options = self.knobs.client_options()
         return ChatOpenAI(model=self.spec.endpoint.model, base_url=self.spec.endpoint.base_url(role),
                           api_key=self.spec.endpoint.api_key, temperature=self.knobs.temperature, **options)
 

@@ -21,11 +21,7 @@ def openai_clients(spec: EpisodeSpec) -> dict[str, openai.OpenAI]:
 
     Knobs left at None keep the SDK's defaults, as every framework's own client does.
     """
-    options: dict[str, Any] = {}
-    if spec.knobs.client_max_retries is not None:
-        options["max_retries"] = spec.knobs.client_max_retries
-    if spec.knobs.client_timeout is not None:
-        options["timeout"] = spec.knobs.client_timeout
+    options = spec.knobs.client_options()
     roles = [*spec.task.roles] + ([spec.router_role] if spec.variant is Variant.DELEGATED else [])
     return {role: openai.OpenAI(base_url=spec.endpoint.base_url(role), api_key=spec.endpoint.api_key, **options)
             for role in roles}
