@@ -215,7 +215,12 @@ EXIT_INFRA = 3
 
 
 def _infra_exit(summary: RunSummary) -> int:
-    """0, or :data:`EXIT_INFRA` with a sentence when some episodes hit infrastructure errors."""
+    """0, or :data:`EXIT_INFRA` with a sentence when some episodes hit infrastructure errors.
+
+    Also says where the frameworks' own log messages went, when they logged any.
+    """
+    if summary.framework_log is not None:
+        print(f"coordlab: the frameworks' own log messages are in {summary.framework_log}", file=sys.stderr)
     infra = summary.statuses.get("infra_error", 0)
     if not infra:
         return 0

@@ -50,6 +50,8 @@ class RunSummary:
     ran: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    framework_log: Path | None = None
+    """Where the frameworks' own log messages of this invocation went (None when they logged nothing)."""
 
 
 @dataclass
@@ -147,6 +149,8 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
             progress.close()
         store.set_run_status(run_id, "finished")
         summary.elapsed_s = time.monotonic() - started
+        log = framework_log(store.path)
+        summary.framework_log = log if log.is_file() and log.stat().st_size else None
         return summary
 
 
@@ -171,6 +175,11 @@ def refuse_edited_tasks(store: Store, tasks: list[Task], store_path: str | Path)
                 f"task {task.release}{where} has changed since store {store_path} recorded it (content "
                 f"{', '.join(sorted(others))} there, {task.content_hash} now) but its version was not bumped: "
                 f"raise `version:` in the task file, or record the edited task in another --store")
+
+
+def framework_log(store_path: Path) -> Path:
+    """The file beside the store that collects the frameworks' own log messages (appended run after run)."""
+    return store_path.with_name(store_path.name + ".frameworks.log")
 
 
 def check_runtime(workers: int | None, time_limit: float) -> int:
@@ -207,7 +216,7 @@ def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], wo
         if on_episode is not None:
             on_episode(job, row["status"])
 
-    feeder = _Feeder(queues, sweep, time_limit, record, framework_tracing)
+    feeder = _Feeder(queues, sweep, time_limit, record, framework_tracing, framework_log(store.path))
     try:
         while True:
             for slot in slots:
@@ -246,6 +255,7 @@ class _Feeder:
     time_limit: float
     record: Callable[[EpisodeJob, dict[str, Any], list[dict[str, Any]]], None]
     framework_tracing: FrameworkTracing | None = None
+    framework_log: Path | None = None
     startup_failures: Counter[str] = field(default_factory=Counter)
     resent: set[EpisodeJob] = field(default_factory=set)
     retired: list[WorkerHandle] = field(default_factory=list)
@@ -279,7 +289,8 @@ class _Feeder:
                 continue
             if worker is not None:
                 self.retire(worker)
-            slot.worker = WorkerHandle.spawn(framework, self.sweep.knobs, self.sweep.live, self.framework_tracing)
+            slot.worker = WorkerHandle.spawn(framework, self.sweep.knobs, self.sweep.live, self.framework_tracing,
+                                             self.framework_log)
             slot.deadline = slot.worker.startup_deadline
 
     def on_message(self, slot: _Slot) -> None:

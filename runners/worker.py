@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -18,6 +19,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from coordlab.adapters.base import Endpoint, Knobs
@@ -151,10 +153,28 @@ def _identify(row: dict[str, Any], job: EpisodeJob, reported_version: str) -> di
     return row
 
 
+def route_framework_chatter(log_path: Path | None) -> None:
+    """Send the frameworks' logging and warnings to ``log_path`` instead of over the run's progress line.
+
+    The frameworks log what the episode already records (an agent's failed call, a
+    serializer warning per structured answer); on the terminal that buries the progress.
+    Done before the framework is imported, so a library's own ``basicConfig`` finds the
+    root logger configured and adds nothing. A worker's own crash still reaches stderr.
+    """
+    handler: logging.Handler = logging.NullHandler()
+    if log_path is not None:
+        handler = logging.FileHandler(log_path, encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s worker {os.getpid()} %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+
+
 def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
-                parent_pid: int | None = None, tracing: FrameworkTracing | None = None) -> None:
+                parent_pid: int | None = None, tracing: FrameworkTracing | None = None,
+                log_path: Path | None = None) -> None:
     """The worker's loop: import the framework once, then run jobs until told to stop or the parent goes."""
     die_with_parent(parent_pid if parent_pid is not None else os.getppid())
+    route_framework_chatter(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     neutralise_telemetry()
     redact = Redactor.from_environment([os.environ.get(live.api_key_env, "")] if live else [])
@@ -249,10 +269,14 @@ class WorkerHandle:
 
     @classmethod
     def spawn(cls, framework: str, knobs: Knobs, live: LiveEndpoint | None,
-              tracing: FrameworkTracing | None = None) -> "WorkerHandle":
-        """Start a worker process; it reports on :attr:`connection` when it is ready (or failed)."""
+              tracing: FrameworkTracing | None = None, log_path: Path | None = None) -> "WorkerHandle":
+        """Start a worker process; it reports on :attr:`connection` when it is ready (or failed).
+
+        The frameworks' log messages go to ``log_path`` (None: nowhere).
+        """
         parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=worker_main, args=(framework, knobs, live, child, os.getpid(), tracing),
+        process = _CONTEXT.Process(target=worker_main,
+                                   args=(framework, knobs, live, child, os.getpid(), tracing, log_path),
                                    name=f"coordlab-{framework}", daemon=True)
         process.start()
         child.close()
