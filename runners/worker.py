@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -159,7 +160,8 @@ def route_framework_chatter(log_path: Path | None) -> None:
     The frameworks log what the episode already records (an agent's failed call, a
     serializer warning per structured answer); on the terminal that buries the progress.
     Done before the framework is imported, so a library's own ``basicConfig`` finds the
-    root logger configured and adds nothing. A worker's own crash still reaches stderr.
+    root logger configured and adds nothing; what a framework prints goes there too. A
+    worker's own crash still reaches stderr.
     """
     handler: logging.Handler = logging.NullHandler()
     if log_path is not None:
@@ -167,6 +169,9 @@ def route_framework_chatter(log_path: Path | None) -> None:
         handler.setFormatter(logging.Formatter(f"%(asctime)s worker {os.getpid()} %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.captureWarnings(True)
+    # What a framework prints (CrewAI's event bus warns through a rich console on stdout) goes
+    # the same way; the worker itself talks to the runner through its pipe, never stdout.
+    sys.stdout = open(log_path if log_path is not None else os.devnull, "a", encoding="utf-8", buffering=1)
 
 
 def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,

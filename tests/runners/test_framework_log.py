@@ -18,3 +18,4 @@ def test_framework_chatter_lands_in_the_log_file_not_on_the_terminal(tmp_path: P
     assert "Pydantic serializer warnings" in log.read_text()
     assert "Pydantic serializer warnings" not in run.stderr and "UserWarning" not in run.stderr
     assert f"the frameworks' own log messages are in {log}" in run.stderr
+    assert run.stdout.splitlines()[-1].startswith("run ") and len(run.stdout.splitlines()) == 1  # nothing printed over it
