@@ -66,7 +66,11 @@ class PlainEpisode:
     """The state of one plain episode: clients, values handed on, outputs per step.
 
     ``linear``, ``gated`` and ``delegated`` each run the whole episode and return its
-    :class:`Termination`; ``run_step`` runs one step. Override any of them in a subclass.
+    :class:`Termination`; ``run_step`` runs one step. The smaller hooks are the decisions an
+    orchestrator makes: what a step is handed (:meth:`handed_on`), how its answer joins the
+    values (:meth:`merge`), which pending step a routed role takes (:meth:`next_pending`) and
+    what an exhausted gate means (:meth:`gate_exhausted`). Override any of them in a subclass
+    (the positive controls in :mod:`coordlab.adapters.controls` each break one).
     """
 
     def __init__(self, spec: EpisodeSpec):
@@ -91,7 +95,7 @@ class PlainEpisode:
         if handoff and self.previous_role != step.role:
             trace.handoff(self.previous_role, step.role, "function return", step.id)
         self.previous_role = step.role
-        prompt = step_prompt(self.task, step, self.values) + (f"\n{feedback}" if feedback else "")
+        prompt = step_prompt(self.task, step, self.handed_on(index)) + (f"\n{feedback}" if feedback else "")
         messages = [{"role": "system", "content": role_prompt(self.task.roles[step.role])},
                     {"role": "user", "content": prompt}]
         answer = run_agent(self.clients[step.role], self.spec.endpoint.model, messages,
@@ -99,8 +103,24 @@ class PlainEpisode:
                            lambda name, args: execute_tool(world, trace, step.role, step.id, name, args),
                            self.knobs.max_iterations, temperature=self.knobs.temperature)
         self.outputs[step.id] = parse_output(answer)
-        self.values.update(self.outputs[step.id])
+        self.merge(self.outputs[step.id])
         trace.step_output(step.role, step.id, self.outputs[step.id])
+
+    def handed_on(self, index: int) -> dict[str, Any]:
+        """The values the orchestrator hands step ``index``: everything known so far."""
+        return self.values
+
+    def merge(self, outputs: dict[str, Any]) -> None:
+        """Add a step's answer to the values handed on; a redone step's answer replaces its earlier one."""
+        self.values.update(outputs)
+
+    def next_pending(self, pending: list[int]) -> int:
+        """Which of a routed role's pending steps it runs: the earliest in the flow."""
+        return pending[0]
+
+    def gate_exhausted(self, index: int) -> Termination | None:
+        """A gate before step ``index`` rejected until its retries ran out: stop there (None would go on)."""
+        return Termination.GATE_EXHAUSTED
 
     def linear(self) -> Termination:
         for index in range(len(self.task.steps)):
@@ -122,7 +142,10 @@ class PlainEpisode:
                     if retry == self.knobs.gate_retries or not redo_steps:
                         # Nothing before the guarded step can be redone (a gate that retries the
                         # guarded step itself): checking the same values again cannot change the verdict.
-                        return Termination.GATE_EXHAUSTED
+                        stop = self.gate_exhausted(index)
+                        if stop is not None:
+                            return stop
+                        break
                     self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
                     for redo in redo_steps:
                         self.run_step(redo, verdict.message if redo == position[gate.retry] else "")
@@ -143,7 +166,7 @@ class PlainEpisode:
             self.spec.trace.handoff(router, target, "transfer tool")
             pending = [i for i, s in enumerate(self.task.steps) if s.role == target and s.id not in self.outputs]
             if pending:
-                self.run_step(pending[0], handoff=False)
+                self.run_step(self.next_pending(pending), handoff=False)
         return Termination.MAX_TURNS
 
 
