@@ -369,8 +369,10 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
     rows = []
     for key, group_episodes in group(episodes, dims):
         outcomes: dict[str, dict[tuple[str, int], bool]] = defaultdict(dict)
+        harmed: dict[str, dict[tuple[str, int], bool]] = defaultdict(dict)
         for e in group_episodes:
             outcomes[e.system][(e.task, e.seed)] = e.success
+            harmed[e.system][(e.task, e.seed)] = e.harmful_failure
         systems = sorted(outcomes, key=framework_sort_key)
         for a, b in combinations(systems, 2):
             shared = outcomes[a].keys() & outcomes[b].keys()
@@ -379,18 +381,24 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
             both = sum(outcomes[a][k] and outcomes[b][k] for k in shared)
             only_a = sum(outcomes[a][k] and not outcomes[b][k] for k in shared)
             only_b = sum(outcomes[b][k] and not outcomes[a][k] for k in shared)
+            harm_a = sum(harmed[a][k] and not harmed[b][k] for k in shared)
+            harm_b = sum(harmed[b][k] and not harmed[a][k] for k in shared)
             n = len(shared)
             rate_a, rate_b = (both + only_a) / n, (both + only_b) / n
             rows.append([*_labels(key), text(a), text(b), count(n), count(both), count(only_a), count(only_b),
                          count(n - both - only_a - only_b), rate(rate_a), rate(rate_b),
-                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"), p_value(mcnemar_exact(only_a, only_b))])
+                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"), p_value(mcnemar_exact(only_a, only_b)),
+                         count(harm_a), count(harm_b), p_value(mcnemar_exact(harm_a, harm_b))])
     return Table(_key("paired", by_task), f"Paired comparison on identical episodes{_scope(by_task)}",
                  [*dims, "framework A", "framework B", "pairs", "both succeed", "only A", "only B", "neither",
-                  "A success", "B success", "difference", "McNemar p"], rows,
+                  "A success", "B success", "difference", "McNemar p", "only A harmful", "only B harmful",
+                  "harm McNemar p"], rows,
                  note="Pairs share task, variant, fault profile and seed, so both frameworks met the same faults; "
                       "success rates here are over the pairs, and the difference is A's minus B's in percentage "
                       "points. McNemar's exact test is the two-sided binomial test on the discordant pairs (only A "
-                      "vs only B); p-values are not adjusted for the number of comparisons.")
+                      "vs only B); the harm test is the same on harmful failures (only A harmful vs only B harmful), "
+                      "because a framework can succeed more often and still do more harm (a retry that rescues "
+                      "answers and repeats side effects); p-values are not adjusted for the number of comparisons.")
 
 
 def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:

@@ -318,11 +318,33 @@ def test_golden_paired(golden: Report) -> None:
     check(golden, "paired", ["variant", "profile", "framework A", "framework B"], {
         ("linear", PROFILE, "plain", "langgraph"): {"pairs": 8, "both succeed": 4, "only A": 2, "only B": 0,
                                                    "neither": 2, "A success": 0.75, "B success": 0.5,
-                                                   "difference": 0.25, "McNemar p": 0.5},
+                                                   "difference": 0.25, "McNemar p": 0.5,
+                                                   # both harmed on T2 seed 1: no discordant harm
+                                                   "only A harmful": 0, "only B harmful": 0, "harm McNemar p": 1.0},
         ("gated", PROFILE, "plain", "langgraph"): {"pairs": 8, "both succeed": 6, "only A": 1, "only B": 1,
                                                   "neither": 0, "A success": 0.875, "B success": 0.875,
-                                                  "difference": 0.0, "McNemar p": 1.0},
+                                                  "difference": 0.0, "McNemar p": 1.0,
+                                                  "only A harmful": 0, "only B harmful": 0, "harm McNemar p": 1.0},
     })
+
+
+def test_the_paired_table_tests_harm_beside_success() -> None:
+    """A retry that rescues answers and repeats side effects: more successes and more harm, seen on both tests."""
+    from dataclasses import replace
+
+    from coordlab.reports.data import EpisodeRecord
+    from coordlab.reports.tables import paired_table
+
+    base = EpisodeRecord(0, "r", "t@1", "plain", "1", "linear", PROFILE, 0, S, False, *([0] * 12),
+                         100.0, 100.0, 10.0, "plain", "m", False)
+    records = []
+    for seed in range(10):  # plain fails softly on every seed; the "retrying" twin succeeds on 3 and harms on 7
+        records.append(replace(base, seed=seed, status=F))
+        records.append(replace(base, seed=seed, framework="retrying", system="retrying",
+                               status=S if seed < 3 else F, harmful=seed >= 3))
+    row = paired_table(records).values()[0]
+    assert (row["only A"], row["only B"], row["only A harmful"], row["only B harmful"]) == (0, 3, 0, 7)
+    assert row["McNemar p"] == 0.25 and row["harm McNemar p"] == 2 / 2**7
 
 
 def test_golden_notes_provenance_and_options(golden: Report, tmp_path: Path, prices: Path) -> None:
