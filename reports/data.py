@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from coordlab.runners.simulator import MODEL_NAME
 from coordlab.runners.store import COUNT_COLUMNS, StoreError, describe_error, open_readonly
+from coordlab.tasks.schema import split_task_key
 from coordlab.tasks.yaml_files import read_yaml_file
 
 DEFAULT_PRICES = Path(__file__).parent / "prices.yaml"
@@ -213,7 +214,7 @@ def _json_list(text: str) -> list[Any]:
 
 # -- tasks ---------------------------------------------------------------------------------
 
-_TASK_KEY = re.compile(r"^(?P<name>[^@\[\]]+)@(?P<version>[^\[\]+]+)(?:\+[0-9a-f]+)?(?:\[(?P<params>[^\]]*)\])?$")
+_TASK_KEY = re.compile(r"^(?P<name>[^@\[\]]+)@(?P<version>[^\[\]]+)(?:\[(?P<params>[^\]]*)\])?$")
 
 
 def parse_task_key(key: str) -> tuple[str, str, dict[str, int]]:
@@ -222,7 +223,7 @@ def parse_task_key(key: str) -> tuple[str, str, dict[str, int]]:
     The content hash is dropped: a store never holds two contents for one version (the
     runner refuses that), so the version names the task in tables.
     """
-    match = _TASK_KEY.match(key)
+    match = _TASK_KEY.match(split_task_key(key)[0])
     if not match:
         raise ValueError(f"task key {key!r}: expected NAME@VERSION[param=value,...]")
     params: dict[str, int] = {}

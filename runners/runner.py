@@ -24,11 +24,11 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from coordlab.tasks.schema import Task, split_task_key
+from coordlab.tasks.schema import split_task_key
 
 from .progress import Progress
 from .store import COUNT_COLUMNS, Store, StoreError
-from .sweep import EpisodeJob, Sweep, SweepError
+from .sweep import EpisodeJob, Sweep, SweepError, TaskRef
 from .worker import FrameworkTracing, WorkerFailed, WorkerHandle
 
 DEFAULT_TIME_LIMIT_S = 120.0
@@ -118,7 +118,7 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
     jobs = sweep.jobs()
     identity = sweep.identity()
     with Store(store_path) as store:
-        refuse_edited_tasks(store, [task for _, task in sweep.loaded_tasks()], store_path)
+        refuse_edited_tasks(store, {job.key.task: job.task for job in jobs}, store_path)
         previous = None if fresh else store.latest_run(identity)
         if previous is not None:
             run_id, done = previous["run_id"], store.finished_keys(previous["run_id"])
@@ -154,26 +154,29 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
         return summary
 
 
-def refuse_edited_tasks(store: Store, tasks: list[Task], store_path: str | Path) -> None:
+def refuse_edited_tasks(store: Store, tasks: dict[str, TaskRef], store_path: str | Path) -> None:
     """Refuse a task whose content changed without a version bump since this store recorded it.
 
-    Episode keys carry the task's content hash, so old and new results could never be
-    confused row by row; but two different tasks under one ``name@version`` would make
-    every table that names the version ambiguous. The author either bumps ``version:`` or
-    records the edited task in another store.
+    ``tasks`` maps each task key about to be run to how the sweep names the task (the keys
+    already carry the content hashes, so nothing is loaded again). Episode keys carry the
+    task's content hash, so old and new results could never be confused row by row; but two
+    different tasks under one ``name@version`` would make every table that names the
+    version ambiguous. The author either bumps ``version:`` or records the edited task in
+    another store.
     """
     recorded: dict[str, set[str]] = {}
     for key in store.task_keys():
         release, content = split_task_key(key)
         if content is not None:
             recorded.setdefault(release, set()).add(content)
-    for task in tasks:
-        others = recorded.get(task.release, set()) - {task.content_hash}
+    for key, ref in tasks.items():
+        release, content = split_task_key(key)
+        others = recorded.get(release, set()) - {content}
         if others:
-            where = f" ({task.source})" if task.source else ""
+            where = f" ({ref.name})" if ref.name.endswith((".yaml", ".yml")) else ""
             raise SweepError(
-                f"task {task.release}{where} has changed since store {store_path} recorded it (content "
-                f"{', '.join(sorted(others))} there, {task.content_hash} now) but its version was not bumped: "
+                f"task {release}{where} has changed since store {store_path} recorded it (content "
+                f"{', '.join(sorted(others))} there, {content} now) but its version was not bumped: "
                 f"raise `version:` in the task file, or record the edited task in another --store")
 
 

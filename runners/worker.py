@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from coordlab.adapters.base import Endpoint, Knobs
+from coordlab.tasks.schema import Task
 
 from .netguard import loopback_only, url_address, url_hosts
 from .offline import neutralise_telemetry
 from .redaction import Redactor
-from .sweep import EpisodeJob, LiveEndpoint
+from .sweep import EpisodeJob, LiveEndpoint, TaskRef
 
 _CONTEXT = multiprocessing.get_context("spawn")  # a clean interpreter: nothing inherited from the parent
 STARTUP_LIMIT_S = 180.0
@@ -232,6 +233,7 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
         return
     connection.send(("ready", os.getpid()))
     episodes_done = 0
+    tasks: dict[TaskRef, Task] = {}  # a task is loaded (parsed and solved) once per worker, not per episode
     while True:
         try:
             message = connection.recv()
@@ -241,7 +243,7 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
             break
         job: EpisodeJob = message[1]
         try:
-            task = job.task.load()
+            task = tasks.get(job.task) or tasks.setdefault(job.task, job.task.load())
             plan = FaultPlan(load_profile(job.profile), job.seed, job.forced)
             endpoint = None if live is None else _live_endpoint(live, [*task.roles, ROUTER_ROLE])
             result = run_episode(adapter, task, job.variant, simulator, plan, knobs, endpoint)
