@@ -47,6 +47,8 @@ class Reply:
     content: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     fault: Fault | None = None
+    outputs: dict[str, Any] | None = None
+    """For a final answer: the field values it emitted."""
 
     @property
     def finish_reason(self) -> str:
@@ -77,6 +79,11 @@ class EpisodeState:
         self.records: list[RequestRecord] = []
         self.attempts: dict[str, int] = {s.id: 0 for s in task.steps}
         self.emitted: dict[str, Any] = dict(task.inputs)
+        """What each field was last emitted as (task inputs count as emitted by the task)."""
+        self.meant: dict[str, Any] = dict(task.inputs)
+        """What each field's last emission would have been without a fault (the model's own reading)."""
+        self.omitted: set[str] = set()
+        """Fields a producing step's last answer left out."""
         self._fired: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._call_counter = 0
@@ -178,14 +185,25 @@ class EpisodeState:
 
     def _answer(self, step: Step, namespace: Mapping[str, Any], fault: Fault | None) -> Reply:
         outputs = correct_outputs(step, namespace)
+        meant = dict(outputs)
         target = self._fault_target(step)
         if fault is Fault.WRONG_VALUE and target is not None:
             output = next(o for o in step.produces if o.name == target)
             outputs[target] = corrupt_value(output, outputs[target], namespace)
         elif fault is Fault.OMITTED_FIELD and target is not None:
             outputs.pop(target)
-        self.emitted.update(outputs)
-        return Reply("final", content=json.dumps(outputs), fault=fault)
+        self._remember(step, outputs, meant)
+        return Reply("final", content=json.dumps(outputs), fault=fault, outputs=outputs)
+
+    def _remember(self, step: Step, outputs: Mapping[str, Any], meant: Mapping[str, Any]) -> None:
+        """Note what a final answer emitted, what it meant to emit, and which fields it left out."""
+        for name in step.output_names:
+            if name in outputs:
+                self.emitted[name] = outputs[name]
+                self.meant[name] = meant.get(name)
+                self.omitted.discard(name)
+            else:
+                self.omitted.add(name)
 
     def _fault_target(self, step: Step) -> str | None:
         """The output a value fault hits: one with a task-defined wrong value, else one used downstream."""
@@ -198,13 +216,23 @@ class EpisodeState:
         return next((o.name for o in step.produces if o.name in later_reads), step.produces[0].name)
 
     def _handoff_issues(self, step: Step, values: Mapping[str, Any]) -> tuple[HandoffIssue, ...]:
+        """The step's inputs that did not arrive as they should: lost by the framework, or emitted wrong.
+
+        A field the producer emitted wrong (or left out) and that arrived as emitted is a
+        model error; one that arrived differently from its last emission, or not at all, was
+        lost by the framework.
+        """
         issues = []
         for name in step.reads:
             expected = self.emitted.get(name)
+            emitted = name in self.emitted
             if name not in values:
-                issues.append(HandoffIssue(name, "missing", expected, None))
-            elif name in self.emitted and values[name] != expected:
-                issues.append(HandoffIssue(name, "corrupted", expected, values[name]))
+                cause = "model_error" if name in self.omitted else "lost"
+                issues.append(HandoffIssue(name, "missing", expected, None, cause))
+            elif emitted and values[name] != expected:
+                issues.append(HandoffIssue(name, "corrupted", expected, values[name], "lost"))
+            elif emitted and self.meant.get(name) != expected:
+                issues.append(HandoffIssue(name, "corrupted", self.meant.get(name), values[name], "model_error"))
         return tuple(issues)
 
     def _call(self, name: str, arguments: str) -> dict[str, Any]:
@@ -264,5 +292,5 @@ class EpisodeState:
             step=step, attempt=attempt, kind=kind, fault=reply.fault.value if reply.fault else None,
             completion_tokens=estimate_tokens(reply.completion_text()), handoff_issues=issues,
             route_target=route_target, tool_calls=tuple(c["name"] for c in reply.tool_calls),
-            tool_call_ids=tuple(c["id"] for c in reply.tool_calls), **base)
+            tool_call_ids=tuple(c["id"] for c in reply.tool_calls), outputs=reply.outputs, **base)
         return Decision(record, reply, None)

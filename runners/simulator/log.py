@@ -14,7 +14,11 @@ class HandoffIssue:
     kind: str
     """``missing`` (not in the prompt) or ``corrupted`` (present but different)."""
     expected: Any
+    """What the producing step last emitted for the field (the task's input for an input)."""
     received: Any
+    cause: str = "lost"
+    """``lost``: the model emitted the field right and the framework did not deliver it intact;
+    ``model_error``: the producing model emitted it wrong or never emitted it."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class RequestRecord:
     """Names of the tools the reply called."""
     tool_call_ids: tuple[str, ...] = field(default=())
     """The ids the reply gave those calls, in the same order (a framework echoes them with each result)."""
+    outputs: dict[str, Any] | None = None
+    """For a final answer: the field values it emitted (as sent, faults included)."""
     elapsed_ms: float = 0.0
     received_at: float = 0.0
     """``time.perf_counter()`` on arrival: orders the request among the adapter's own trace events."""
