@@ -23,6 +23,9 @@ from coordlab.tasks.loader import did_you_mean
 from coordlab.tasks.schema import Step, Task
 from coordlab.tasks.yaml_files import read_yaml_file
 
+from .draws import uniform
+from .mechanisms import Mechanisms, mechanisms_from_mapping
+
 PROFILES_DIR = Path(__file__).parent / "profiles"
 """Where the built-in fault profiles live."""
 
@@ -40,6 +43,10 @@ class Fault(StrEnum):
     WRONG_HANDOFF_TARGET = "wrong_handoff_target"
     REPEATED_SIDE_EFFECT = "repeated_side_effect"
     EMPTY_ANSWER = "empty_answer"
+    FORMAT_DRIFT = "format_drift"
+    """The answer's JSON comes wrapped in prose or a code fence, or followed by text (not under structured output)."""
+    # a fault of the outside system: the tool applied its change, then its response was lost
+    TOOL_ERROR_AFTER_EFFECT = "tool_error_after_effect"
     # transport faults: the HTTP exchange itself fails
     HTTP_429 = "http_429"
     HTTP_500 = "http_500"
@@ -57,18 +64,26 @@ class Fault(StrEnum):
 TRANSPORT_FAULTS = frozenset({Fault.HTTP_429, Fault.HTTP_500, Fault.HTTP_503, Fault.STALL,
                               Fault.CONNECTION_RESET, Fault.TRUNCATED_BODY})
 TOOL_FAULTS = frozenset({Fault.MALFORMED_TOOL_ARGS, Fault.UNKNOWN_TOOL, Fault.SKIPPED_TOOL})
-OUTPUT_FAULTS = frozenset({Fault.WRONG_VALUE, Fault.OMITTED_FIELD})
+OUTPUT_FAULTS = frozenset({Fault.WRONG_VALUE, Fault.OMITTED_FIELD, Fault.FORMAT_DRIFT})
+MUTATION_FAULTS = frozenset({Fault.REPEATED_SIDE_EFFECT, Fault.TOOL_ERROR_AFTER_EFFECT})
 
 
-def applicable_faults(step: Step) -> frozenset[Fault]:
-    """The faults that can meet ``step``: tool faults need tools, a repeated effect a mutating tool."""
-    faults = set(Fault) - TOOL_FAULTS - OUTPUT_FAULTS - {Fault.REPEATED_SIDE_EFFECT}
+def applicable_faults(step: Step, routed: bool = True) -> frozenset[Fault]:
+    """The faults that can meet ``step``: tool faults need tools, a repeated effect a mutating tool.
+
+    A wrong handoff target needs a model that routes (``routed``: the delegated variant);
+    where nobody routes, the profile's weights are renormalised over the other faults, so a
+    rate means the same share of step attempts meeting a fault in every variant.
+    """
+    faults = set(Fault) - TOOL_FAULTS - OUTPUT_FAULTS - MUTATION_FAULTS
     if step.tool_calls:
         faults |= TOOL_FAULTS
     if step.mutating:
-        faults.add(Fault.REPEATED_SIDE_EFFECT)
+        faults |= MUTATION_FAULTS
     if step.produces:
         faults |= OUTPUT_FAULTS
+    if not routed:
+        faults.discard(Fault.WRONG_HANDOFF_TARGET)
     return frozenset(faults)
 
 
@@ -90,6 +105,10 @@ class FaultProfile:
     """How long a stalled request hangs before the server drops it."""
     retry_after_ms: int = 20
     """The delay a 429 asks the client to wait."""
+    burst: int = 1
+    """How many consecutive requests of a step attempt a transport fault fails (beyond a client's retries when large)."""
+    mechanisms: Mechanisms = field(default_factory=Mechanisms)
+    """The request-dependent failure mechanisms and their strengths (all off by default)."""
     builtin: bool = False
     """True for a profile shipped with coordlab (read from its profiles folder)."""
 
@@ -103,26 +122,23 @@ class FaultProfile:
         """
         if self.builtin:
             return self.name
-        contents = [self.rate, sorted((f.value, w) for f, w in self.weights.items()), self.stall_seconds,
-                    self.retry_after_ms]
+        contents: list[Any] = [self.rate, sorted((f.value, w) for f, w in self.weights.items()), self.stall_seconds,
+                               self.retry_after_ms]
+        if self.burst != 1 or self.mechanisms.active:  # a profile without the newer knobs keeps its digest
+            contents += [self.burst, self.mechanisms.to_dict()]
         return f"{self.name}@{hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:8]}"
 
 
-def _unit_interval(*parts: Any) -> float:
-    """A uniform number in [0, 1) derived from ``parts`` by a stable hash."""
-    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
-def scheduled_fault(profile: FaultProfile, seed: int, episode_key: str, step: Step, attempt: int) -> Fault | None:
+def scheduled_fault(profile: FaultProfile, seed: int, episode_key: str, step: Step, attempt: int,
+                    routed: bool = True) -> Fault | None:
     """The fault scheduled for ``step`` on ``attempt`` (0-based) of episode ``episode_key``."""
-    if profile.rate <= 0 or _unit_interval(seed, episode_key, step.id, attempt, "draw") >= profile.rate:
+    if profile.rate <= 0 or uniform(seed, episode_key, step.id, attempt, "draw") >= profile.rate:
         return None
-    admitted = applicable_faults(step)
+    admitted = applicable_faults(step, routed)
     candidates = [(fault, weight) for fault, weight in sorted(profile.weights.items()) if fault in admitted and weight > 0]
     if not candidates:
         return None
-    point = _unit_interval(seed, episode_key, step.id, attempt, "kind") * sum(w for _, w in candidates)
+    point = uniform(seed, episode_key, step.id, attempt, "kind") * sum(w for _, w in candidates)
     for fault, weight in candidates:
         point -= weight
         if point < 0:
@@ -151,13 +167,15 @@ class FaultPlan:
     profile: FaultProfile
     seed: int
     forced: tuple[ForcedFault, ...] = field(default=())
+    routed: bool = True
+    """Whether a model routes the work in this episode (the delegated variant); the harness sets it."""
 
     def fault_for(self, episode_key: str, step: Step, attempt: int) -> Fault | None:
         """The fault meeting ``step`` on ``attempt``; forced faults replace the drawn one."""
         for forced in self.forced:
             if forced.step == step.id and forced.attempt == attempt:
                 return forced.fault
-        return scheduled_fault(self.profile, self.seed, episode_key, step, attempt)
+        return scheduled_fault(self.profile, self.seed, episode_key, step, attempt, self.routed)
 
 
 def parse_fault(name: str) -> Fault:
@@ -169,7 +187,7 @@ def parse_fault(name: str) -> Fault:
 
 
 _PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_PROFILE_FIELDS = {"name", "description", "rate", "faults", "stall_seconds", "retry_after_ms"}
+_PROFILE_FIELDS = {"name", "description", "rate", "faults", "stall_seconds", "retry_after_ms", "burst", "mechanisms"}
 
 
 def _is_number(value: Any) -> bool:
@@ -216,13 +234,18 @@ def profile_from_mapping(data: Any, source: str, builtin: bool = False) -> Fault
     retry_after = data.get("retry_after_ms", 20)
     if not isinstance(retry_after, int) or isinstance(retry_after, bool) or not 0 <= retry_after <= 600_000:
         problems.append(f"retry_after_ms: must be an integer in [0, 600000], got {retry_after!r}")
+    burst = data.get("burst", 1)
+    if not isinstance(burst, int) or isinstance(burst, bool) or not 1 <= burst <= 20:
+        problems.append(f"burst: must be a whole number of consecutive failures in [1, 20], got {burst!r}")
+    mechanisms = mechanisms_from_mapping(data.get("mechanisms"), problems)
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.append(f"description: expected text, got {type(description).__name__}")
     if problems:
         raise ProfileError(f"{source}: " + "; ".join(problems))
     return FaultProfile(name=name, description=description.strip(), rate=float(rate), weights=weights,
-                        stall_seconds=float(stall), retry_after_ms=retry_after, builtin=builtin)
+                        stall_seconds=float(stall), retry_after_ms=retry_after, burst=burst, mechanisms=mechanisms,
+                        builtin=builtin)
 
 
 def profile_names() -> list[str]:
@@ -288,8 +311,8 @@ def _why_not(fault: Fault, step: Step) -> str:
     """Why ``fault`` cannot meet ``step`` (one of the rules of :func:`applicable_faults`)."""
     if fault in TOOL_FAULTS:
         return f"{fault.value} is a tool-call fault and step {step.id!r} calls no tool"
-    if fault is Fault.REPEATED_SIDE_EFFECT:
-        return f"{fault.value} repeats a mutating tool call and step {step.id!r} calls no mutating tool"
+    if fault in MUTATION_FAULTS:
+        return f"{fault.value} acts on a mutating tool call and step {step.id!r} calls no mutating tool"
     if fault in OUTPUT_FAULTS:
         return f"{fault.value} alters an output and step {step.id!r} produces none"
     return f"{fault.value} cannot meet step {step.id!r}"

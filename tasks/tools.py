@@ -31,6 +31,11 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {
 """The JSON-schema types a tool parameter may have, and the Python values each admits."""
 
 
+RESPONSE_LOST = ("the call timed out before its response arrived; the change may or may not have been applied "
+                 "(a transient error: the call can be retried)")
+"""What a tool says when its change was applied but its response was lost (the ``tool_error_after_effect`` fault)."""
+
+
 class ToolError(Exception):
     """A tool was called with bad arguments or could not do what was asked (the model sees the message)."""
 
@@ -90,6 +95,8 @@ class Tool:
             result = json.loads(json.dumps(self.function(world, **arguments), default=str))
             if self.mutating:
                 world.record_side_effect(self.name, arguments, result)
+                if world.response_lost(self.name, arguments):
+                    raise ToolError(RESPONSE_LOST)
         return result
 
 

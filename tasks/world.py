@@ -51,6 +51,7 @@ class World:
     """The tools that act on this world (its task's), by name: what a model's tool call can reach."""
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _counters: dict[str, int] = field(default_factory=dict, repr=False)
+    _failing_after_effect: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_fixtures(cls, fixtures: Mapping[str, Any], tools: Mapping[str, Tool] | None = None) -> "World":
@@ -84,6 +85,20 @@ class World:
         """Log a mutating tool call; scoring reads this log."""
         with self._lock:
             self.side_effects.append(SideEffect(tool, copy.deepcopy(dict(arguments)), copy.deepcopy(result)))
+
+    def fail_after_effect(self, tool: str, arguments: Mapping[str, Any]) -> None:
+        """Arm a fault of the outside system: the next such call applies its change, then its response is lost."""
+        with self._lock:
+            self._failing_after_effect.append(f"{tool}{canonical_json(dict(arguments))}")
+
+    def response_lost(self, tool: str, arguments: Mapping[str, Any]) -> bool:
+        """Whether the call just applied is one whose response is lost (disarming it: it acts once)."""
+        signature = f"{tool}{canonical_json(dict(arguments))}"
+        with self._lock:
+            if signature in self._failing_after_effect:
+                self._failing_after_effect.remove(signature)
+                return True
+            return False
 
     @property
     def lock(self) -> threading.RLock:

@@ -17,13 +17,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from coordlab.runners.faults import Fault, FaultPlan
+from coordlab.runners.mechanisms import Draws, Mechanism
 from coordlab.tasks.oracle import (
     PlannedCall, call_arguments, correct_outputs, corrupt_value, step_namespace, walk_plan,
 )
 from coordlab.tasks.schema import Step, Task
+from coordlab.tasks.world import World
 
+from .answers import drifted, field_kinds
 from .log import HandoffIssue, RequestRecord
-from .reading import find_step, offered_tools, requested_fields, step_transcript, visible_values
+from .reading import (
+    Reading, StepTranscript, find_step, offered_tools, requested_fields, step_transcript, visible_values,
+)
+from .router import delegation_brief
 
 ROUTER_ROLE = "router"
 """The URL role a delegating framework's routing model uses (manager, selector, supervisor)."""
@@ -49,6 +55,8 @@ class Reply:
     fault: Fault | None = None
     outputs: dict[str, Any] | None = None
     """For a final answer: the field values it emitted."""
+    mechanisms: tuple[Mechanism, ...] = ()
+    """The request-dependent mechanisms that acted on this reply."""
 
     @property
     def finish_reason(self) -> str:
@@ -72,10 +80,15 @@ class Decision:
 class EpisodeState:
     """The server-side state of one episode, shared by all its roles' clients."""
 
-    def __init__(self, task: Task, plan: FaultPlan, episode_id: str | None = None):
+    def __init__(self, task: Task, plan: FaultPlan, episode_id: str | None = None, world: World | None = None):
         self.id = episode_id or uuid.uuid4().hex[:12]
         self.task = task
         self.plan = plan
+        self.world = world
+        """The episode's world, where a tool error after a mutating call is armed (None: not acted out)."""
+        self.kinds = field_kinds(task)
+        """Each field's JSON type: a value of another type is not read as the field's value."""
+        self.mechanisms = plan.profile.mechanisms
         self.records: list[RequestRecord] = []
         self.attempts: dict[str, int] = {s.id: 0 for s in task.steps}
         self.emitted: dict[str, Any] = dict(task.inputs)
@@ -84,7 +97,7 @@ class EpisodeState:
         """What each field's last emission would have been without a fault (the model's own reading)."""
         self.omitted: set[str] = set()
         """Fields a producing step's last answer left out."""
-        self._fired: set[tuple[str, int]] = set()
+        self._fired: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self._call_counter = 0
 
@@ -112,28 +125,28 @@ class EpisodeState:
 
     # -- faults ----------------------------------------------------------------------------
     def _pending_fault(self, step: Step) -> Fault | None:
+        """The step attempt's scheduled fault, until it has acted (a transport fault ``burst`` times)."""
         attempt = self.attempts[step.id]
-        if (step.id, attempt) in self._fired:
+        fault = self.plan.fault_for(self.task.release, step, attempt)
+        acted = self._fired.get((step.id, attempt), 0)
+        if fault is None or acted >= (self.plan.profile.burst if fault.is_transport else 1):
             return None
-        return self.plan.fault_for(self.task.release, step, attempt)
+        return fault
 
     def _fire(self, step: Step) -> None:
-        self._fired.add((step.id, self.attempts[step.id]))
+        key = (step.id, self.attempts[step.id])
+        self._fired[key] = self._fired.get(key, 0) + 1
+
+    def _draws(self, step: Step) -> Draws:
+        return Draws(self.plan.seed, self.task.release, step.id, self.attempts[step.id])
 
     # -- workers ---------------------------------------------------------------------------
     def _work(self, role: str, messages: list[Mapping[str, Any]], body: Mapping[str, Any],
               base: dict[str, Any]) -> Decision:
-        step, marker_index = find_step(self.task, role, messages)
-        if step is None:
-            fields = requested_fields(body)
-            if fields is not None:
-                # A structured-output request always gets JSON of its schema (as a strict API guarantees):
-                # the values this request shows for those fields, null for those it does not.
-                values = visible_values(messages)
-                reply = Reply("unidentified", content=json.dumps({name: values.get(name) for name in fields}))
-            else:
-                reply = Reply("unidentified", content=f"I cannot tell which of the {role} steps this request is for.")
-            return self._decision(base, None, None, "unidentified", reply)
+        step, marker_index = find_step(self.task, role, messages, self.kinds)
+        fields = requested_fields(body)
+        if step is None or (marker_index < 0 and fields is not None):
+            return self._decision(base, None, None, "unidentified", self._unidentified(role, messages, fields))
         attempt = self.attempts[step.id]
         fault = self._pending_fault(step)
         if fault is not None and fault.is_transport:
@@ -142,24 +155,54 @@ class EpisodeState:
                                    completion_tokens=0, **{**base, "status": 0})
             return Decision(record, None, fault)
 
-        values = visible_values(messages)
+        reading = Reading.of(messages, self.kinds)
+        values = reading.values()
         issues = self._handoff_issues(step, values)
+        values, misread = self._misread(step, reading, values, base["prompt_tokens"])
         transcript = step_transcript(messages, marker_index)
         results, pending = walk_plan(step, values, lambda plan, arguments: transcript.result_for(plan.tool, arguments))
         namespace = step_namespace(step, values, results)
 
         if pending is not None:
-            reply = self._tool_phase(step, pending, namespace, fault)
+            reply = self._tool_phase(step, pending, namespace, fault, offered_tools(body), transcript)
         else:
-            reply = self._final_phase(step, namespace, results, fault)
+            reply = self._final_phase(step, namespace, results, fault, fields, base["prompt_tokens"])
+        reply.mechanisms = misread + reply.mechanisms
         if reply.fault is not None:
             self._fire(step)
         if reply.kind == "final":
             self.attempts[step.id] += 1
         return self._decision(base, step.id, attempt, reply.kind, reply, issues)
 
-    def _tool_phase(self, step: Step, pending: PlannedCall, namespace: Mapping[str, Any],
-                    fault: Fault | None) -> Reply:
+    def _unidentified(self, role: str, messages: list[Mapping[str, Any]], fields: tuple[str, ...] | None) -> Reply:
+        """A request that names no step the model can work on (or only asks to restate values as JSON)."""
+        if fields is None:
+            return Reply("unidentified", content=f"I cannot tell which of the {role} steps this request is for.")
+        # A structured-output request always gets JSON of its schema (as a strict API guarantees):
+        # the values this request shows for those fields, null for those it does not.
+        values = visible_values(messages, self.kinds)
+        return Reply("unidentified", content=json.dumps({name: values.get(name) for name in fields}))
+
+    def _misread(self, step: Step, reading: Reading, values: dict[str, Any],
+                 prompt_tokens: int) -> tuple[dict[str, Any], tuple[Mechanism, ...]]:
+        """The values the model works from once buried and clashing values have had their chance to mislead it."""
+        draws, acted = self._draws(step), []
+        values = dict(values)
+        for name in step.reads:
+            if name not in values:
+                continue
+            if draws(Mechanism.BURIED, name) < self.mechanisms.buried.threshold(prompt_tokens, reading.positions(name)):
+                del values[name]
+                acted.append(Mechanism.BURIED)
+                continue
+            versions = reading.versions(name)
+            if len(versions) > 1 and draws(Mechanism.CLASH, name) < self.mechanisms.clash.threshold(len(versions)):
+                values[name] = versions[-2]
+                acted.append(Mechanism.CLASH)
+        return values, tuple(dict.fromkeys(acted))
+
+    def _tool_phase(self, step: Step, pending: PlannedCall, namespace: Mapping[str, Any], fault: Fault | None,
+                    offered: Mapping[str, Any], transcript: StepTranscript) -> Reply:
         if fault is Fault.SKIPPED_TOOL:
             return self._answer(step, namespace, fault)
         name, arguments = pending.plan.tool, json.dumps(pending.arguments)
@@ -168,10 +211,19 @@ class EpisodeState:
                          fault=fault)
         if fault is Fault.UNKNOWN_TOOL:
             return Reply("tool_call", tool_calls=[self._call(f"{name}_v2", arguments)], fault=fault)
+        if fault is Fault.TOOL_ERROR_AFTER_EFFECT and pending.plan.spec.mutating and self.world is not None:
+            self.world.fail_after_effect(name, pending.arguments)
+            return Reply("tool_call", tool_calls=[self._call(name, arguments)], fault=fault)
+        extra = sorted(set(offered) - {tool.name for tool in step.tools})
+        calls = len(transcript.exchanges)
+        draws = self._draws(step)
+        if extra and draws(Mechanism.TOOL_OVERLOAD, calls) < self.mechanisms.tool_overload.threshold(len(extra)):
+            wrong = extra[int(draws(Mechanism.TOOL_OVERLOAD, calls, "which") * len(extra))]
+            return Reply("tool_call", tool_calls=[self._call(wrong, arguments)], mechanisms=(Mechanism.TOOL_OVERLOAD,))
         return Reply("tool_call", tool_calls=[self._call(name, arguments)])
 
     def _final_phase(self, step: Step, namespace: Mapping[str, Any], results: Mapping[str, Any],
-                     fault: Fault | None) -> Reply:
+                     fault: Fault | None, structured: tuple[str, ...] | None, prompt_tokens: int) -> Reply:
         # A repeated side effect repeats the last mutating call this step made (on the branch it took).
         made = [p for p in step.tool_calls if p.spec.mutating and p.bind in results]
         if fault is Fault.REPEATED_SIDE_EFFECT and made:
@@ -180,8 +232,18 @@ class EpisodeState:
                          fault=fault)
         if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):
             return Reply("final", content=PREMATURE_TEXT if fault is Fault.PREMATURE_STOP else "", fault=fault)
-        return self._answer(step, namespace, fault if fault in (Fault.WRONG_VALUE, Fault.OMITTED_FIELD,
-                                                                  Fault.SKIPPED_TOOL) else None)
+        if fault is None and step.produces and \
+                self._draws(step)(Mechanism.LENGTH) < self.mechanisms.length.threshold(prompt_tokens):
+            reply = self._answer(step, namespace, Fault.WRONG_VALUE)
+            reply.fault, reply.mechanisms = None, (Mechanism.LENGTH,)
+            return reply
+        reply = self._answer(step, namespace, fault if fault in (Fault.WRONG_VALUE, Fault.OMITTED_FIELD,
+                                                                   Fault.SKIPPED_TOOL) else None)
+        if fault is Fault.FORMAT_DRIFT and structured is None:
+            # Under structured output (a json_schema response format) the API guarantees bare JSON: no drift.
+            reply.content = drifted(reply.content or "", self._draws(step)("format_drift"))
+            reply.fault = fault
+        return reply
 
     def _answer(self, step: Step, namespace: Mapping[str, Any], fault: Fault | None) -> Reply:
         outputs = correct_outputs(step, namespace)
@@ -241,7 +303,8 @@ class EpisodeState:
 
     # -- routers ---------------------------------------------------------------------------
     def _route(self, messages: list[Mapping[str, Any]], body: Mapping[str, Any], base: dict[str, Any]) -> Decision:
-        values = visible_values(messages)
+        """Route by reading: the next step is the first whose results the router's request does not show."""
+        values = visible_values(messages, self.kinds)
         step = next((s for s in self.task.steps if any(o not in values for o in s.output_names)), None)
         target, fault = FINISH, None
         if step is not None:
@@ -251,18 +314,19 @@ class EpisodeState:
                 self._fire(step)
                 fault = scheduled
                 target = next(r for r in sorted(self.task.roles) if r != step.role)
-        reply = self._route_reply(step, target, values, offered_tools(body))
+        reply = self._route_reply(step, target, messages, values, offered_tools(body))
         reply.fault = fault
         attempt = self.attempts[step.id] if step else None
         return self._decision(base, step.id if step else None, attempt, "route", reply, route_target=target)
 
-    def _route_reply(self, step: Step | None, target: str, values: Mapping[str, Any],
-                     tools: Mapping[str, Mapping[str, Any]]) -> Reply:
+    def _route_reply(self, step: Step | None, target: str, messages: list[Mapping[str, Any]],
+                     values: Mapping[str, Any], tools: Mapping[str, Mapping[str, Any]]) -> Reply:
         """Name ``target`` the way the request asks: a transfer tool, a routing argument, or plain text.
 
         FINISH is always said in text, followed by the last step's outputs: a routing tool
         called with FINISH as its worker would be rejected, and a manager whose answer ends
-        the flow must hand on the flow's result.
+        the flow must hand on the flow's result. A delegation brief is written from what
+        the router read (see :func:`delegation_brief`), never from the oracle.
         """
         if target == FINISH:
             last = self.task.steps[-1].output_names
@@ -275,14 +339,14 @@ class EpisodeState:
             key = next((p for p in _ROUTE_PARAMETERS if p in properties), None)
             if key is None:
                 continue
-            arguments: dict[str, Any] = {key: target}
             assert step is not None  # FINISH was answered above
-            brief = f"{step.instruction} {step.marker}"
-            context = json.dumps({r: values.get(r) for r in step.reads if r in values})
+            brief = delegation_brief(step, messages, values, self.mechanisms.brief_loss, self._draws(step))
+            arguments: dict[str, Any] = {key: target}
             for other, spec in properties.items():
                 if other != key and isinstance(spec, Mapping) and spec.get("type", "string") == "string":
-                    arguments[other] = brief if other in ("task", "instruction", "instructions") else context
-            return Reply("route", tool_calls=[self._call(name, json.dumps(arguments))])
+                    arguments[other] = brief.instruction if other in ("task", "instruction", "instructions") \
+                        else brief.context
+            return Reply("route", tool_calls=[self._call(name, json.dumps(arguments))], mechanisms=brief.mechanisms)
         return Reply("route", content=target)
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -292,5 +356,6 @@ class EpisodeState:
             step=step, attempt=attempt, kind=kind, fault=reply.fault.value if reply.fault else None,
             completion_tokens=estimate_tokens(reply.completion_text()), handoff_issues=issues,
             route_target=route_target, tool_calls=tuple(c["name"] for c in reply.tool_calls),
-            tool_call_ids=tuple(c["id"] for c in reply.tool_calls), outputs=reply.outputs, **base)
+            tool_call_ids=tuple(c["id"] for c in reply.tool_calls), outputs=reply.outputs,
+            mechanisms=tuple(m.value for m in reply.mechanisms), **base)
         return Decision(record, reply, None)

@@ -51,6 +51,8 @@ class RequestRecord:
     """Names of the tools the reply called."""
     tool_call_ids: tuple[str, ...] = field(default=())
     """The ids the reply gave those calls, in the same order (a framework echoes them with each result)."""
+    mechanisms: tuple[str, ...] = field(default=())
+    """The request-dependent mechanisms that acted on the reply (``clash``, ``length``...)."""
     outputs: dict[str, Any] | None = None
     """For a final answer: the field values it emitted (as sent, faults included)."""
     elapsed_ms: float = 0.0

@@ -33,6 +33,12 @@ def message_text(message: Mapping[str, Any]) -> str:
 
 def json_objects(text: str) -> Iterable[dict[str, Any]]:
     """Every JSON object embedded in ``text``, outermost first, left to right."""
+    for _, value in json_objects_at(text):
+        yield value
+
+
+def json_objects_at(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
+    """Every JSON object embedded in ``text`` with the offset where it starts, left to right."""
     position = text.find("{")
     while position != -1:
         try:
@@ -41,21 +47,102 @@ def json_objects(text: str) -> Iterable[dict[str, Any]]:
             position = text.find("{", position + 1)
             continue
         if isinstance(value, dict):
-            yield value
+            yield position, value
         position = text.find("{", end)
 
 
-def visible_values(messages: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Field values present anywhere in the prompt's text; later mentions override earlier ones."""
-    values: dict[str, Any] = {}
-    for message in messages:
-        for obj in json_objects(message_text(message)):
-            values.update(obj)
-    return values
+def json_kind(value: Any) -> str:
+    """The JSON type of ``value``: object, array, string, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return "object"
 
 
-def find_step(task: Task, role: str, messages: list[Mapping[str, Any]]) -> tuple[Step | None, int]:
-    """The step this request is about, and the index of the message holding its marker.
+@dataclass(frozen=True)
+class Mention:
+    """One place a request gives a value for a field."""
+
+    value: Any
+    position: float
+    """Where the mention starts, as a share of the request's text (0 = first character, 1 = last)."""
+
+
+@dataclass
+class Reading:
+    """What a request says about each field: every typed mention, in the order a model reads them.
+
+    A value counts as a field's value only where a model would take it as one: in a
+    message's content (tool schemas are not content), and with the field's JSON type, so a
+    schema object echoed in an error message is not an array of entries. ``kinds`` maps a
+    field to its type (from the task's fault-free solution); a field it does not know, or
+    whose correct value is null, takes any value.
+    """
+
+    mentions: dict[str, list[Mention]] = field(default_factory=dict)
+    characters: int = 0
+
+    @classmethod
+    def of(cls, messages: list[Mapping[str, Any]], kinds: Mapping[str, str] | None = None,
+           skip_tool_results: bool = False) -> "Reading":
+        """Read ``messages`` (all of them; with ``skip_tool_results``, not the tool messages)."""
+        reading = cls()
+        offset = 0
+        texts = [message_text(m) for m in messages]
+        total = sum(len(t) + 1 for t in texts) or 1
+        for message, text in zip(messages, texts):
+            if not (skip_tool_results and message.get("role") == "tool"):
+                for start, obj in json_objects_at(text):
+                    for name, value in obj.items():
+                        if _typed(name, value, kinds):
+                            reading.mentions.setdefault(name, []).append(Mention(value, (offset + start) / total))
+            offset += len(text) + 1
+        reading.characters = total
+        return reading
+
+    def values(self) -> dict[str, Any]:
+        """Each field's latest value: what a model takes when it reads the whole request."""
+        return {name: mentions[-1].value for name, mentions in self.mentions.items()}
+
+    def versions(self, name: str) -> list[Any]:
+        """The different values the request gives ``name``, oldest first (by their last mention)."""
+        ordered: list[Any] = []
+        for mention in self.mentions.get(name, []):
+            if mention.value in ordered:
+                ordered.remove(mention.value)
+            ordered.append(mention.value)
+        return ordered
+
+    def positions(self, name: str) -> tuple[float, ...]:
+        """Where ``name``'s mentions start, as shares of the request."""
+        return tuple(m.position for m in self.mentions.get(name, []))
+
+
+def _typed(name: str, value: Any, kinds: Mapping[str, str] | None) -> bool:
+    """Whether ``value`` can be ``name``'s value: null, or of the field's JSON type."""
+    if kinds is None or value is None:
+        return True
+    kind = kinds.get(name)
+    if kind is None or kind == "null":
+        return True
+    return json_kind(value) == kind
+
+
+def visible_values(messages: list[Mapping[str, Any]], kinds: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Field values present in the prompt's messages; later mentions override earlier ones."""
+    return Reading.of(messages, kinds).values()
+
+
+def find_step(task: Task, role: str, messages: list[Mapping[str, Any]],
+              kinds: Mapping[str, str] | None = None) -> tuple[Step | None, int]:
+    """The step this request is about, and the index of the message holding its marker (-1: none).
 
     The latest message naming one of ``role``'s steps decides, so history that mentions
     other agents' steps (or this role's earlier ones) does not confuse the identification.
@@ -64,18 +151,35 @@ def find_step(task: Task, role: str, messages: list[Mapping[str, Any]]) -> tuple
     first of them whose results it cannot yet see in the request, else the last. A step's
     results are its answer, so tool results do not count: a tool returning a field the
     step reports does not make the step answered.
+
+    A worker asked for work its role does not own does it anyway, as a real model would:
+    with no marker of its own steps, the latest message naming any step decides. With no
+    marker at all the request is vague, and the model works on the first of its role's
+    steps whose results it cannot see.
     """
     own_steps = {s.id for s in task.steps_of(role)}
-    for index in range(len(messages) - 1, -1, -1):
-        named = [s for s in dict.fromkeys(_MARKER.findall(message_text(messages[index]))) if s in own_steps]
-        if len(named) == 1:
-            return task.step(named[0]), index
-        if named:
-            visible = visible_values([m for m in messages if m.get("role") != "tool"])
-            steps = sorted((task.step(s) for s in named), key=task.steps.index)
-            pending = next((s for s in steps if any(o not in visible for o in s.output_names)), steps[-1])
-            return pending, index
-    return None, -1
+    visible: dict[str, Any] | None = None
+
+    def first_pending(steps: list[Step]) -> Step | None:
+        nonlocal visible
+        if visible is None:
+            visible = Reading.of(messages, kinds, skip_tool_results=True).values()
+        return next((s for s in steps if any(o not in visible for o in s.output_names)), None)
+
+    def named_in(index: int, allowed: set[str] | None) -> list[Step]:
+        named = dict.fromkeys(_MARKER.findall(message_text(messages[index])))
+        ids = [s for s in named if (s in own_steps if allowed is not None else s in task_steps)]
+        return sorted((task.step(s) for s in ids), key=task.steps.index)
+
+    task_steps = {s.id for s in task.steps}
+    for allowed in (own_steps, None):
+        for index in range(len(messages) - 1, -1, -1):
+            named = named_in(index, allowed)
+            if len(named) == 1:
+                return named[0], index
+            if named:
+                return first_pending(named) or named[-1], index
+    return first_pending(list(task.steps_of(role))), -1
 
 
 @dataclass(frozen=True)
@@ -94,17 +198,25 @@ class StepTranscript:
     exchanges: list[ToolExchange] = field(default_factory=list)
 
     def result_for(self, tool: str, arguments: Mapping[str, Any]) -> tuple[bool, Any]:
-        """Whether a call of ``tool`` with exactly ``arguments`` was answered, and its result."""
+        """Whether a call of ``tool`` with exactly ``arguments`` was answered, and its (first) result.
+
+        A transient error (a call that timed out) is no answer: a model retries such a call.
+        """
         wanted = canonical_json(dict(arguments))
         for exchange in self.exchanges:
             if exchange.name == tool and isinstance(exchange.arguments, dict) \
-                    and canonical_json(exchange.arguments) == wanted:
+                    and canonical_json(exchange.arguments) == wanted and not is_transient_error(exchange.result):
                 return True, exchange.result
         return False, None
 
     def calls_of(self, tool: str) -> int:
         """How many answered calls of ``tool`` the step has made."""
         return sum(1 for e in self.exchanges if e.name == tool)
+
+
+def is_transient_error(result: Any) -> bool:
+    """Whether a tool result reports a transient failure (a timeout) that a model would retry."""
+    return isinstance(result, str) and result.startswith("Error") and "timed out" in result
 
 
 def step_transcript(messages: list[Mapping[str, Any]], start: int) -> StepTranscript:

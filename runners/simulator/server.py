@@ -25,6 +25,7 @@ from urllib.parse import unquote
 from coordlab.runners.faults import Fault, FaultPlan, FaultProfile, forced_faults, load_profile
 from coordlab.tasks.loader import load_suite_task, load_task
 from coordlab.tasks.schema import Task
+from coordlab.tasks.world import World
 
 from .episode import PREMATURE_TEXT, ROUTER_ROLE, Decision, EpisodeState, Reply
 
@@ -296,9 +297,14 @@ class Simulator:
         """The OpenAI ``base_url`` a client for ``role`` in episode ``episode_id`` must use."""
         return f"{self.url}/episodes/{episode_id}/roles/{role}/v1"
 
-    def open_episode(self, task: Task, plan: FaultPlan, episode_id: str | None = None) -> EpisodeState:
-        """Start serving a new episode of ``task`` under ``plan``'s fault schedule."""
-        episode = EpisodeState(task, plan, episode_id)
+    def open_episode(self, task: Task, plan: FaultPlan, episode_id: str | None = None,
+                     world: World | None = None) -> EpisodeState:
+        """Start serving a new episode of ``task`` under ``plan``'s fault schedule.
+
+        ``world`` is the episode's world, where faults of the outside system (a tool's
+        response lost after its change) are acted out; without it they are not.
+        """
+        episode = EpisodeState(task, plan, episode_id, world)
         self._episodes[episode.id] = episode
         return episode
 
