@@ -45,13 +45,19 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Clash:
-    """``rate``: the chance, per older distinct value in the request, that the model uses an older one."""
+    """``rate``: the chance that a model shown two values for a field uses the older one.
+
+    With ``n`` different values the chance is ``min(1, rate * log2(n))``: proactive
+    interference grows log-linearly with the number of overwritten values (Wang & Sun 2025).
+    """
 
     rate: float = 0.0
 
     def threshold(self, distinct_values: int) -> float:
-        """1 - (1 - rate)^(distinct values - 1): zero with one value, growing with each stale version."""
-        return 1.0 - (1.0 - self.rate) ** max(0, distinct_values - 1)
+        """Zero with one value; ``rate`` with two; one more ``rate`` per doubling after that."""
+        if distinct_values < 2:
+            return 0.0
+        return min(1.0, self.rate * math.log2(distinct_values))
 
 
 @dataclass(frozen=True)
@@ -92,13 +98,19 @@ class Buried:
 
 @dataclass(frozen=True)
 class ToolOverload:
-    """``rate``: the chance, per tool offered beyond those the step uses, of calling a wrong tool."""
+    """``rate``: the chance of calling a wrong tool per doubling of the tools offered over those the step uses.
+
+    The right tool is picked with probability ``(1 - rate) ** log2(offered / needed)``:
+    tool-selection accuracy falls by a constant factor each time the catalogue doubles.
+    """
 
     rate: float = 0.0
 
-    def threshold(self, extra_tools: int) -> float:
-        """1 - (1 - rate)^extra: zero when only the step's own tools are offered."""
-        return 1.0 - (1.0 - self.rate) ** max(0, extra_tools)
+    def threshold(self, offered: int, needed: int) -> float:
+        """Zero when only the step's own tools are offered; grows with every doubling beyond them."""
+        if self.rate <= 0 or offered <= needed or needed <= 0:
+            return 0.0
+        return 1.0 - (1.0 - self.rate) ** math.log2(offered / needed)
 
 
 @dataclass(frozen=True)

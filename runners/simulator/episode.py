@@ -214,10 +214,12 @@ class EpisodeState:
         if fault is Fault.TOOL_ERROR_AFTER_EFFECT and pending.plan.spec.mutating and self.world is not None:
             self.world.fail_after_effect(name, pending.arguments)
             return Reply("tool_call", tool_calls=[self._call(name, arguments)], fault=fault)
-        extra = sorted(set(offered) - {tool.name for tool in step.tools})
+        needed = {tool.name for tool in step.tools}
+        extra = sorted(set(offered) - needed)
         calls = len(transcript.exchanges)
         draws = self._draws(step)
-        if extra and draws(Mechanism.TOOL_OVERLOAD, calls) < self.mechanisms.tool_overload.threshold(len(extra)):
+        threshold = self.mechanisms.tool_overload.threshold(len(extra) + len(needed), len(needed))
+        if extra and draws(Mechanism.TOOL_OVERLOAD, calls) < threshold:
             wrong = extra[int(draws(Mechanism.TOOL_OVERLOAD, calls, "which") * len(extra))]
             return Reply("tool_call", tool_calls=[self._call(wrong, arguments)], mechanisms=(Mechanism.TOOL_OVERLOAD,))
         return Reply("tool_call", tool_calls=[self._call(name, arguments)])
