@@ -5,30 +5,52 @@
   framework departs from it.
 * ``gate`` — every suite task, ``linear`` vs ``gated``, at 3% and 10%, per framework: the
   lab's answer to the claim that one verification gate cuts failures from 23% to about 2%.
+* ``context`` — each request-dependent mechanism (``runners/mechanisms.py``) swept from 0 up,
+  alone, on every suite task but ``chain``, in the variants where it can act: where each
+  framework's success and harm part from ``plain``'s as the mechanism strengthens (paired, on
+  common random numbers). 6 seeds by default: about 10 minutes on 2 cores (measured below).
 * ``default`` — the default comparison suite (what ``make demo`` runs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TextIO
+
+import yaml
 
 from coordlab.tasks.loader import suite_names
 
+from .export import write_atomically
+from .faults import FaultProfile, load_profile, profile_from_mapping
+from .mechanisms import Mechanism
 from .runner import DEFAULT_TIME_LIMIT_S, RunSummary, run_sweep
 from .sweep import DEFAULT_SEEDS, Sweep
+
+if TYPE_CHECKING:
+    from coordlab.reports.model import Report
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """A named sweep with the report that answers its question."""
+    """A named set of sweeps with the report that answers its question."""
 
     name: str
     question: str
-    sweep: Callable[[int], Sweep]
+    sweeps: Callable[[int, Path], list[Sweep]]
+    """The sweeps for a number of seeds per cell, all run into one store in the output folder (given, so an
+    experiment can write files its sweeps name there, such as generated fault profiles)."""
     default_seeds: int
     """Seeds per cell when none are given: enough for a readable interval, tuned to the run time."""
+    extend_report: Callable[["Report", Path], None] | None = None
+    """Adds the experiment's own tables, figures and settings to the report built from the store in the folder."""
+
+
+def _one(build: Callable[[int], Sweep]) -> Callable[[int, Path], list[Sweep]]:
+    """An experiment of one sweep that writes nothing into its folder."""
+    return lambda seeds, out: [build(seeds)]
 
 
 def _compounding(seeds: int) -> Sweep:
@@ -45,13 +67,225 @@ def _default(seeds: int) -> Sweep:
     return Sweep.build(seeds=seeds)
 
 
+# -- the context experiment ----------------------------------------------------------------------
+
+CONTEXT_PREFIX = "ctx_"
+"""Generated context profiles are named ``ctx_<mechanism>_<strength>``, e.g. ``ctx_clash_0.30``."""
+
+CONTEXT_BASELINE = "none"
+"""Strength 0 of a mechanism without scheduled faults: the built-in profile with nothing on, run once for all."""
+
+ALL_VARIANTS = ("linear", "gated", "delegated")
+
+
+@dataclass(frozen=True)
+class ContextSeries:
+    """One mechanism's strengths in the context experiment, the knobs it keeps fixed, and where it can act."""
+
+    mechanism: Mechanism
+    strengths: tuple[float, ...]
+    """The mechanism's ``rate`` at each point, from 0 (the mechanism off) up; at most two decimals (see names)."""
+    variants: tuple[str, ...]
+    """The variants in which the mechanism can act (elsewhere it would only repeat the baseline)."""
+    knobs: Mapping[str, Any] = field(default_factory=dict)
+    """The mechanism's other settings, the same at every strength."""
+    fault_rate: float = 0.0
+    """Scheduled faults per step attempt, the same at every strength (clash needs wrong answers to redo)."""
+    faults: Mapping[str, float] = field(default_factory=dict)
+    """The scheduled faults' weights."""
+
+
+CONTEXT_SERIES: tuple[ContextSeries, ...] = (
+    # Two versions of a value exist only where a step is redone: a gate's rejection, or a
+    # router sending the work back; a linear flow never redoes a step.
+    ContextSeries(Mechanism.CLASH, (0.0, 0.1, 0.3, 0.6, 1.0), ("gated", "delegated"),
+                  fault_rate=0.1, faults={"wrong_value": 1}),
+    ContextSeries(Mechanism.LENGTH, (0.0, 0.02, 0.05, 0.1, 0.2), ALL_VARIANTS,
+                  {"reference_tokens": 1000, "elasticity": 0.56, "cap": 0.5}),
+    ContextSeries(Mechanism.BURIED, (0.0, 0.1, 0.3, 0.6, 1.0), ALL_VARIANTS, {"reference_tokens": 3000}),
+    ContextSeries(Mechanism.TOOL_OVERLOAD, (0.0, 0.1, 0.3, 0.6), ALL_VARIANTS),
+    # Only a routing model writes a delegation brief.
+    ContextSeries(Mechanism.BRIEF_LOSS, (0.0, 0.1, 0.3, 0.6), ("delegated",)),
+)
+"""The context experiment's design; strength settings follow the ``mechanism_*`` profiles (docs/mechanisms.md)."""
+
+CONTEXT_TASKS = tuple(n for n in suite_names() if n != "chain")
+"""The suite tasks the context experiment runs (``chain`` has no tools, gates or routing to stress)."""
+
+
+@dataclass(frozen=True)
+class ContextProfile:
+    """One point of a series: the profile that sets the mechanism to a strength, and the variants it runs in."""
+
+    mechanism: Mechanism
+    strength: float
+    variants: tuple[str, ...]
+    data: Mapping[str, Any] | None
+    """The profile file's contents; None for the shared baseline (the built-in ``none``)."""
+
+    @property
+    def name(self) -> str:
+        """The profile's name: ``ctx_<mechanism>_<strength>``, or ``none`` for the shared baseline."""
+        return CONTEXT_BASELINE if self.data is None else self.data["name"]
+
+    def profile(self, folder: Path) -> FaultProfile:
+        """The profile as a sweep loads it from ``folder`` (its key is what episode keys name)."""
+        if self.data is None:
+            return load_profile(CONTEXT_BASELINE)
+        return profile_from_mapping(dict(self.data), str(self.path(folder)))
+
+    def path(self, folder: Path) -> Path:
+        """Where the profile file goes in ``folder``."""
+        return folder / f"{self.name}.yaml"
+
+    def reference(self, folder: Path) -> str:
+        """How a sweep names this profile: the file's path, or the built-in's name."""
+        return CONTEXT_BASELINE if self.data is None else str(self.path(folder))
+
+
+def context_profile_name(mechanism: Mechanism | str, strength: float) -> str:
+    """``ctx_<mechanism>_<strength with two decimals>``: what the report reads mechanism and strength back from."""
+    return f"{CONTEXT_PREFIX}{Mechanism(mechanism).value}_{strength:.2f}"
+
+
+def context_profiles() -> list[ContextProfile]:
+    """Every point of :data:`CONTEXT_SERIES`, in order; strength 0 without scheduled faults is the shared baseline."""
+    points = []
+    for series in CONTEXT_SERIES:
+        for strength in series.strengths:
+            if round(strength, 2) != strength or not 0 <= strength <= 1:
+                raise ValueError(f"context series {series.mechanism.value}: strength {strength} is not a rate with "
+                                 "at most two decimals (the profile's name must tell it apart)")
+            if strength == 0 and series.fault_rate == 0:
+                points.append(ContextProfile(series.mechanism, 0.0, series.variants, None))
+                continue
+            name = context_profile_name(series.mechanism, strength)
+            described = (f"the {series.mechanism.value} mechanism at rate {strength:g}"
+                         + (f" ({', '.join(f'{k} {v:g}' for k, v in series.knobs.items())})" if series.knobs else ""))
+            if series.fault_rate:
+                described += (f", over scheduled faults at {series.fault_rate:.0%} of step attempts "
+                              f"({', '.join(series.faults)})")
+            data: dict[str, Any] = {
+                "name": name,
+                "description": f"Generated by `coordlab experiment context`: {described}. Rewritten on every run.",
+                "rate": series.fault_rate,
+            }
+            if series.faults:
+                data["faults"] = dict(series.faults)
+            if strength > 0:
+                data["mechanisms"] = {series.mechanism.value: {"rate": strength, **series.knobs}}
+            points.append(ContextProfile(series.mechanism, strength, series.variants, data))
+    return points
+
+
+def write_context_profiles(folder: Path) -> list[ContextProfile]:
+    """Write the context profiles into ``folder`` (atomically, each checked by loading it back); return them."""
+    points = context_profiles()
+    for point in points:
+        if point.data is None:
+            continue
+        path = point.path(folder)
+        write_atomically(path, yaml.safe_dump(dict(point.data), sort_keys=False, width=100))
+        if load_profile(path).key != point.profile(folder).key:  # the file must say what the design says
+            raise ValueError(f"{path}: the written profile does not load back as designed")
+    return points
+
+
+def _context(seeds: int, out: Path) -> list[Sweep]:
+    """One sweep per set of variants: each profile runs only where its mechanism can act, the baseline once."""
+    folder = out / "profiles"
+    variants_of: dict[str, set[str]] = {}
+    for point in write_context_profiles(folder):
+        variants_of.setdefault(point.reference(folder), set()).update(point.variants)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for profile, variants in variants_of.items():
+        groups.setdefault(tuple(v for v in ALL_VARIANTS if v in variants), []).append(profile)
+    return [Sweep.build(tasks=list(CONTEXT_TASKS), variants=list(variants), profiles=profiles, seeds=seeds)
+            for variants, profiles in sorted(groups.items(), key=lambda item: -len(item[0]))]
+
+
+def context_settings(folder: Path) -> list[dict[str, Any]]:
+    """Each context profile's settings as loaded from ``folder``: what the report prints beside the results."""
+    settings = []
+    for point in context_profiles():
+        profile = point.profile(folder)
+        settings.append({
+            "profile": profile.key, "mechanism": point.mechanism.value, "strength": point.strength,
+            "variants": list(point.variants), "fault rate": profile.rate,
+            "faults": {fault.value: weight for fault, weight in sorted(profile.weights.items())} or "none",
+            "mechanisms": profile.mechanisms.to_dict() or "all off",
+        })
+    return settings
+
+
+def context_settings_note() -> str:
+    """The context design in one paragraph (strengths, fixed knobs, variants), for the report's notes."""
+    parts = []
+    for series in CONTEXT_SERIES:
+        text = f"{series.mechanism.value} rate {', '.join(f'{s:g}' for s in series.strengths)}"
+        if series.knobs:
+            text += f" with {', '.join(f'{k} {v:g}' for k, v in series.knobs.items())}"
+        if series.fault_rate:
+            text += (f", over {', '.join(series.faults)} faults at {series.fault_rate:.0%} of step attempts "
+                     f"at every strength")
+        parts.append(f"{text} ({', '.join(series.variants)})")
+    return ("Context experiment settings (each mechanism alone, every suite task but chain): " + "; ".join(parts)
+            + f". Strength 0 is the mechanism off: the built-in `{CONTEXT_BASELINE}` profile, run once and shared "
+              "(for clash, its wrong answers alone). Every profile's full settings are under provenance, "
+              "context profiles; the files are in the experiment's profiles/ folder.")
+
+
+def _context_report(report: "Report", out: Path) -> None:
+    """Put the context figure and paired table first, and print every profile's settings beside them."""
+    from coordlab.reports.context import context_figure, context_table
+    from coordlab.reports.data import load_store
+
+    folder = out / "profiles"
+    settings = context_settings(folder)
+    keys = {entry["profile"] for entry in settings}
+    episodes = load_store(out / "results.sqlite").episodes
+    table = context_table(episodes, keys)
+    if table.rows:
+        report.tables.insert(0, table)
+    figure = context_figure(episodes, keys)
+    if figure is not None:
+        report.figures.insert(0, figure)
+    report.notes.append(context_settings_note())
+    report.provenance["context_profiles"] = settings
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("compounding", "Does end-to-end success fall as (1-p)^n, and where does each framework depart "
-                              "from it?", _compounding, 100),
-    Experiment("gate", "How much does one verification gate before each side effect cut failures?", _gate, 40),
+                              "from it?", _one(_compounding), 100),
+    Experiment("gate", "How much does one verification gate before each side effect cut failures?", _one(_gate), 40),
+    # 6 seeds: 5,880 episodes (5 tasks x 4 frameworks x 49 variant-profile cells x 6 seeds). Measured on 2 cores
+    # (2 workers): 4 seeds, 3,920 episodes, ran in 396 s (9.9 episodes/s; 6 min 42 s with the report), so the
+    # default takes about 10 minutes.
+    Experiment("context", "As each request-dependent mechanism strengthens (clash, length, buried value, tool "
+                          "overload, brief loss), where do the frameworks' success and harm part from plain's?",
+               _context, 6, _context_report),
     Experiment("default", "The default comparison: every task, four adapters, linear and gated, none and 3%.",
-               _default, DEFAULT_SEEDS),
+               _one(_default), DEFAULT_SEEDS),
 )}
+
+
+def _with_frameworks(sweep: Sweep, frameworks: list[str]) -> Sweep:
+    return Sweep.build([str(t) for t in sweep.tasks], frameworks, [v.value for v in sweep.variants],
+                       list(sweep.profiles), list(sweep.seeds), sweep.knobs)
+
+
+def _combined(summaries: list[RunSummary]) -> RunSummary:
+    """One summary for the sweeps of an experiment (their runs share the store)."""
+    if len(summaries) == 1:
+        return summaries[0]
+    statuses: Counter[str] = Counter()
+    for summary in summaries:
+        statuses.update(summary.statuses)
+    logs = [s.framework_log for s in summaries if s.framework_log is not None]
+    return RunSummary("+".join(s.run_id for s in summaries), all(s.resumed for s in summaries),
+                      sum(s.total for s in summaries), sum(s.skipped for s in summaries),
+                      sum(s.ran for s in summaries), statuses, sum(s.elapsed_s for s in summaries),
+                      logs[-1] if logs else None)
 
 
 def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks: list[str] | None = None,
@@ -62,15 +296,16 @@ def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks
     from coordlab.reports.render import write_report
 
     experiment = EXPERIMENTS[name]
-    sweep = experiment.sweep(seeds or experiment.default_seeds)
+    sweeps = experiment.sweeps(seeds or experiment.default_seeds, out)
     if frameworks:
-        sweep = Sweep.build([str(t) for t in sweep.tasks], frameworks, [v.value for v in sweep.variants],
-                            list(sweep.profiles), list(sweep.seeds), sweep.knobs)
+        sweeps = [_with_frameworks(sweep, frameworks) for sweep in sweeps]
     store = out / "results.sqlite"
-    summary = run_sweep(sweep, store, workers=workers, time_limit=time_limit, fresh=fresh,
-                        progress_stream=progress_stream)
+    summary = _combined([run_sweep(sweep, store, workers=workers, time_limit=time_limit, fresh=fresh,
+                                   progress_stream=progress_stream) for sweep in sweeps])
     report = build_report(store)
     report.title = f"coordlab — {name}"
     report.provenance["question"] = experiment.question
     report.provenance["command"] = f"coordlab experiment {name}" + (f" --seeds {seeds}" if seeds else "")
+    if experiment.extend_report is not None:
+        experiment.extend_report(report, out)
     return summary, write_report(report, out / "report")
