@@ -22,6 +22,7 @@ bench: $(STAMP)  ## print the benchmarks (ratios measured side by side in one ru
 	$(BIN)/python bench/reliability.py
 
 baseline: $(STAMP)  ## regenerate the published baseline report under docs/baseline (about 3 minutes)
+	rm -f out/baseline.sqlite out/baseline.sqlite-wal out/baseline.sqlite-shm  # a baseline starts from nothing
 	$(BIN)/coordlab run --store out/baseline.sqlite --fresh
 	$(BIN)/coordlab report --store out/baseline.sqlite --out docs/baseline --command "make baseline"
 

@@ -44,7 +44,7 @@ def episode_row(rng: random.Random, run_id: str, task: str, steps: int, framewor
     version, reliability, overhead = FRAMEWORKS[framework]
     faults = sum(rng.random() < rate for _ in range(steps))
     gated = variant == "gated"
-    caught = sum(rng.random() < 0.9 for _ in range(faults)) if gated else 0
+    recovered = sum(rng.random() < 0.9 for _ in range(faults)) if gated else 0
     roll = rng.random()
     if roll < 0.003:
         status = "infra_error"
@@ -53,18 +53,19 @@ def episode_row(rng: random.Random, run_id: str, task: str, steps: int, framewor
     elif roll < 0.023:
         status = "error"
     else:
-        survives = faults - caught == 0 and rng.random() < reliability
+        survives = faults - recovered == 0 and rng.random() < reliability
         status = "success" if survives else "failed_check"
     harmful = int(status == "failed_check" and not task.startswith("chain") and rng.random() < 0.4)
-    calls = steps + faults + caught + (steps if gated else 0)
+    calls = steps + faults + recovered + (steps if gated else 0)
     prompt = calls * rng.randint(180, 260)
     completion = calls * rng.randint(20, 40)
     simulator_ms = calls * rng.uniform(0.1, 0.4)
     execution_ms = simulator_ms + calls * overhead * rng.uniform(0.7, 1.5)
     construction_ms = rng.uniform(5, 300)
     counts = {"model_calls": calls, "tool_calls": steps, "tool_errors": 0, "handoffs": steps,
-              "handoff_failures": faults - caught, "framework_retries": caught, "transport_retries": 0,
-              "gate_rejections": caught, "faults_injected": faults, "faults_caught": caught,
+              "handoffs_lost": 0, "handoff_model_errors": faults - recovered, "framework_retries": recovered,
+              "transport_retries": 0, "gate_rejections": recovered, "faults_injected": faults,
+              "faults_recovered": recovered,
               "prompt_tokens": prompt, "completion_tokens": completion}
     notes = json.dumps(["gated: guardrail retry"] if gated and framework == "crewai" else [])
     return (run_id, task, framework, version, variant, profile, seed, status, harmful,

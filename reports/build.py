@@ -149,6 +149,12 @@ def notes(data: StoreData, prices: PriceTable) -> list[str]:
     if multi:
         result.append(f"The store holds more than one version of {', '.join(multi)}; their rows are labelled "
                       f"name@version and never pooled.")
+    if data.unmeasured:
+        result.append(f"{data.unmeasured} episode(s) were recorded before coordlab measured recovered faults and "
+                      f"handoffs per cause (store schema 1): for them those counters are unknown, left out of the "
+                      f"recovered and handoff columns rather than counted as zero. Their old \"caught\" and "
+                      f"per-request handoff counts meant something else and are kept in the store as legacy_* "
+                      f"columns, not reported.")
     live_runs = [run for run in data.runs if run.live]
     if live_runs:
         result.append("Run(s) " + ", ".join(f"{r.run_id} ({r.model})" for r in live_runs) + " used a live endpoint: "

@@ -64,12 +64,16 @@ class EpisodeRecord:
     tool_calls: int
     tool_errors: int
     handoffs: int
-    handoff_failures: int
+    handoffs_lost: int | None
+    """Failed handoffs the framework lost; None for an episode recorded before this was measured (store schema 1)."""
+    handoff_model_errors: int | None
+    """Failed handoffs the producing model got wrong; None when not measured (store schema 1)."""
     framework_retries: int
     transport_retries: int
     gate_rejections: int
     faults_injected: int
-    faults_caught: int
+    faults_recovered: int | None
+    """Faults whose effect did not reach the end state; None when not measured (store schema 1)."""
     prompt_tokens: int
     completion_tokens: int
     wall_ms: float
@@ -85,6 +89,13 @@ class EpisodeRecord:
     def success(self) -> bool:
         """Only ``success`` succeeds; ``failed_check``, ``error`` and ``timeout`` are failures."""
         return self.status == "success"
+
+    @property
+    def handoff_failures(self) -> int | None:
+        """Every failed handoff, whatever its cause; None when the split was not measured."""
+        if self.handoffs_lost is None or self.handoff_model_errors is None:
+            return None
+        return self.handoffs_lost + self.handoff_model_errors
 
     @property
     def harmful_failure(self) -> bool:
@@ -132,9 +143,23 @@ class StoreData:
     notes: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
     """Adapter notes by (system, variant): each distinct note and how many episodes carry it."""
 
+    @property
+    def unmeasured(self) -> int:
+        """Scored simulator episodes recorded before recovered faults and handoff causes were measured."""
+        return sum(1 for e in self.episodes if not e.live and e.faults_recovered is None)
+
 
 _COLUMNS = ("episode_id", "run_id", "task", "framework", "framework_version", "variant", "profile", "seed",
             "status", "harmful", *COUNT_COLUMNS, "wall_ms", "execution_ms", "simulator_ms")
+
+
+def _selected(present: set[str]) -> list[str]:
+    """The report's columns as SQL: a counter an older store never measured reads as NULL (unknown), not zero.
+
+    A store of an older schema opened read-only is not migrated (a report never writes), so
+    the columns it lacks are filled in here.
+    """
+    return [column if column in present else f"NULL AS {column}" for column in _COLUMNS]
 
 
 def load_store(path: str | Path) -> StoreData:
@@ -162,7 +187,8 @@ def load_store(path: str | Path) -> StoreData:
 
         cursor = connection.cursor()
         cursor.row_factory = None  # plain tuples: several times faster than sqlite3.Row for 100,000 rows
-        rows = cursor.execute(f"SELECT {', '.join(_COLUMNS)} FROM episodes ORDER BY episode_id").fetchall()
+        rows = cursor.execute(f"SELECT {', '.join(_selected(store.episode_columns()))} FROM episodes "
+                              f"ORDER BY episode_id").fetchall()
         latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         infra: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for row in rows:

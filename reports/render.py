@@ -27,8 +27,12 @@ from .model import Figure, Report, Table, Value
 FIGURES_DIR = "figures"
 """Sub-folder of the report folder that holds ``<key>.png`` and ``<key>.svg``."""
 
-SUMMARY_SCHEMA_VERSION = 1
-"""Bumped when the shape of summary.json changes, so scripts reading old reports can tell."""
+SUMMARY_SCHEMA_VERSION = 2
+"""Bumped when the shape of summary.json changes, so scripts reading old reports can tell.
+
+2: the faults table counts recovered faults (was: caught), the coordination table splits
+failed handoffs into lost and model errors (was: handoff failures per request).
+"""
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 """Figure keys become file names: no separators, no leading dot, nothing a shell must quote."""

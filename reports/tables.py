@@ -143,6 +143,11 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _known_mean(episodes: Sequence[EpisodeRecord], counter: str) -> float | None:
+    """The mean of ``counter`` over the episodes that measured it (None, "not measured", is skipped, not zero)."""
+    return _mean([value for e in episodes if (value := getattr(e, counter)) is not None])
+
+
 def _scope(by_task: bool) -> str:
     return " by task" if by_task else ""
 
@@ -210,37 +215,56 @@ def pass_k_table(episodes: Sequence[EpisodeRecord], max_k: int, by_task: bool = 
 
 
 def coordination_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
-    """Handoff failures, framework retries, transport retries and gate rejections per episode."""
+    """Handoffs and failed handoffs by cause, framework retries, transport retries and gate rejections per episode.
+
+    A counter an episode did not measure (recorded before the store's schema 2) is left out
+    of that column's mean rather than read as zero; a column no episode measured is empty.
+    """
     dims = dimensions(by_task)
     rows = []
     for key, group_episodes in group(episodes, dims):
         measured = [e for e in group_episodes if not e.live]
-        per_episode = [_mean([getattr(e, name) for e in measured]) for name in
-                       ("handoffs", "handoff_failures", "framework_retries", "transport_retries", "gate_rejections")]
+        per_episode = [_known_mean(measured, name) for name in
+                       ("handoffs", "handoffs_lost", "handoff_model_errors", "framework_retries", "transport_retries",
+                        "gate_rejections")]
         rows.append([*_labels(key), count(len(measured)), *(number(v) for v in per_episode)])
     return Table(_key("coordination", by_task), f"Coordination events per episode{_scope(by_task)}",
-                 [*dims, "episodes", "handoffs / ep", "handoff failures / ep", "framework retries / ep",
-                  "transport retries / ep", "gate rejections / ep"], rows,
-                 note="A handoff failure is a value that arrived lost, truncated or corrupted, a required input "
-                      "missing, or work routed to the wrong agent, measured by the simulator, which sees both ends. "
-                      "Transport retries are requests re-sent after a failed HTTP exchange.")
+                 [*dims, "episodes", "handoffs / ep", "handoffs lost / ep", "handoff model errors / ep",
+                  "framework retries / ep", "transport retries / ep", "gate rejections / ep"], rows,
+                 note="A handoff is one field reaching one attempt of the step that reads it, counted once however "
+                      "many requests of that attempt showed it. Lost: the producing model emitted the value right and "
+                      "the framework did not deliver it intact (dropped, truncated, altered). Model error: the "
+                      "producing model emitted it wrong or left it out, or a routing model sent the work to the wrong "
+                      "agent and nothing made it good. The simulator sees both ends, so it can tell them apart. "
+                      "Transport retries are requests re-sent after a failed HTTP exchange. Episodes recorded before "
+                      "handoffs were split by cause (store schema 1) are left out of those two columns, not counted "
+                      "as zero.")
 
 
 def faults_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
-    """Faults injected against faults caught (their step was worked on again afterwards)."""
+    """Faults injected against faults recovered (their effect did not reach the episode's end state)."""
     dims = dimensions(by_task)
     rows = []
     for key, group_episodes in group(episodes, dims):
         measured = [e for e in group_episodes if not e.live]
         injected = sum(e.faults_injected for e in measured)
-        caught = sum(e.faults_caught for e in measured)
-        rows.append([*_labels(key), count(len(measured)), count(injected), count(caught),
-                     rate(caught / injected if injected else None),
+        known = [e for e in measured if e.faults_recovered is not None]
+        recovered = sum(e.faults_recovered or 0 for e in known) if known else None
+        injected_known = sum(e.faults_injected for e in known)
+        share = recovered / injected_known if recovered is not None and injected_known else None
+        rows.append([*_labels(key), count(len(measured)), count(injected), Cell.of(recovered, "{:,}"), rate(share),
                      number(injected / len(measured) if measured else None)])
-    return Table(_key("faults", by_task), f"Faults injected and caught{_scope(by_task)}",
-                 [*dims, "episodes", "faults injected", "faults caught", "caught share", "injected / ep"], rows,
-                 note="A fault counts as caught when its step was worked on again after it (a gate's redo, a "
-                      "recovery after a tool error, a re-sent request); caught is not the same as fixed.")
+    return Table(_key("faults", by_task), f"Faults injected and recovered{_scope(by_task)}",
+                 [*dims, "episodes", "faults injected", "faults recovered", "recovered share", "injected / ep"], rows,
+                 note="A fault is recovered when its effect did not reach the episode's end state: a repeated side "
+                      "effect never is; a failed HTTP exchange is when its step later got an answer; a bad tool call "
+                      "or answer is when its step later answered without a fault and no side effect of the step is "
+                      "missing; a wrong value is when, besides, the wrong value shows in no side effect and not in the "
+                      "final output; a misroute is when the step was later routed right and the wrong agent spoiled "
+                      "nothing; a wrapped answer is when its values still reached their readers. Episodes recorded "
+                      "before recovery was measured (store schema 1, which counted a fault as \"caught\" when its "
+                      "step was merely worked on again) are unknown: left out of the recovered count and share, not "
+                      "counted as zero.")
 
 
 def usage_table(episodes: Sequence[EpisodeRecord], prices: PriceTable, by_task: bool = False) -> Table:

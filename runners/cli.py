@@ -48,6 +48,7 @@ EPILOG = """examples:
   coordlab report --store out/results.sqlite --out out/report
   coordlab experiment compounding        # chain n=1..12 at 3% per step, linear: measured vs 0.97^n
   coordlab experiment gate               # every task, linear vs gated, at 3% and 10%
+  coordlab experiment context            # each mechanism's strength from 0 up, per framework, paired with plain
   coordlab demo                          # the default comparison, then its report
 """
 
@@ -144,7 +145,7 @@ def cmd_simulate_run(args: argparse.Namespace) -> int:
         result = run_scripted(task, simulator, plan, stream=args.stream)
     rows = [{"#": r.seq, "role": r.role, "step": r.step, "attempt": r.attempt, "kind": r.kind,
              "tools": ",".join(r.tool_calls), "fault": r.fault or "", "retry": r.retry_count,
-             "handoff": "; ".join(f"{i.field} {i.kind}" for i in r.handoff_issues),
+             "handoff": "; ".join(f"{i.field} {i.kind} ({i.cause})" for i in r.handoff_issues),
              "tokens in/out": f"{r.prompt_tokens}/{r.completion_tokens}"} for r in result.records]
     print(tabulate(rows, headers="keys"))
     print(f"\n{task.key} profile={plan.profile.name} seed={plan.seed}: {result.verdict.describe()}")

@@ -136,13 +136,15 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
              f"status {row['status']}{' (harmful)' if row['harmful'] else ''}; termination {row['termination']}; "
              f"wall {row['wall_ms']:.0f} ms",
              f"model calls {row['model_calls']}, tool calls {row['tool_calls']}, handoffs {row['handoffs']}, "
-             f"handoff failures {row['handoff_failures']}, gate rejections {row['gate_rejections']}, "
+             f"handoffs failed {_counter(row, 'handoffs_lost')} lost / "
+             f"{_counter(row, 'handoff_model_errors')} model error, "
+             f"gate rejections {row['gate_rejections']}, "
              f"retries {row['framework_retries']} framework / {row['transport_retries']} transport, "
-             f"faults {row['faults_caught']}/{row['faults_injected']} caught, "
+             f"faults {_counter(row, 'faults_recovered')}/{row['faults_injected']} recovered, "
              f"tokens {row['prompt_tokens']} in / {row['completion_tokens']} out"]
     if row["error"]:
         lines.append(f"error: {row['error']}")
-    for reason in ("unexpected_side_effects", "missing_side_effects", "failed_checks"):
+    for reason in ("unexpected_side_effects", "missing_side_effects", "out_of_order", "failed_checks"):
         for item in verdict.get(reason, []):
             lines.append(f"{reason.replace('_', ' ')}: {item}")
     table = []
@@ -154,10 +156,29 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
     return "\n".join(lines)
 
 
+def _column(row: sqlite3.Row, name: str) -> Any:
+    """``row[name]``, or None when the row comes from a store whose schema lacks the column."""
+    return row[name] if name in row.keys() else None
+
+
+def _counter(row: sqlite3.Row, name: str) -> str:
+    """A counter as text; "unknown" for one the episode's coordlab did not measure (NULL, or no such column)."""
+    value = _column(row, name)
+    return "unknown" if value is None else str(value)
+
+
+def _fault_outcome(detail: dict[str, Any]) -> str:
+    """How a fault event ended; an event stored before schema 2 says "caught", which meant only "worked on again"."""
+    if "recovered" in detail:
+        return "recovered" if detail["recovered"] else "not recovered"
+    return "worked on again (old 'caught')" if detail.get("caught") else "not worked on again (old 'caught')"
+
+
 def _summarise(kind: str, detail: dict[str, Any]) -> str:
     if kind == "model_call":
         calls = ",".join(detail.get("tool_calls") or [])
-        issues = "; ".join(f"{i['field']} {i['kind']}" for i in detail.get("handoff_issues") or [])
+        issues = "; ".join(f"{i['field']} {i['kind']}" + (f" ({i['cause']})" if i.get("cause") else "")
+                           for i in detail.get("handoff_issues") or [])
         text = f"{detail.get('kind')} attempt {detail.get('attempt')} tokens {detail.get('prompt_tokens')}/" \
                f"{detail.get('completion_tokens')}"
         return text + (f" calls {calls}" if calls else "") + (f" handoff failure: {issues}" if issues else "") + \
@@ -170,7 +191,7 @@ def _summarise(kind: str, detail: dict[str, Any]) -> str:
     if kind == "gate":
         return "pass" if detail.get("passed") else f"reject: {detail.get('reason')}"
     if kind == "fault":
-        return f"{detail['fault']} ({'caught' if detail.get('caught') else 'not caught'})"
+        return f"{detail['fault']} ({_fault_outcome(detail)})"
     if kind == "retry":
         return f"{detail.get('source')}: {detail.get('reason')}"
     return json.dumps(detail, default=str)[:120]

@@ -2,9 +2,9 @@
 
 The harness is the same for every framework: it opens the simulator episode and a fresh
 world, hands the adapter an :class:`EpisodeSpec`, and afterwards joins the adapter's trace
-with the simulator's request log. Model calls, injected faults, transport retries and
-handoff failures are counted from that log, which knows both ends of every exchange, so
-no framework's own bookkeeping can flatter it.
+with the simulator's request log. Model calls, injected faults (and whether each was
+recovered), transport retries and failed handoffs are counted from that log, which knows
+both ends of every exchange, so no framework's own bookkeeping can flatter it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +23,8 @@ from coordlab.tasks.scoring import Verdict, score
 from coordlab.tasks.world import World
 
 from .faults import Fault, FaultPlan
+from .handoff_tally import tally_handoffs
+from .recovery import EndState, fault_recovered, mechanism_recovered
 from .simulator import MODEL_NAME, ROUTER_ROLE, RequestRecord, Simulator
 
 API_KEY = "sk-coordlab-simulated"
@@ -47,14 +49,23 @@ class Counts:
     tool_calls: int
     tool_errors: int
     handoffs: int
-    handoff_failures: int
+    handoffs_lost: int
+    """Handoffs (step attempt x field) whose value the model emitted right and the framework did not deliver intact."""
+    handoff_model_errors: int
+    """Handoffs whose value the producing model emitted wrong or left out, plus misroutes never made good."""
     framework_retries: int
     transport_retries: int
     gate_rejections: int
     faults_injected: int
-    faults_caught: int
+    faults_recovered: int
+    """Injected faults whose effect did not reach the final state (:mod:`coordlab.runners.recovery`)."""
     prompt_tokens: int
     completion_tokens: int
+
+    @property
+    def handoff_failures(self) -> int:
+        """Every failed handoff, whatever its cause."""
+        return self.handoffs_lost + self.handoff_model_errors
 
 
 @dataclass
@@ -120,17 +131,12 @@ class EpisodeResult:
         return asdict(self)
 
 
-def fault_caught(record: RequestRecord, later: list[RequestRecord]) -> bool:
-    """A fault counts as caught when its step was worked on again afterwards.
+def join_trace(events: list[TraceEvent], records: list[RequestRecord], end: EndState) -> list[TraceEvent]:
+    """Merge the adapter's events with model calls, faults and transport retries from the simulator's log.
 
-    For a transport fault that is a re-send (by the SDK or by the framework); for a model
-    fault, a redo after a gate, a recovery after a tool error, or a correct re-routing.
+    ``end`` is what the episode left behind: a fault is marked recovered when its effect did
+    not reach it.
     """
-    return any(r.step == record.step and r.kind != "route" for r in later)
-
-
-def join_trace(events: list[TraceEvent], records: list[RequestRecord]) -> list[TraceEvent]:
-    """Merge the adapter's events with model calls, faults and transport retries from the simulator's log."""
     joined = list(events)
     for index, record in enumerate(records):
         joined.append(TraceEvent(EventKind.MODEL_CALL, record.received_at, record.role, record.step, {
@@ -138,36 +144,56 @@ def join_trace(events: list[TraceEvent], records: list[RequestRecord]) -> list[T
             "completion_tokens": record.completion_tokens, "status": record.status, "stream": record.stream,
             "elapsed_ms": record.elapsed_ms,
             "tool_calls": list(record.tool_calls), "tool_call_ids": list(record.tool_call_ids),
-            "route_target": record.route_target,
+            "route_target": record.route_target, "mechanisms": list(record.mechanisms),
             "handoff_issues": [asdict(i) for i in record.handoff_issues]}))
         if record.retry_count:
-            # The SDK's own retries, counted the same way for every framework: a framework that
-            # re-sends on its own (CrewAI after the SDK gives up on a 429) shows as a caught fault.
+            # The SDK's own retries, counted the same way for every framework (a framework that
+            # re-sends on its own, as CrewAI does after the SDK gives up on a 429, shows as a new request).
             joined.append(TraceEvent(EventKind.RETRY, record.received_at, record.role, record.step,
                                      {"source": "transport", "reason": f"client retry {record.retry_count}"}))
         if record.fault:
             joined.append(TraceEvent(EventKind.FAULT, record.received_at, record.role, record.step,
                                      {"fault": record.fault, "attempt": record.attempt,
-                                      "caught": fault_caught(record, records[index + 1:])}))
+                                      "recovered": fault_recovered(record, records[index + 1:], end)}))
+    joined += mechanism_events(records, end)
     return sorted(joined, key=lambda e: e.at)
 
 
-def count(trace: list[TraceEvent], records: list[RequestRecord], world: World) -> Counts:
-    """The per-episode counters."""
+def mechanism_events(records: list[RequestRecord], end: EndState) -> list[TraceEvent]:
+    """One FAULT event per mechanism and step attempt it acted on (``mechanism`` set in its detail).
+
+    A mechanism's draw holds for its whole step attempt, so it shows on every request of the
+    attempt; it is one fault, judged at the last request it acted on.
+    """
+    last: dict[tuple[str | None, int | None, str], int] = {}
+    for index, record in enumerate(records):
+        for mechanism in record.mechanisms:
+            last[(record.step, record.attempt, mechanism)] = index
+    return [TraceEvent(EventKind.FAULT, records[index].received_at, records[index].role, step,
+                       {"fault": mechanism, "mechanism": True, "attempt": attempt,
+                        "recovered": mechanism_recovered(mechanism, records[index], records[index + 1:], end)})
+            for (step, attempt, mechanism), index in sorted(last.items(), key=lambda item: item[1])]
+
+
+def count(trace: list[TraceEvent], records: list[RequestRecord]) -> Counts:
+    """The per-episode counters (faults' recovery read from the trace's FAULT events, set by :func:`join_trace`)."""
     of = lambda kind: [e for e in trace if e.kind is kind]  # noqa: E731
     faults = of(EventKind.FAULT)
-    misroutes = sum(1 for r in records if r.kind == "route" and r.fault == Fault.WRONG_HANDOFF_TARGET.value)
+    misroutes = sum(1 for e in faults if e.detail["fault"] == Fault.WRONG_HANDOFF_TARGET.value
+                    and not e.detail["recovered"])
+    handoffs = tally_handoffs(records, unrecovered_misroutes=misroutes)
     return Counts(
         model_calls=sum(1 for r in records if r.kind != "transport_fault"),
         tool_calls=len(of(EventKind.TOOL_CALL)),
         tool_errors=sum(1 for e in of(EventKind.TOOL_CALL) if not e.detail["ok"]),
         handoffs=len(of(EventKind.HANDOFF)),
-        handoff_failures=sum(len(r.handoff_issues) for r in records) + misroutes,
+        handoffs_lost=handoffs.lost,
+        handoff_model_errors=handoffs.model_errors,
         framework_retries=sum(1 for e in of(EventKind.RETRY) if e.detail["source"] == "framework"),
         transport_retries=sum(1 for e in of(EventKind.RETRY) if e.detail["source"] == "transport"),
         gate_rejections=sum(1 for e in of(EventKind.GATE) if not e.detail["passed"]),
         faults_injected=len(faults),
-        faults_caught=sum(1 for e in faults if e.detail["caught"]),
+        faults_recovered=sum(1 for e in faults if e.detail["recovered"]),
         prompt_tokens=sum(r.prompt_tokens for r in records),
         completion_tokens=sum(r.completion_tokens for r in records),
     )
@@ -188,7 +214,10 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     if live is None:
         if simulator is None:
             raise ValueError("run_episode needs a simulator or a live endpoint")
-        episode = simulator.open_episode(task, plan)
+        # The plan learns whether a model routes (only then can a handoff target be wrong), and the
+        # episode gets the world, where a tool's response lost after its change is acted out.
+        plan = replace(plan, routed=variant is Variant.DELEGATED)
+        episode = simulator.open_episode(task, plan, world=world)
         endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
                             MODEL_NAME, API_KEY)
     else:
@@ -201,7 +230,7 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
         records = list(simulator.close_episode(episode.id).records) if simulator and episode else []
     world.final_output = dict(outcome.final_output)
     verdict = score(task, world)
-    trace = join_trace(recorder.events, records)
+    trace = join_trace(recorder.events, records, EndState.of(task, world, verdict))
     for effect in world.side_effects:
         trace.append(TraceEvent(EventKind.SIDE_EFFECT, trace[-1].at if trace else started, None, None,
                                 {"tool": effect.tool, "arguments": dict(effect.arguments)}))
@@ -216,7 +245,7 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     return EpisodeResult(
         task=task.key, framework=adapter.name, framework_version=adapter.version(), variant=variant.value,
         profile=plan.profile.key, seed=plan.seed, status=status, harmful=verdict.harmful,
-        termination=outcome.termination, verdict=verdict, counts=count(trace, records, world),
+        termination=outcome.termination, verdict=verdict, counts=count(trace, records),
         wall_ms=(time.perf_counter() - started) * 1000, construction_ms=outcome.construction_ms,
         execution_ms=outcome.execution_ms, knobs=knobs.to_dict(), notes=notes, error=outcome.error,
         trace=trace, records=records, started_at=started)

@@ -193,10 +193,12 @@ class EpisodeSpans:
     # -- assembling ---------------------------------------------------------------------------
     def _root_attributes(self) -> dict[str, Any]:
         row = self.row
+        present = set(row.keys())  # a store of schema 1, read as it is, lacks the newer counters
         counters = {f"coordlab.{name}": row[name] for name in ("model_calls", "tool_calls", "handoffs",
-                                                              "handoff_failures", "framework_retries",
-                                                              "transport_retries", "gate_rejections",
-                                                              "faults_injected")}
+                                                              "handoffs_lost", "handoff_model_errors",
+                                                              "framework_retries", "transport_retries",
+                                                              "gate_rejections", "faults_injected",
+                                                              "faults_recovered") if name in present}
         return _present({
             gen_ai.GEN_AI_OPERATION_NAME: _OPERATION.INVOKE_WORKFLOW.value, gen_ai.GEN_AI_WORKFLOW_NAME: row["task"],
             gen_ai.GEN_AI_CONVERSATION_ID: self.key, **dict.fromkeys(SESSION_ATTRIBUTES, self.key),
@@ -255,8 +257,9 @@ class EpisodeSpans:
             draft.attributes[ERROR_TYPE] = str(http_status) if http_status else "connection_dropped"
             draft.status = Status(StatusCode.ERROR, f"HTTP {http_status}" if http_status else "connection dropped")
         for issue in detail.get("handoff_issues") or []:
-            draft.events.append(Event("coordlab.handoff_failure", {
-                "coordlab.field": str(issue.get("field")), "coordlab.kind": str(issue.get("kind"))}, start))
+            draft.events.append(Event("coordlab.handoff_failure", _present({
+                "coordlab.field": str(issue.get("field")), "coordlab.kind": str(issue.get("kind")),
+                "coordlab.cause": issue.get("cause")}), start))
 
     def _tool(self, owner: _SpanDraft, event: Mapping[str, Any], detail: Mapping[str, Any]) -> None:
         end = self.timeline.at(event["at_ms"])

@@ -4,8 +4,9 @@ Every episode is committed in its own transaction together with its trace events
 runner killed at any instant leaves whole episodes or none. A writable store admits one
 writer at a time (an OS lock on a sidecar ``<store>.lock`` that dies with its process), and
 is refused before anything is written when it was written by a newer schema, is some other
-program's SQLite database, or is damaged. Every failure to open, read or write names the
-file and what to do.
+program's SQLite database, or is damaged. A store of an older schema is migrated up when it
+is opened for writing, in one transaction that keeps every recorded row (opened read-only,
+it is read as it is). Every failure to open, read or write names the file and what to do.
 """
 
 from __future__ import annotations
@@ -21,26 +22,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-SCHEMA_VERSION = 1
-"""The store schema this coordlab writes; older stores are migrated up, newer ones refused."""
+SCHEMA_VERSION = 2
+"""The store schema this coordlab writes; older stores are migrated up, newer ones refused.
 
-COUNT_COLUMNS = ("model_calls", "tool_calls", "tool_errors", "handoffs", "handoff_failures", "framework_retries",
-                 "transport_retries", "gate_rejections", "faults_injected", "faults_caught", "prompt_tokens",
-                 "completion_tokens")
+1: the first release. 2: ``faults_caught`` became ``faults_recovered`` (a fault whose effect
+did not reach the end state, not one whose step was merely worked on again) and
+``handoff_failures`` (per request) became ``handoffs_lost`` and ``handoff_model_errors`` (per
+handoff). See :func:`_migrate_1_to_2`.
+"""
+
+COUNT_COLUMNS = ("model_calls", "tool_calls", "tool_errors", "handoffs", "handoffs_lost", "handoff_model_errors",
+                 "framework_retries", "transport_retries", "gate_rejections", "faults_injected", "faults_recovered",
+                 "prompt_tokens", "completion_tokens")
 """Per-episode counters, one column each so reports can aggregate them in SQL."""
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    identity TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    status TEXT NOT NULL,            -- running | interrupted | finished
-    spec_json TEXT NOT NULL,         -- the sweep: what was asked for
-    metadata_json TEXT NOT NULL      -- versions, knobs, machine, git commit
-);
-CREATE INDEX IF NOT EXISTS runs_by_identity ON runs (identity, created_at);
-CREATE TABLE IF NOT EXISTS episodes (
+MEASURED_SINCE = {"handoffs_lost": 2, "handoff_model_errors": 2, "faults_recovered": 2}
+"""Counters a store schema before the given one did not measure: NULL (unknown, not zero) in episodes it migrated."""
+
+LEGACY_COLUMNS = {"legacy_faults_caught": "faults_caught", "legacy_handoff_failures": "handoff_failures"}
+"""Schema-1 counters kept, renamed, in a migrated store (new column: old column). Their meaning was not today's:
+``faults_caught`` counted a fault whose step was worked on again, ``handoff_failures`` counted issues per request."""
+
+
+def _episodes_table(name: str, extra_columns: tuple[str, ...] = ()) -> str:
+    """The episodes table's definition under ``name`` (a migration builds the new table beside the old)."""
+    counters = ",\n    ".join(f"{c} INTEGER" + ("" if c in MEASURED_SINCE else " NOT NULL") for c in COUNT_COLUMNS)
+    extra = "".join(f"\n    {column}," for column in extra_columns)
+    return f"""
+CREATE TABLE IF NOT EXISTS {name} (
     episode_id INTEGER PRIMARY KEY,
     run_id TEXT NOT NULL REFERENCES runs (run_id),
     task TEXT NOT NULL,              -- name@version[params]
@@ -53,7 +62,7 @@ CREATE TABLE IF NOT EXISTS episodes (
     harmful INTEGER NOT NULL,
     termination TEXT NOT NULL,
     verdict_json TEXT NOT NULL,
-    {", ".join(f"{c} INTEGER NOT NULL" for c in COUNT_COLUMNS)},
+    {counters},
     wall_ms REAL NOT NULL,
     construction_ms REAL NOT NULL,
     execution_ms REAL NOT NULL,
@@ -61,9 +70,23 @@ CREATE TABLE IF NOT EXISTS episodes (
     knobs_json TEXT NOT NULL,
     notes_json TEXT NOT NULL,
     error TEXT,
-    finished_at REAL NOT NULL,
+    finished_at REAL NOT NULL,{extra}
     UNIQUE (run_id, task, framework, framework_version, variant, profile, seed)
+)"""
+
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL,            -- running | interrupted | finished
+    spec_json TEXT NOT NULL,         -- the sweep: what was asked for
+    metadata_json TEXT NOT NULL      -- versions, knobs, machine, git commit
 );
+CREATE INDEX IF NOT EXISTS runs_by_identity ON runs (identity, created_at);
+{_episodes_table("episodes")};
 CREATE TABLE IF NOT EXISTS events (
     episode_id INTEGER NOT NULL REFERENCES episodes (episode_id) ON DELETE CASCADE,
     seq INTEGER NOT NULL,
@@ -271,11 +294,38 @@ class Store:
         # Only now that the file is known to be ours, sound and not newer may anything be written to it.
         self.connection.execute("PRAGMA journal_mode = WAL")
         self.connection.execute("PRAGMA synchronous = NORMAL")
+        if version is not None and version < SCHEMA_VERSION:
+            self._migrate(version)
         with self.transaction():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.connection.execute(statement)
             self.connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _migrate(self, version: int) -> None:
+        """Bring a store of schema ``version`` up to :data:`SCHEMA_VERSION` in one transaction.
+
+        Foreign keys are off while it runs: rebuilding the episodes table drops the old one,
+        and with them on SQLite would delete every trace event with it. The transaction either
+        commits a whole migrated store or leaves the old one exactly as it was.
+        """
+        connection = self.connection
+        connection.execute("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction, so set before it
+        try:
+            with self.transaction():
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](connection)
+                dangling = connection.execute("PRAGMA foreign_key_check").fetchall()
+                if dangling:
+                    raise StoreError(f"store {self.path}: migrating from schema {version} would leave "
+                                     f"{len(dangling)} dangling reference(s); nothing was changed")
+                connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        finally:
+            connection.execute("PRAGMA foreign_keys = ON")
+
+    def episode_columns(self) -> set[str]:
+        """The columns this store's episodes table has (a store opened read-only may be of an older schema)."""
+        return {row[1] for row in self.query("PRAGMA table_info(episodes)")}
 
     def check_integrity(self) -> None:
         """Refuse a damaged file (SQLite's ``quick_check``) before writing to it or exporting it.
@@ -428,6 +478,34 @@ class Store:
     def events(self, episode_id: int) -> Iterator[sqlite3.Row]:
         """An episode's trace events in order (read at once, so a damaged page fails here, as a StoreError)."""
         return iter(self.query("SELECT * FROM events WHERE episode_id = ? ORDER BY seq", (episode_id,)))
+
+
+def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
+    """Schema 1 to 2: the new counters are NULL for every recorded episode, the old ones are kept as ``legacy_*``.
+
+    The old counters cannot be converted: "caught" (worked on again) is not "recovered" (did
+    not reach the end state), and a count per request is not a count per handoff. Their values
+    stay in the file under new names so nothing recorded is lost, and reports read the new
+    counters of old episodes as unknown. SQLite cannot relax a NOT NULL column in place, so the
+    episodes table is rebuilt beside the old one (keeping every ``episode_id``, which the trace
+    events refer to) and swapped in; every row is counted across.
+    """
+    old_columns = [row[1] for row in connection.execute("PRAGMA table_info(episodes)")]
+    legacy = {new: old for new, old in LEGACY_COLUMNS.items() if old in old_columns}
+    connection.execute(_episodes_table("episodes_migrating", tuple(f"{new} INTEGER" for new in legacy)))
+    kept = [c for c in old_columns if c not in legacy.values()]
+    connection.execute(f"INSERT INTO episodes_migrating ({', '.join(kept + list(legacy))}) "
+                       f"SELECT {', '.join(kept + list(legacy.values()))} FROM episodes")
+    before = connection.execute("SELECT count(*) FROM episodes").fetchone()[0]
+    after = connection.execute("SELECT count(*) FROM episodes_migrating").fetchone()[0]
+    if before != after:
+        raise StoreError(f"migrating the episodes table copied {after} of {before} rows; nothing was changed")
+    connection.execute("DROP TABLE episodes")
+    connection.execute("ALTER TABLE episodes_migrating RENAME TO episodes")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}
+"""Each schema's step up to the next, by the schema it starts from."""
 
 
 def open_readonly(path: str | Path) -> Store:

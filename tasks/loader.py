@@ -22,6 +22,7 @@ from .problems import (
 )
 from .declared_tools import ToolDeclarations
 from .oracle import SolveFailure, solve
+from .scoring import order_breaches
 from .schema import SCHEMA_VERSION, Check, Gate, OutputField, Role, Step, Task, ToolCallPlan
 from .toolbox import ToolLookupError, find_tool, tool_names
 from .tools import Tool, definition_digest
@@ -31,7 +32,7 @@ SUITE_DIR = Path(__file__).parent / "suite"
 """Where the built-in suite's task files live."""
 
 _TOP_LEVEL = {"schema_version", "name", "version", "description", "params", "inputs", "roles",
-              "steps", "gates", "checks", "fixtures", "tools"}
+              "steps", "gates", "checks", "fixtures", "tools", "side_effect_order"}
 _REQUIRED_TOP_LEVEL = ("schema_version", "name", "version", "description", "roles", "steps", "fixtures")
 _ROLE_KEYS = {"goal", "instructions"}
 _STEP_KEYS = {"id", "role", "instruction", "reads", "tools", "produces", "repeat"}
@@ -76,6 +77,8 @@ class _Builder(ProblemCollector):
         self.data, self.overrides = data, overrides
         self.unresolved_steps: set[str] = set()
         """Steps naming an unknown tool: checks that depend on their tools are skipped, not cascaded."""
+        self.unresolved_calls: set[str] = set()
+        """The unknown tool names those steps call (already reported, so not again where the order names them)."""
         self.declared_outputs: dict[str, set[str]] = {}
         """Each step's output names as written, broken expressions included (so gates do not cascade)."""
         self.rendered_inputs: dict[str, str] = {}
@@ -121,6 +124,7 @@ class _Builder(ProblemCollector):
         steps = self.steps(data.get("steps"), roles, inputs)
         gates = self.gates(data.get("gates") or [], steps, inputs)
         checks = self.checks(data.get("checks") or [], inputs, fixtures)
+        order = self.side_effect_order(data.get("side_effect_order"), steps)
         if self.problems:
             return None
         role_tools = {r: tuple(dict.fromkeys(t.name for s in steps if s.role == r for t in s.tools)) for r in roles}
@@ -130,7 +134,8 @@ class _Builder(ProblemCollector):
             params=params, inputs=dict(inputs),
             roles={r: Role(r, spec["goal"], spec["instructions"], role_tools[r]) for r, spec in roles.items()},
             steps=tuple(steps), gates=tuple(gates), checks=tuple(checks), fixtures=dict(fixtures),
-            tools=tools, content_hash=definition_digest(self.data, params, {n: t.fingerprint for n, t in tools.items()}),
+            tools=tools, side_effect_order=tuple(order),
+            content_hash=definition_digest(self.data, params, {n: t.fingerprint for n, t in tools.items()}),
         )
 
     def verify(self, task: Task) -> None:
@@ -141,10 +146,14 @@ class _Builder(ProblemCollector):
         framework failing; it is refused here instead.
         """
         try:
-            solve(task, strict=True)
+            solution = solve(task, strict=True)
         except SolveFailure as failure:
             where = failure.where if failure.step is None else self.step_paths[failure.step] + failure.where
             self.problem(where, f"on the task's correct path (no faults): {failure.reason}")
+            return
+        for breach in order_breaches(task.side_effect_order, solution.side_effects):
+            self.problem(("side_effect_order",), f"on the task's correct path (no faults): {breach}, against this "
+                                                 "order, so no episode could ever succeed")
 
     def declared_tools(self, spec: Any) -> dict[str, Tool]:
         """The task file's own tools; a name that a built-in or plug-in already has is refused."""
@@ -360,6 +369,7 @@ class _Builder(ProblemCollector):
             tool = self.resolve_tool(name, call_path + ("call",))
             if tool is None:
                 self.unresolved_steps.add(step_id)
+                self.unresolved_calls.add(str(name))
                 scope.add(str(bind))
                 continue
             when = None
@@ -440,6 +450,33 @@ class _Builder(ProblemCollector):
             if step.mutating and step.id not in gated and step.id not in self.unresolved_steps:
                 self.problem(("steps", position), f"mutating step {step.id!r} has no gate")
         return gates
+
+    def side_effect_order(self, spec: Any, steps: list[Step]) -> list[str]:
+        """The declared order of side effects: two or more distinct mutating tools that the task's steps call."""
+        if spec is None:
+            return []
+        path = ("side_effect_order",)
+        if not self.expect(spec, list, path, "a list of mutating tool names, in the order their side effects "
+                                             "must happen"):
+            return []
+        used = {tool.name: tool for step in steps for tool in step.tools}
+        mutating = {name for name, tool in used.items() if tool.mutating}
+        order: list[str] = []
+        for index, name in enumerate(spec):
+            if not self.expect_name(name, path + (index,), "a tool name"):
+                continue
+            if name in order:
+                self.problem(path + (index,), f"{name!r} is named twice; name each tool once")
+            elif name in used and name not in mutating:
+                self.problem(path + (index,), f"tool {name!r} changes nothing; only side effects (mutating tools) "
+                                              f"have an order")
+            elif name not in used and name not in self.unresolved_calls:
+                self.problem(path + (index,), f"no step calls a mutating tool {name!r}; "
+                                              f"{did_you_mean(name, mutating)}")
+            order.append(name)
+        if len(spec) < 2:
+            self.problem(path, "name at least two mutating tools: an order needs two side effects")
+        return order
 
     def gate_lookups(self, predicate: Expression, path: FieldPath) -> None:
         """Record the tools a gate calls; a gate may only look, so a mutating one is a problem."""

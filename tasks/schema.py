@@ -130,6 +130,8 @@ class Task:
     fixtures: Mapping[str, Any]
     tools: Mapping[str, Tool] = field(default_factory=dict, compare=False, repr=False)
     """Every tool the task's steps and gates use, by name."""
+    side_effect_order: tuple[str, ...] = ()
+    """Mutating tools whose side effects must happen in this order (empty: any order); scoring fails a breach."""
     content_hash: str = ""
     """A digest of everything that decides the task's episodes: its file's content and its tools' definitions."""
     source: Path | None = field(default=None, compare=False)

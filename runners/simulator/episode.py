@@ -233,6 +233,7 @@ class EpisodeState:
             return Reply("tool_call", tool_calls=[self._call(plan.tool, json.dumps(call_arguments(plan, namespace)))],
                          fault=fault)
         if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):
+            self._remember(step, {}, {})  # an answer without the step's fields leaves them all out
             return Reply("final", content=PREMATURE_TEXT if fault is Fault.PREMATURE_STOP else "", fault=fault)
         if fault is None and step.produces and \
                 self._draws(step)(Mechanism.LENGTH) < self.mechanisms.length.threshold(prompt_tokens):

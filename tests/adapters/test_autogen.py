@@ -63,7 +63,7 @@ def test_gate_catches_a_wrong_value_that_linear_lets_through(simulator: Simulato
     assert linear.counts.gate_rejections == 0
     assert gated.status is Status.SUCCESS and not gated.harmful, gated.verdict.describe()
     assert gated.counts.gate_rejections == 1 and gated.counts.framework_retries == 1
-    assert (linear.counts.faults_caught, gated.counts.faults_caught) == (0, 1)
+    assert (linear.counts.faults_recovered, gated.counts.faults_recovered) == (0, 1)
     retry = next(e for e in gated.trace if e.kind is EventKind.RETRY)
     assert retry.step == step and retry.detail["source"] == "framework"
 
@@ -96,7 +96,7 @@ def test_delegated_episode_stops_at_the_routing_turn_limit(simulator: Simulator)
 def test_transport_fault_is_a_recorded_transport_retry(simulator: Simulator, fault: Fault) -> None:
     result = run("refund_policy_answer", Variant.LINEAR, simulator, forced("answer", fault))
     assert result.status is Status.SUCCESS and result.counts.transport_retries >= 1
-    assert result.counts.faults_caught == 1 and result.counts.framework_retries == 0
+    assert result.counts.faults_recovered == 1 and result.counts.framework_retries == 0
     assert any(e.kind is EventKind.RETRY and e.detail["source"] == "transport" for e in result.trace)
 
 

@@ -55,13 +55,14 @@ def build_report() -> Report:
     )
     breakdown = Table(
         key="by_fault",
-        title="Faults injected & caught",
-        columns=["fault", "injected", "caught", "caught by gate"],
+        title="Faults injected & recovered",
+        columns=["fault", "injected", "recovered", "recovered by gate"],
         rows=[
             [Cell.of("wrong_value"), Cell.of(12), Cell.of(9), Cell.of(True)],
             [Cell.of("omitted_field | partial"), Cell.of(4), Cell.of(math.nan, "n/a"), Cell.of(False)],
         ],
-        note="Counts over all seeds; a fault is caught when the episode still succeeds & no side effect is wrong.",
+        note="Counts over all seeds; a fault is recovered when its effect did not reach the end state & nothing is "
+             "wrong.",
     )
     return Report(
         title="coordlab test report <hand-built>",

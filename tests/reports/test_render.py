@@ -30,8 +30,8 @@ def test_summary_holds_semantic_values_not_display_text(report: Report) -> None:
     assert first["success"] == pytest.approx(0.8333) and first["episodes"] == 60 and first["framework"] == "plain"
     assert isinstance(first["episodes"], int)
     assert missing["success"] is None and missing["p50 wall (s)"] is None  # not "—"
-    assert by_fault["rows"][0]["caught by gate"] is True
-    assert by_fault["rows"][1]["caught"] is None  # NaN has no JSON spelling; null is "not measured"
+    assert by_fault["rows"][0]["recovered by gate"] is True
+    assert by_fault["rows"][1]["recovered"] is None  # NaN has no JSON spelling; null is "not measured"
     assert "83.3%" not in json.dumps(data)
 
 
@@ -61,7 +61,7 @@ def test_markdown_has_title_provenance_notes_tables_and_figures(report: Report) 
     for expected in ("/tmp/store/results.sqlite", "run-0001, run-0002", "langgraph 1.2.22", "856abc1",
                      "```sh\ncoordlab report --store /tmp/store/results.sqlite --out /tmp/report\n```",
                      "- 2 infra errors excluded from every rate.",
-                     "## Framework comparison", "## Faults injected & caught",
+                     "## Framework comparison", "## Faults injected & recovered",
                      "*Success excludes infra errors; — means not measured.*",
                      "![Success against pipeline length](figures/success_vs_length.png)",
                      "figures/success_vs_length.svg"):
@@ -146,7 +146,7 @@ def test_html_escapes_report_text(report: Report, parse_html) -> None:
     page = render.html(report)
     assert "<hand-built>" not in page and "&lt;hand-built&gt;" in page
     assert "p &lt; 0.05 &amp; n ≥ 20" in page
-    assert "Faults injected &amp; caught" in page
+    assert "Faults injected &amp; recovered" in page
     text = "".join(parse_html(page).text)
     assert "coordlab test report <hand-built>" in text and "omitted_field | partial" in text
 

@@ -102,21 +102,21 @@ BASE = {("plain", T1): (3, 300, 30), ("plain", T2): (4, 500, 60),
         ("langgraph", T1): (3, 360, 30), ("langgraph", T2): (4, 600, 60)}
 # Deviations from the defaults, per (framework, variant, task, seed).
 CHANGES: dict[tuple[str, str, str, int], dict[str, int]] = {
-    ("plain", "linear", T1, 2): {"faults_injected": 1, "handoff_failures": 1},
-    ("plain", "linear", T2, 1): {"faults_injected": 1, "handoff_failures": 1},
-    ("plain", "gated", T1, 1): {"faults_injected": 1, "faults_caught": 1, "gate_rejections": 1,
+    ("plain", "linear", T1, 2): {"faults_injected": 1, "handoffs_lost": 1},
+    ("plain", "linear", T2, 1): {"faults_injected": 1, "handoff_model_errors": 1},
+    ("plain", "gated", T1, 1): {"faults_injected": 1, "faults_recovered": 1, "gate_rejections": 1,
                                 "framework_retries": 1, "model_calls": 4, "prompt_tokens": 400,
                                 "completion_tokens": 40},
     ("plain", "gated", T2, 3): {"model_calls": 2, "prompt_tokens": 250, "completion_tokens": 30,
                                 "transport_retries": 2},
-    ("langgraph", "linear", T1, 0): {"faults_injected": 1, "handoff_failures": 1},
+    ("langgraph", "linear", T1, 0): {"faults_injected": 1, "handoffs_lost": 1},
     ("langgraph", "linear", T1, 2): {"model_calls": 1, "prompt_tokens": 120, "completion_tokens": 10},
-    ("langgraph", "linear", T2, 1): {"faults_injected": 1, "handoff_failures": 1},
-    ("langgraph", "linear", T2, 2): {"faults_injected": 1, "handoff_failures": 1},
-    ("langgraph", "gated", T1, 2): {"faults_injected": 1, "faults_caught": 1, "gate_rejections": 1,
+    ("langgraph", "linear", T2, 1): {"faults_injected": 1, "handoffs_lost": 1},
+    ("langgraph", "linear", T2, 2): {"faults_injected": 1, "handoff_model_errors": 1},
+    ("langgraph", "gated", T1, 2): {"faults_injected": 1, "faults_recovered": 1, "gate_rejections": 1,
                                     "framework_retries": 1, "model_calls": 4, "prompt_tokens": 480,
                                     "completion_tokens": 40},
-    ("langgraph", "gated", T2, 2): {"faults_injected": 2, "faults_caught": 1, "gate_rejections": 2,
+    ("langgraph", "gated", T2, 2): {"faults_injected": 2, "faults_recovered": 1, "gate_rejections": 2,
                                     "framework_retries": 1, "model_calls": 5, "prompt_tokens": 750,
                                     "completion_tokens": 75},
 }
@@ -252,25 +252,27 @@ def test_golden_pass_k(golden: Report) -> None:
 
 
 def test_golden_coordination_and_faults(golden: Report) -> None:
-    # Per episode over 8 episodes: handoffs 3 each; plain/linear handoff failures 2 -> .25;
+    # Per episode over 8 episodes: handoffs 3 each; plain/linear 1 lost, 1 model error -> .125 each;
     # plain/gated retries 1 -> .125, transport retries 2 -> .25, gate rejections 1 -> .125;
-    # langgraph/linear handoff failures 3 -> .375; langgraph/gated retries 2 -> .25, rejections 3 -> .375.
+    # langgraph/linear 2 lost -> .25, 1 model error -> .125; langgraph/gated retries 2 -> .25, rejections 3 -> .375.
     check(golden, "coordination", ROW, {
-        PL: {"handoffs / ep": 3, "handoff failures / ep": 0.25, "framework retries / ep": 0,
-             "transport retries / ep": 0, "gate rejections / ep": 0},
-        PG: {"handoff failures / ep": 0, "framework retries / ep": 0.125, "transport retries / ep": 0.25,
-             "gate rejections / ep": 0.125},
-        LL: {"handoff failures / ep": 0.375, "framework retries / ep": 0, "gate rejections / ep": 0},
-        LG: {"handoff failures / ep": 0, "framework retries / ep": 0.25, "transport retries / ep": 0,
+        PL: {"handoffs / ep": 3, "handoffs lost / ep": 0.125, "handoff model errors / ep": 0.125,
+             "framework retries / ep": 0, "transport retries / ep": 0, "gate rejections / ep": 0},
+        PG: {"handoffs lost / ep": 0, "handoff model errors / ep": 0, "framework retries / ep": 0.125,
+             "transport retries / ep": 0.25, "gate rejections / ep": 0.125},
+        LL: {"handoffs lost / ep": 0.25, "handoff model errors / ep": 0.125, "framework retries / ep": 0,
+             "gate rejections / ep": 0},
+        LG: {"handoffs lost / ep": 0, "framework retries / ep": 0.25, "transport retries / ep": 0,
              "gate rejections / ep": 0.375},
     })
-    # Faults: plain/linear 2 injected, 0 caught; plain/gated 1 and 1; langgraph/linear 3 and 0; langgraph/gated 3, 2.
+    # Faults: plain/linear 2 injected, 0 recovered; plain/gated 1 and 1; langgraph/linear 3 and 0; langgraph/gated 3, 2.
     check(golden, "faults", ROW, {
-        PL: {"faults injected": 2, "faults caught": 0, "caught share": 0.0, "injected / ep": 0.25},
-        PG: {"faults injected": 1, "faults caught": 1, "caught share": 1.0, "injected / ep": 0.125},
-        LL: {"faults injected": 3, "faults caught": 0, "caught share": 0.0, "injected / ep": 0.375},
-        LG: {"faults injected": 3, "faults caught": 2, "caught share": 2 / 3, "injected / ep": 0.375},
+        PL: {"faults injected": 2, "faults recovered": 0, "recovered share": 0.0, "injected / ep": 0.25},
+        PG: {"faults injected": 1, "faults recovered": 1, "recovered share": 1.0, "injected / ep": 0.125},
+        LL: {"faults injected": 3, "faults recovered": 0, "recovered share": 0.0, "injected / ep": 0.375},
+        LG: {"faults injected": 3, "faults recovered": 2, "recovered share": 2 / 3, "injected / ep": 0.375},
     })
+    assert table(golden, "faults").title == "Faults injected and recovered"
 
 
 def test_golden_usage_and_cost(golden: Report) -> None:
@@ -335,7 +337,7 @@ def test_the_paired_table_tests_harm_beside_success() -> None:
     from coordlab.reports.data import EpisodeRecord
     from coordlab.reports.tables import paired_table
 
-    base = EpisodeRecord(0, "r", "t@1", "plain", "1", "linear", PROFILE, 0, S, False, *([0] * 12),
+    base = EpisodeRecord(0, "r", "t@1", "plain", "1", "linear", PROFILE, 0, S, False, *([0] * len(COUNT_COLUMNS)),
                          100.0, 100.0, 10.0, "plain", "m", False)
     records = []
     for seed in range(10):  # plain fails softly on every seed; the "retrying" twin succeeds on 3 and harms on 7

@@ -34,10 +34,10 @@ class ControlSweep:
 
 
 SWEEPS = [
-    ControlSweep("control_drop_field", "linear", "answers_20pct", 20, "handoff_failures"),
-    ControlSweep("control_truncate", "linear", "answers_20pct", 20, "handoff_failures"),
+    ControlSweep("control_drop_field", "linear", "answers_20pct", 20, "handoffs_lost"),
+    ControlSweep("control_truncate", "linear", "answers_20pct", 20, "handoffs_lost"),
     ControlSweep("control_repeat_step", "linear", "answers_20pct", 20, "framework_retries"),
-    ControlSweep("control_last_pending", "delegated", "answers_20pct", 20, "handoff_failures"),
+    ControlSweep("control_last_pending", "delegated", "answers_20pct", 20, "handoffs_lost"),
     ControlSweep("control_sticky_state", "gated", "semantic_10pct", 40, "gate_rejections"),
 ]
 
