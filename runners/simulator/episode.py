@@ -1,10 +1,12 @@
-"""One simulated episode: the oracle's answers, the fault schedule, and the request log.
+"""One simulated episode: the oracle's answers, the fault schedule, the mechanisms, and the request log.
 
-The reply to a request is a function of what the request contains (step marker, values,
-tool results) plus three counters the simulator keeps per episode: how many answers each
-step has given (its attempt), which scheduled faults have fired, and what each field was
-last emitted as (to detect handoff failures). Nothing depends on which framework asks.
-"""
+The reply to a request is a function of what the request contains (step marker, typed
+values and how often and where they appear, tool results, tools offered, its length) plus
+what the simulator keeps per episode: how many answers each step has given (its attempt),
+how often each scheduled fault has acted, and what each field was last emitted as and
+meant to be (to tell a value the framework lost from one the model got wrong). Random
+decisions are common random numbers (:class:`~coordlab.runners.mechanisms.Draws`), so
+nothing depends on which framework asks except what it sent."""
 
 from __future__ import annotations
 
