@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from coordlab.runners.faults import load_profile, profile_names
+
 from .data import (UNFAITHFUL_PREFIX, PriceTable, PriceTableError, ReportError, StoreData, load_prices,
                    load_store)
 from .model import Figure, Report, Table
@@ -100,12 +102,35 @@ def provenance(data: StoreData, prices: PriceTable) -> dict[str, Any]:
         by_run = {run.run_id: run.metadata.get(field) for run in data.runs}
         distinct = {json.dumps(value, sort_keys=True) for value in by_run.values()}
         result[field] = next(iter(by_run.values())) if len(distinct) == 1 else by_run
+    result["fault_profiles"] = {key: profile_settings(key) for key in sorted({e.profile for e in data.episodes})}
     result["framework_versions"] = versions
     result["prices"] = {"source": prices.source, "currency": prices.currency, "note": prices.note}
     result["adapter_notes"] = {f"{system}/{variant}": sorted(counter)
                                for (system, variant), counter in sorted(data.notes.items(), key=lambda item: (
                                    framework_sort_key(item[0][0]), variant_sort_key(item[0][1])))}
     return result
+
+
+def profile_settings(key: str) -> str:
+    """A profile's settings as one line, printed beside the results that depend on them.
+
+    A built-in profile is read back by its name; a user's profile file (keyed ``name@digest``)
+    was not stored with the results, so only its key can be shown.
+    """
+    name, _, forced = key.partition("+force(")
+    if name not in profile_names():
+        return "a profile file of your own: its settings are those of the file whose contents digest to this key"
+    profile = load_profile(name)
+    parts = [f"rate {profile.rate:g}"]
+    if profile.weights:
+        parts.append("faults " + ", ".join(f"{fault.value} {weight:g}" for fault, weight in sorted(profile.weights.items())))
+    if profile.burst != 1:
+        parts.append(f"transport faults in bursts of {profile.burst}")
+    for mechanism, knobs in profile.mechanisms.to_dict().items():
+        parts.append(f"{mechanism} " + ", ".join(f"{k} {v}" for k, v in knobs.items()))
+    if forced:
+        parts.append(f"forced: {forced.rstrip(')')}")
+    return "; ".join(parts)
 
 
 def seed_ranges(seeds: Any) -> str:
