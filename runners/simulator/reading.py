@@ -166,15 +166,13 @@ def find_step(task: Task, role: str, messages: list[Mapping[str, Any]],
             visible = Reading.of(messages, kinds, skip_tool_results=True).values()
         return next((s for s in steps if any(o not in visible for o in s.output_names)), None)
 
-    def named_in(index: int, allowed: set[str] | None) -> list[Step]:
-        named = dict.fromkeys(_MARKER.findall(message_text(messages[index])))
-        ids = [s for s in named if (s in own_steps if allowed is not None else s in task_steps)]
-        return sorted((task.step(s) for s in ids), key=task.steps.index)
+    def named_in(index: int, candidates: set[str]) -> list[Step]:
+        named = [s for s in dict.fromkeys(_MARKER.findall(message_text(messages[index]))) if s in candidates]
+        return sorted((task.step(s) for s in named), key=task.steps.index)
 
-    task_steps = {s.id for s in task.steps}
-    for allowed in (own_steps, None):
+    for candidates in (own_steps, {s.id for s in task.steps}):
         for index in range(len(messages) - 1, -1, -1):
-            named = named_in(index, allowed)
+            named = named_in(index, candidates)
             if len(named) == 1:
                 return named[0], index
             if named:
