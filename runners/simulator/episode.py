@@ -29,7 +29,8 @@ from coordlab.tasks.world import World
 from .answers import drifted, field_kinds
 from .log import HandoffIssue, RequestRecord
 from .reading import (
-    Reading, StepTranscript, find_step, offered_tools, requested_fields, step_transcript, visible_values,
+    Reading, StepTranscript, find_step, offered_tools, requested_fields, step_transcript, strictly_required,
+    visible_values,
 )
 from .router import delegation_brief
 
@@ -168,7 +169,8 @@ class EpisodeState:
         if pending is not None:
             reply = self._tool_phase(step, pending, namespace, fault, offered_tools(body), transcript)
         else:
-            reply = self._final_phase(step, namespace, results, fault, fields, base["prompt_tokens"])
+            reply = self._final_phase(step, namespace, results, fault, fields, strictly_required(body),
+                                      base["prompt_tokens"])
         reply.mechanisms = misread + reply.mechanisms
         if reply.fault is not None:
             self._fire(step)
@@ -227,7 +229,10 @@ class EpisodeState:
         return Reply("tool_call", tool_calls=[self._call(name, arguments)])
 
     def _final_phase(self, step: Step, namespace: Mapping[str, Any], results: Mapping[str, Any],
-                     fault: Fault | None, structured: tuple[str, ...] | None, prompt_tokens: int) -> Reply:
+                     fault: Fault | None, structured: tuple[str, ...] | None, required: frozenset[str],
+                     prompt_tokens: int) -> Reply:
+        """The step's answer. Under a strict structured-output request (``required`` non-empty) the API
+        guarantees every required field, so an answer that would leave fields out gives them as null."""
         # A repeated side effect repeats the last mutating call this step made (on the branch it took).
         made = [p for p in step.tool_calls if p.spec.mutating and p.bind in results]
         if fault is Fault.REPEATED_SIDE_EFFECT and made:
@@ -235,6 +240,8 @@ class EpisodeState:
             return Reply("tool_call", tool_calls=[self._call(plan.tool, json.dumps(call_arguments(plan, namespace)))],
                          fault=fault)
         if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):
+            if required:  # a strict API still returns every field: the model has none to give
+                return self._nulls(step, namespace, frozenset(step.output_names), fault)
             self._remember(step, {}, {})  # an answer without the step's fields leaves them all out
             return Reply("final", content=PREMATURE_TEXT if fault is Fault.PREMATURE_STOP else "", fault=fault)
         if fault is None and step.produces and \
@@ -242,6 +249,8 @@ class EpisodeState:
             reply = self._answer(step, namespace, Fault.WRONG_VALUE)
             reply.fault, reply.mechanisms = None, (Mechanism.LENGTH,)
             return reply
+        if fault is Fault.OMITTED_FIELD and self._fault_target(step) in required:
+            return self._nulls(step, namespace, frozenset({self._fault_target(step) or ""}), fault)
         reply = self._answer(step, namespace, fault if fault in (Fault.WRONG_VALUE, Fault.OMITTED_FIELD,
                                                                    Fault.SKIPPED_TOOL) else None)
         if fault is Fault.FORMAT_DRIFT and structured is None:
@@ -259,6 +268,14 @@ class EpisodeState:
             outputs[target] = corrupt_value(output, outputs[target], namespace)
         elif fault is Fault.OMITTED_FIELD and target is not None:
             outputs.pop(target)
+        self._remember(step, outputs, meant)
+        return Reply("final", content=json.dumps(outputs), fault=fault, outputs=outputs)
+
+    def _nulls(self, step: Step, namespace: Mapping[str, Any], blank: frozenset[str], fault: Fault) -> Reply:
+        """The step's answer with the fields in ``blank`` given as null: what a strict API returns from a model
+        that has nothing to say for a field it must give."""
+        meant = correct_outputs(step, namespace)
+        outputs = {name: (None if name in blank else value) for name, value in meant.items()}
         self._remember(step, outputs, meant)
         return Reply("final", content=json.dumps(outputs), fault=fault, outputs=outputs)
 

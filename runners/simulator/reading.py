@@ -247,6 +247,22 @@ def requested_fields(body: Mapping[str, Any]) -> tuple[str, ...] | None:
     return tuple(properties) if isinstance(properties, Mapping) else None
 
 
+def strictly_required(body: Mapping[str, Any]) -> frozenset[str]:
+    """The fields a *strict* structured-output request requires: a strict API always returns each of them.
+
+    Empty for any other request (no ``json_schema`` response format, or one without ``strict``).
+    """
+    response_format = body.get("response_format")
+    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
+        return frozenset()
+    declared = response_format.get("json_schema")
+    if not isinstance(declared, Mapping) or declared.get("strict") is not True:
+        return frozenset()
+    schema = declared.get("schema")
+    required = schema.get("required") if isinstance(schema, Mapping) else None
+    return frozenset(str(name) for name in required) if isinstance(required, list) else frozenset()
+
+
 def offered_tools(body: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """The tools the request offers the model, by name, with their parameter schemas."""
     offered: dict[str, Mapping[str, Any]] = {}

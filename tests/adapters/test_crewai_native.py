@@ -84,16 +84,27 @@ def test_empty_answer_of_an_agent_with_tools_reruns_its_whole_task(simulator: Si
     assert result.counts.model_calls == CLEAN_LINEAR_CALLS + 3
 
 
-def test_empty_answer_to_a_structured_output_request_is_asked_again_without_a_retry_event(
+def test_empty_answer_under_strict_output_is_a_null_crewai_hands_on_without_asking_again(
         simulator: Simulator) -> None:
     result = run(Variant.LINEAR, simulator, ForcedFault("draft", Fault.EMPTY_ANSWER))
-    assert result.status is Status.SUCCESS, result.error
-    # The writer has no tools, so CrewAI asks it with response_format (output_pydantic). The SDK's
-    # parse gives no parsed object for an empty answer and CrewAI's OpenAI provider sends the same
-    # messages again as a plain completion: one extra call that no CrewAI event marks as a retry.
-    assert requests(result, "draft") == [(0, "final", "empty_answer"), (1, "final", None)]
-    assert result.counts.framework_retries == 0 and result.counts.faults_recovered == 1
-    assert result.counts.model_calls == CLEAN_LINEAR_CALLS + 1
+    # The writer has no tools, so CrewAI asks it with a strict response_format (output_pydantic): an empty
+    # answer arrives as {"confirmation": null}. The SDK parses it, output_pydantic accepts the null, and CrewAI
+    # neither asks again nor re-runs the task. The null reaches send as task context; the coordinator calls
+    # send_email with a null body, CrewAI's own tool-argument validation refuses it (the lab's tool never
+    # runs), the crew updates the CRM and completes: the episode fails its check without an error.
+    assert result.status is Status.FAILED_CHECK and result.termination is Termination.COMPLETED
+    assert result.error is None and not result.harmful
+    assert requests(result, "draft") == [(0, "final", "empty_answer")]
+    assert [r.outputs for r in result.records if r.step == "draft"] == [{"confirmation": None}]
+    assert result.counts.framework_retries == 0 and result.counts.faults_recovered == 0
+    assert result.counts.model_calls == CLEAN_LINEAR_CALLS
+    outputs = {e.step: e.detail["outputs"] for e in result.trace if e.kind is EventKind.STEP_OUTPUT}
+    assert outputs["draft"] == {"confirmation": None} and outputs["send"] == {"message_id": None}
+    issues = {(r.step, i.field, i.kind, i.cause) for r in result.records for i in r.handoff_issues}
+    assert issues == {("send", "confirmation", "corrupted", "model_error")}
+    assert requests(result, "send") == [(0, "tool_call", None), (0, "final", None)]
+    assert lab_tool_calls(result, "send") == []  # refused by CrewAI before the lab's send_email ran
+    assert [e.detail["tool"] for e in result.trace if e.kind is EventKind.SIDE_EFFECT] == ["crm_update"]
 
 
 def test_guardrail_redo_loses_the_upstream_context(simulator: Simulator) -> None:

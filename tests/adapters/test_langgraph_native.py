@@ -93,31 +93,78 @@ def test_an_unknown_tool_goes_back_to_the_model_as_tool_node_error_and_is_repair
     assert "crm_lookup_v2 is not a valid tool" in str(refusal.content)
 
 
-@VARIANTS
-def test_an_empty_answer_raises_the_structured_output_parsing_error(simulator: Simulator, variant: Variant) -> None:
-    """An empty answer has no parsed structured output; the model node raises the parsing error
-    with_structured_output returned (what it raises itself without include_raw). Nobody re-asks."""
+def issues(result: EpisodeResult) -> set[tuple[str | None, str, str, str]]:
+    return {(r.step, i.field, i.kind, i.cause) for r in result.records for i in r.handoff_issues}
+
+
+def step_outputs(result: EpisodeResult, step: str) -> list[dict[str, Any]]:
+    return [e.detail["outputs"] for e in result.trace if e.kind is EventKind.STEP_OUTPUT and e.step == step]
+
+
+@pytest.mark.parametrize("variant, status, termination", [
+    (Variant.LINEAR, Status.FAILED_CHECK, Termination.COMPLETED),
+    (Variant.GATED, Status.SUCCESS, Termination.COMPLETED),
+    (Variant.DELEGATED, Status.FAILED_CHECK, Termination.ROUTED_OUT)], ids=lambda v: str(v))
+def test_an_empty_answer_arrives_as_nulls_that_only_a_gate_stops(simulator: Simulator, variant: Variant,
+                                                                  status: Status, termination: Termination) -> None:
+    """Under strict structured output an empty answer arrives as schema JSON with every field null, which
+    with_structured_output parses without an error: nothing raises and nobody re-asks. linear: the step schema
+    keeps the null and the next node hands it on; the coordinator calls send_email with a null body, ToolNode
+    runs it and the tool refuses it, the CRM is updated anyway. gated: the gate before send rejects the null
+    confirmation and the writer's redo gives a real one. delegated: the role schema drops the null (no step
+    output), the supervisor routes on regardless, the same refused email follows, and the run ends routed out."""
     result = run(variant, simulator, ForcedFault("draft", Fault.EMPTY_ANSWER))
-    assert result.termination is Termination.ERROR and result.status is Status.ERROR
-    assert result.error is not None and "does not have a 'parsed' field" in result.error
-    assert calls_for(result, "draft") == ["final"]
-    assert not any(r.step == "send" for r in result.records) and not result.harmful
-
-
-@pytest.mark.parametrize("variant, status", [(Variant.LINEAR, Status.ERROR), (Variant.GATED, Status.ERROR),
-                                             (Variant.DELEGATED, Status.SUCCESS)], ids=lambda v: str(v))
-def test_an_omitted_field_fails_a_step_schema_but_not_a_role_schema(simulator: Simulator, variant: Variant,
-                                                                    status: Status) -> None:
-    """A step's schema requires all its fields: pydantic rejects the answer inside ChatOpenAI. A delegated role
-    agent answers a role schema (every field optional): the gap passes, and the supervisor, seeing the field
-    missing from the conversation, sends the writer back."""
-    result = run(variant, simulator, ForcedFault("draft", Fault.OMITTED_FIELD))
-    assert result.status is status, (result.verdict.describe(), result.error)
-    if status is Status.ERROR:
-        assert result.error is not None and result.error.startswith("ValidationError")
+    assert result.status is status and result.termination is termination, (result.verdict.describe(), result.error)
+    assert result.error is None and not result.harmful
+    draft = [(r.attempt, r.fault, r.outputs) for r in result.records if r.step == "draft" and r.role != ROUTER_ROLE]
+    assert draft[0] == (0, "empty_answer", {"confirmation": None})
+    sent = [e.detail["tool"] for e in result.trace if e.kind is EventKind.SIDE_EFFECT]
+    if variant is Variant.GATED:
+        assert [attempt for attempt, _, _ in draft] == [0, 1] and draft[1][1] is None
+        assert "Dana Whitfield" in draft[1][2]["confirmation"] and "2026-11-26T16:30" in draft[1][2]["confirmation"]
+        assert result.counts.gate_rejections == 1 and result.counts.framework_retries == 1
+        assert result.counts.faults_recovered == 1 and issues(result) == set()
+        assert sent == ["send_email", "crm_update"]
     else:
-        assert calls_for(result, "draft") == ["final", "final"]
-        assert [r.route_target for r in result.records if r.kind == "route"].count("writer") == 2
+        assert len(draft) == 1 and result.counts.framework_retries == 0 and result.counts.faults_recovered == 0
+        assert issues(result) == {("send", "confirmation", "corrupted", "model_error")}
+        assert ("send_email", False, "send_email: argument 'body' must be string, got NoneType") in tool_events(result)
+        assert sent == ["crm_update"]
+        # the step schema hands the null on as the field's value; the role schema's optional field drops it
+        assert step_outputs(result, "draft") == ([{"confirmation": None}] if variant is Variant.LINEAR else [])
+
+
+@pytest.mark.parametrize("variant, termination, harmful", [
+    (Variant.LINEAR, Termination.COMPLETED, True), (Variant.GATED, Termination.GATE_EXHAUSTED, False),
+    (Variant.DELEGATED, Termination.ROUTED_OUT, True)], ids=lambda v: str(v))
+def test_an_omitted_field_is_a_null_a_step_schema_keeps_and_a_role_schema_drops(
+        simulator: Simulator, variant: Variant, termination: Termination, harmful: bool) -> None:
+    """Under strict structured output an omitted field arrives as null beside the step's other fields (find_slot
+    leaves out slot). A step's schema (every field required, any value) takes the null as the slot's value; a
+    delegated role agent's schema (every field optional) treats the null as not given and drops it. Either way
+    nothing raises: the writer drafts around the null, linear and delegated send that email (harmful) and the
+    tool refuses crm_update's null value; in gated the gate rejects every redo of the draft, since the redo
+    cannot mend find_slot's null, and the gate's bound ends the run before anything is sent."""
+    result = run(variant, simulator, ForcedFault("find_slot", Fault.OMITTED_FIELD))
+    assert result.status is Status.FAILED_CHECK and result.termination is termination, result.verdict.describe()
+    assert result.error is None and result.harmful is harmful
+    answer = next(r for r in result.records if r.step == "find_slot" and r.kind == "final")
+    assert answer.fault == "omitted_field" and answer.outputs is not None and answer.outputs["slot"] is None
+    assert {"customer_name", "customer_email"} <= {k for k, v in answer.outputs.items() if v is not None}
+    assert Recorded.last is not None
+    values = Recorded.last.state()["values"]
+    if variant is Variant.DELEGATED:
+        assert "slot" not in values and "slot" not in step_outputs(result, "find_slot")[0]
+    else:
+        assert "slot" in values and values["slot"] is None and step_outputs(result, "find_slot")[0]["slot"] is None
+    assert ("draft", "slot", "corrupted", "model_error") in issues(result)
+    if variant is Variant.GATED:
+        assert [r.attempt for r in result.records if r.step == "draft"] == [0, 1, 2]
+        assert result.counts.gate_rejections == 3 and not any(r.step == "send" for r in result.records)
+    else:
+        assert ("update_crm", "slot", "corrupted", "model_error") in issues(result)
+        assert ("crm_update", False, "crm_update: argument 'value' must be string, got NoneType") in tool_events(result)
+        assert [e.detail["tool"] for e in result.trace if e.kind is EventKind.SIDE_EFFECT] == ["send_email"]
 
 
 def test_gate_redo_puts_the_rejection_into_the_messages_and_reruns_the_retry_step(simulator: Simulator) -> None:
@@ -170,10 +217,18 @@ def test_without_node_retries_the_same_fault_ends_the_episode(simulator: Simulat
 
 
 def test_a_run_cut_short_keeps_its_checkpointed_state(simulator: Simulator) -> None:
-    result = run(Variant.LINEAR, simulator, ForcedFault("update_crm", Fault.EMPTY_ANSWER))
-    assert result.status is Status.ERROR
+    """A 500 at update_crm that neither the client (no retries) nor the node's RetryPolicy (one attempt) absorbs
+    ends the run in an error: the checkpointer still holds the state of the last superstep that completed."""
+    result = run(Variant.LINEAR, simulator, ForcedFault("update_crm", Fault.HTTP_500),
+                 knobs=Knobs(client_max_retries=0), episode_class=OneAttempt)
+    assert result.status is Status.ERROR and result.termination is Termination.ERROR
+    assert result.error is not None and result.error.startswith("OpenAIAPIError: Error code: 500")
+    assert [(r.kind, r.fault) for r in result.records if r.step == "update_crm"] == [("transport_fault", "http_500")]
     assert Recorded.last is not None
-    assert set(Recorded.last.state()["outputs"]) == {"find_slot", "draft", "send"}  # the last completed superstep
+    state = Recorded.last.state()
+    assert set(state["outputs"]) == {"find_slot", "draft", "send"}  # the last completed superstep
+    assert state["outputs"]["send"] == {"message_id": "msg-1"} and "crm_status" not in state["values"]
+    assert [e.detail["tool"] for e in result.trace if e.kind is EventKind.SIDE_EFFECT] == ["send_email"]
 
 
 def test_a_wrong_routing_decision_to_an_idle_role_costs_a_redo_and_a_reroute(simulator: Simulator) -> None:

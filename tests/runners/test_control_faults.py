@@ -73,3 +73,32 @@ def test_no_routing_fault_is_drawn_where_nobody_routes_and_the_rate_is_unchanged
     unrouted = [scheduled_fault(profile, seed, task.release, step, 0, routed=False) for seed in range(3000)]
     assert Fault.WRONG_HANDOFF_TARGET in routed and Fault.WRONG_HANDOFF_TARGET not in unrouted
     assert [f is None for f in routed] == [f is None for f in unrouted]  # the same attempts meet a fault
+
+
+def strict_request(strict: bool = True) -> dict[str, Any]:
+    return {"messages": STAGE_ONE, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "out", "strict": strict,
+        "schema": {"type": "object", "properties": {"value_1": {}}, "required": ["value_1"]}}}}
+
+
+def test_a_strict_schema_gets_every_required_field_even_from_a_faulty_answer() -> None:
+    """A strict API never leaves a required field out: an omitted or empty answer comes as nulls."""
+    for fault in (Fault.OMITTED_FIELD, Fault.EMPTY_ANSWER, Fault.PREMATURE_STOP):
+        decision = EpisodeState(CHAIN, forced(fault)).decide("stage_a", strict_request(), 0)
+        assert json.loads(decision.reply.content) == {"value_1": None}
+        assert decision.record.fault == fault.value
+
+
+def test_without_strict_a_field_can_still_be_left_out() -> None:
+    omitted = EpisodeState(CHAIN, forced(Fault.OMITTED_FIELD)).decide("stage_a", strict_request(strict=False), 0)
+    empty = EpisodeState(CHAIN, forced(Fault.EMPTY_ANSWER)).decide("stage_a", strict_request(strict=False), 0)
+    assert json.loads(omitted.reply.content) == {} and empty.reply.content == ""
+
+
+def test_a_null_a_strict_api_returned_is_a_model_error_downstream() -> None:
+    episode = EpisodeState(CHAIN, forced(Fault.OMITTED_FIELD))
+    episode.decide("stage_a", strict_request(), 0)
+    stage_two = [{"role": "user", "content": 'Apply transform number 2 to value_1. [coordlab:step=stage_2]\n'
+                                             'Inputs: {"value_1": null}'}]
+    record = episode.decide("stage_b", {"messages": stage_two}, 0).record
+    assert [(i.field, i.kind, i.cause) for i in record.handoff_issues] == [("value_1", "corrupted", "model_error")]
