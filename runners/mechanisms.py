@@ -17,7 +17,7 @@ measurements each one is modelled on are cited in ``docs/mechanisms.md``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Mapping
 
@@ -158,8 +158,8 @@ class Draws:
         return uniform(self.seed, self.task_release, self.step, self.attempt, str(mechanism), *detail)
 
 
-_KNOBS: dict[Mechanism, type] = {Mechanism.CLASH: Clash, Mechanism.LENGTH: Length, Mechanism.BURIED: Buried,
-                                 Mechanism.TOOL_OVERLOAD: ToolOverload, Mechanism.BRIEF_LOSS: BriefLoss}
+_KNOBS: dict[Mechanism, Any] = {Mechanism(f.name): f.default_factory for f in fields(Mechanisms)}
+"""Each mechanism's settings class, read off :class:`Mechanisms` so the two cannot drift apart."""
 
 
 def _probability(name: str, value: Any, problems: list[str]) -> float:

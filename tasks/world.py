@@ -26,6 +26,11 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def effect_signature(tool: str, arguments: Mapping[str, Any]) -> str:
+    """Tool name plus canonical arguments: two equal signatures are the same change to the world."""
+    return f"{tool}{canonical_json(dict(arguments))}"
+
+
 @dataclass(frozen=True)
 class SideEffect:
     """One change a mutating tool made to the world."""
@@ -37,7 +42,7 @@ class SideEffect:
     @property
     def signature(self) -> str:
         """Tool name plus canonical arguments: two equal signatures are one duplicated effect."""
-        return f"{self.tool}{canonical_json(self.arguments)}"
+        return effect_signature(self.tool, self.arguments)
 
 
 @dataclass
@@ -89,11 +94,11 @@ class World:
     def fail_after_effect(self, tool: str, arguments: Mapping[str, Any]) -> None:
         """Arm a fault of the outside system: the next such call applies its change, then its response is lost."""
         with self._lock:
-            self._failing_after_effect.append(f"{tool}{canonical_json(dict(arguments))}")
+            self._failing_after_effect.append(effect_signature(tool, arguments))
 
     def response_lost(self, tool: str, arguments: Mapping[str, Any]) -> bool:
         """Whether the call just applied is one whose response is lost (disarming it: it acts once)."""
-        signature = f"{tool}{canonical_json(dict(arguments))}"
+        signature = effect_signature(tool, arguments)
         with self._lock:
             if signature in self._failing_after_effect:
                 self._failing_after_effect.remove(signature)

@@ -249,8 +249,9 @@ class EpisodeState:
             reply = self._answer(step, namespace, Fault.WRONG_VALUE)
             reply.fault, reply.mechanisms = None, (Mechanism.LENGTH,)
             return reply
-        if fault is Fault.OMITTED_FIELD and self._fault_target(step) in required:
-            return self._nulls(step, namespace, frozenset({self._fault_target(step) or ""}), fault)
+        target = self._fault_target(step)
+        if fault is Fault.OMITTED_FIELD and target is not None and target in required:
+            return self._nulls(step, namespace, frozenset({target}), fault)
         reply = self._answer(step, namespace, fault if fault in (Fault.WRONG_VALUE, Fault.OMITTED_FIELD,
                                                                    Fault.SKIPPED_TOOL) else None)
         if fault is Fault.FORMAT_DRIFT and structured is None:
@@ -268,14 +269,17 @@ class EpisodeState:
             outputs[target] = corrupt_value(output, outputs[target], namespace)
         elif fault is Fault.OMITTED_FIELD and target is not None:
             outputs.pop(target)
-        self._remember(step, outputs, meant)
-        return Reply("final", content=json.dumps(outputs), fault=fault, outputs=outputs)
+        return self._final(step, outputs, meant, fault)
 
     def _nulls(self, step: Step, namespace: Mapping[str, Any], blank: frozenset[str], fault: Fault) -> Reply:
         """The step's answer with the fields in ``blank`` given as null: what a strict API returns from a model
         that has nothing to say for a field it must give."""
         meant = correct_outputs(step, namespace)
-        outputs = {name: (None if name in blank else value) for name, value in meant.items()}
+        return self._final(step, {name: (None if name in blank else value) for name, value in meant.items()},
+                           meant, fault)
+
+    def _final(self, step: Step, outputs: dict[str, Any], meant: Mapping[str, Any], fault: Fault | None) -> Reply:
+        """A final answer emitting ``outputs`` (the model meant ``meant``), remembered for handoff checks."""
         self._remember(step, outputs, meant)
         return Reply("final", content=json.dumps(outputs), fault=fault, outputs=outputs)
 

@@ -236,14 +236,24 @@ def step_transcript(messages: list[Mapping[str, Any]], start: int) -> StepTransc
     return transcript
 
 
-def requested_fields(body: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """The fields a structured-output request (``response_format`` of type ``json_schema``) asks for, else None."""
+def _json_schema_format(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``json_schema`` entry of a structured-output request's ``response_format``, else None."""
     response_format = body.get("response_format")
     if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
         return None
     declared = response_format.get("json_schema")
-    schema = declared.get("schema") if isinstance(declared, Mapping) else None
-    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    return declared if isinstance(declared, Mapping) else {}
+
+
+def _schema(declared: Mapping[str, Any]) -> Mapping[str, Any]:
+    schema = declared.get("schema")
+    return schema if isinstance(schema, Mapping) else {}
+
+
+def requested_fields(body: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The fields a structured-output request (``response_format`` of type ``json_schema``) asks for, else None."""
+    declared = _json_schema_format(body)
+    properties = _schema(declared).get("properties") if declared is not None else None
     return tuple(properties) if isinstance(properties, Mapping) else None
 
 
@@ -252,14 +262,10 @@ def strictly_required(body: Mapping[str, Any]) -> frozenset[str]:
 
     Empty for any other request (no ``json_schema`` response format, or one without ``strict``).
     """
-    response_format = body.get("response_format")
-    if not isinstance(response_format, Mapping) or response_format.get("type") != "json_schema":
+    declared = _json_schema_format(body)
+    if declared is None or declared.get("strict") is not True:
         return frozenset()
-    declared = response_format.get("json_schema")
-    if not isinstance(declared, Mapping) or declared.get("strict") is not True:
-        return frozenset()
-    schema = declared.get("schema")
-    required = schema.get("required") if isinstance(schema, Mapping) else None
+    required = _schema(declared).get("required")
     return frozenset(str(name) for name in required) if isinstance(required, list) else frozenset()
 
 
