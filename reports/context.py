@@ -11,10 +11,8 @@ seed: the two met the same draws (common random numbers) and differ only by what
 
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Collection, Sequence
 
 import matplotlib
@@ -26,6 +24,7 @@ from coordlab.runners.mechanisms import Mechanism
 from .data import EpisodeRecord
 from .model import Cell, Figure, Table
 from .plots import _STYLE, _dodge, _export, _new_figure, _percent_axis, colour
+from .pairing import PairedCounts
 from .stats import mcnemar_exact, wilson_interval
 from .tables import REFERENCE, count, framework_sort_key, number, p_value, rate, text, variant_sort_key
 
@@ -70,65 +69,6 @@ def context_cells(episodes: Sequence[EpisodeRecord],
             for mechanism in sorted(cells, key=lambda m: _MECHANISM_ORDER.get(m, len(_MECHANISM_ORDER)))}
 
 
-def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int) -> tuple[float, float]:
-    """95% interval of the paired difference in success, A's minus B's: Newcombe's square-and-add (hybrid score).
-
-    Newcombe (1998, Stat Med 17:2635), as Fagerland, Lydersen & Laake give it (Statistical
-    Analysis of Contingency Tables, 2017, ch. 8): each rate's Wilson interval, combined with the
-    estimated correlation between the paired rates. It stays inside [-1, 1] and, unlike Wald's,
-    does not collapse to a point when every pair agrees, which with common random numbers is common.
-    """
-    n = both + only_a + only_b + neither
-    if n <= 0:
-        raise ValueError("paired_difference_interval needs at least one pair")
-    a_successes, b_successes = both + only_a, both + only_b
-    p1, p2 = a_successes / n, b_successes / n
-    l1, u1 = wilson_interval(a_successes, n)
-    l2, u2 = wilson_interval(b_successes, n)
-    psi = 0.0
-    if 0 < a_successes < n and 0 < b_successes < n:
-        product = a_successes * (n - a_successes) * b_successes * (n - b_successes)
-        agreement = both * neither - only_a * only_b
-        if agreement > n / 2:
-            psi = (agreement - n / 2) / math.sqrt(product)
-        elif agreement < 0:
-            psi = agreement / math.sqrt(product)
-    difference = p1 - p2
-    low = difference - math.sqrt(max(0.0, (p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * psi * (p1 - l1) * (u2 - p2)))
-    high = difference + math.sqrt(max(0.0, (p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * psi * (p2 - l2) * (u1 - p1)))
-    return max(-1.0, low), min(1.0, high)
-
-
-@dataclass(frozen=True)
-class PairedCounts:
-    """A framework against ``plain`` on the pairs of one mechanism and strength."""
-
-    pairs: int
-    both: int
-    only_a: int
-    """Pairs where the framework succeeded and plain did not."""
-    only_b: int
-    """Pairs where plain succeeded and the framework did not."""
-    harm_a: int
-    """Pairs where only the framework's episode was a harmful failure."""
-    harm_b: int
-    """Pairs where only plain's episode was a harmful failure."""
-
-    @property
-    def neither(self) -> int:
-        """Pairs where both failed."""
-        return self.pairs - self.both - self.only_a - self.only_b
-
-    @property
-    def difference(self) -> float:
-        """The framework's success rate minus plain's, over the pairs."""
-        return (self.only_a - self.only_b) / self.pairs
-
-    def interval(self) -> tuple[float, float]:
-        """The 95% interval of :attr:`difference`."""
-        return paired_difference_interval(self.both, self.only_a, self.only_b, self.neither)
-
-
 def _pair_key(episode: EpisodeRecord) -> tuple[str, str, str, int]:
     return episode.task, episode.variant, episode.profile, episode.seed
 
@@ -149,11 +89,7 @@ def paired_counts(cell: Sequence[EpisodeRecord]) -> dict[str, PairedCounts]:
         shared = [(by_system[system][key], reference[key]) for key in by_system[system].keys() & reference.keys()]
         if not shared:
             continue
-        result[system] = PairedCounts(
-            len(shared), sum(a.success and b.success for a, b in shared),
-            sum(a.success and not b.success for a, b in shared), sum(b.success and not a.success for a, b in shared),
-            sum(a.harmful_failure and not b.harmful_failure for a, b in shared),
-            sum(b.harmful_failure and not a.harmful_failure for a, b in shared))
+        result[system] = PairedCounts.of(shared)
     return result
 
 

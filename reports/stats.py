@@ -105,3 +105,32 @@ def geometric_mean(values: Sequence[float]) -> float:
     if not values or any(v <= 0 for v in values):
         raise ValueError("geometric_mean needs one or more positive values")
     return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int) -> tuple[float, float]:
+    """95% interval of the paired difference in success, A's minus B's: Newcombe's square-and-add (hybrid score).
+
+    Newcombe (1998, Stat Med 17:2635), as Fagerland, Lydersen & Laake give it (Statistical
+    Analysis of Contingency Tables, 2017, ch. 8): each rate's Wilson interval, combined with the
+    estimated correlation between the paired rates. It stays inside [-1, 1] and, unlike Wald's,
+    does not collapse to a point when every pair agrees, which with common random numbers is common.
+    """
+    n = both + only_a + only_b + neither
+    if n <= 0:
+        raise ValueError("paired_difference_interval needs at least one pair")
+    a_successes, b_successes = both + only_a, both + only_b
+    p1, p2 = a_successes / n, b_successes / n
+    l1, u1 = wilson_interval(a_successes, n)
+    l2, u2 = wilson_interval(b_successes, n)
+    psi = 0.0
+    if 0 < a_successes < n and 0 < b_successes < n:
+        product = a_successes * (n - a_successes) * b_successes * (n - b_successes)
+        agreement = both * neither - only_a * only_b
+        if agreement > n / 2:
+            psi = (agreement - n / 2) / math.sqrt(product)
+        elif agreement < 0:
+            psi = agreement / math.sqrt(product)
+    difference = p1 - p2
+    low = difference - math.sqrt(max(0.0, (p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * psi * (p1 - l1) * (u2 - p2)))
+    high = difference + math.sqrt(max(0.0, (p2 - l2) ** 2 + (u1 - p1) ** 2 - 2 * psi * (p2 - l2) * (u1 - p1)))
+    return max(-1.0, low), min(1.0, high)

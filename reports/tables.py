@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 from .data import EpisodeRecord, PriceTable, parse_task_key, profile_info
 from .model import Cell, Table
+from .pairing import PairedCounts
 from .stats import geometric_mean, mcnemar_exact, median, pass_hat_k, percentile, wilson_interval
 
 REFERENCE = "plain"
@@ -392,27 +393,20 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
     dims = ["variant", "profile", *(["task"] if by_task else [])]
     rows = []
     for key, group_episodes in group(episodes, dims):
-        outcomes: dict[str, dict[tuple[str, int], bool]] = defaultdict(dict)
-        harmed: dict[str, dict[tuple[str, int], bool]] = defaultdict(dict)
+        by_system: dict[str, dict[tuple[str, int], EpisodeRecord]] = defaultdict(dict)
         for e in group_episodes:
-            outcomes[e.system][(e.task, e.seed)] = e.success
-            harmed[e.system][(e.task, e.seed)] = e.harmful_failure
-        systems = sorted(outcomes, key=framework_sort_key)
-        for a, b in combinations(systems, 2):
-            shared = outcomes[a].keys() & outcomes[b].keys()
+            by_system[e.system][(e.task, e.seed)] = e
+        for a, b in combinations(sorted(by_system, key=framework_sort_key), 2):
+            shared = by_system[a].keys() & by_system[b].keys()
             if not shared:
                 continue
-            both = sum(outcomes[a][k] and outcomes[b][k] for k in shared)
-            only_a = sum(outcomes[a][k] and not outcomes[b][k] for k in shared)
-            only_b = sum(outcomes[b][k] and not outcomes[a][k] for k in shared)
-            harm_a = sum(harmed[a][k] and not harmed[b][k] for k in shared)
-            harm_b = sum(harmed[b][k] and not harmed[a][k] for k in shared)
-            n = len(shared)
-            rate_a, rate_b = (both + only_a) / n, (both + only_b) / n
-            rows.append([*_labels(key), text(a), text(b), count(n), count(both), count(only_a), count(only_b),
-                         count(n - both - only_a - only_b), rate(rate_a), rate(rate_b),
-                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"), p_value(mcnemar_exact(only_a, only_b)),
-                         count(harm_a), count(harm_b), p_value(mcnemar_exact(harm_a, harm_b))])
+            pairs = PairedCounts.of([(by_system[a][k], by_system[b][k]) for k in shared])
+            rate_a, rate_b = (pairs.both + pairs.only_a) / pairs.pairs, (pairs.both + pairs.only_b) / pairs.pairs
+            rows.append([*_labels(key), text(a), text(b), count(pairs.pairs), count(pairs.both), count(pairs.only_a),
+                         count(pairs.only_b), count(pairs.neither), rate(rate_a), rate(rate_b),
+                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"),
+                         p_value(mcnemar_exact(pairs.only_a, pairs.only_b)), count(pairs.harm_a), count(pairs.harm_b),
+                         p_value(mcnemar_exact(pairs.harm_a, pairs.harm_b))])
     return Table(_key("paired", by_task), f"Paired comparison on identical episodes{_scope(by_task)}",
                  [*dims, "framework A", "framework B", "pairs", "both succeed", "only A", "only B", "neither",
                   "A success", "B success", "difference", "McNemar p", "only A harmful", "only B harmful",

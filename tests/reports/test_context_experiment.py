@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from coordlab.reports.context import (context_cells, context_figure, context_point, context_table,
-                                      paired_difference_interval)
+from coordlab.reports.context import context_cells, context_figure, context_point, context_table
+from coordlab.reports.stats import paired_difference_interval
 from coordlab.reports.data import EpisodeRecord
 from coordlab.runners.experiments import (CONTEXT_SERIES, CONTEXT_TASKS, EXPERIMENTS, _context, _context_report,
                                           context_profile_name, write_context_profiles)

@@ -1,0 +1,52 @@
+"""Paired counts: two frameworks on identical episodes, the unit of every paired test in the reports.
+
+Both frameworks met the same faults (same task, variant, fault profile and seed), so only
+the discordant pairs carry evidence; the paired table and the context experiment's table
+count them the same way, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .data import EpisodeRecord
+from .stats import paired_difference_interval
+
+
+@dataclass(frozen=True)
+class PairedCounts:
+    """Framework A against framework B on episodes paired by task, variant, fault profile and seed."""
+
+    pairs: int
+    both: int
+    only_a: int
+    """Pairs where A succeeded and B did not."""
+    only_b: int
+    """Pairs where B succeeded and A did not."""
+    harm_a: int
+    """Pairs where only A's episode was a harmful failure."""
+    harm_b: int
+    """Pairs where only B's episode was a harmful failure."""
+
+    @property
+    def neither(self) -> int:
+        """Pairs where both failed."""
+        return self.pairs - self.both - self.only_a - self.only_b
+
+    @property
+    def difference(self) -> float:
+        """A's success rate minus B's, over the pairs."""
+        return (self.only_a - self.only_b) / self.pairs
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[EpisodeRecord, EpisodeRecord]]) -> "PairedCounts":
+        """Count (A, B) episode pairs that met the same task, variant, profile and seed."""
+        return cls(len(pairs), sum(a.success and b.success for a, b in pairs),
+                   sum(a.success and not b.success for a, b in pairs), sum(b.success and not a.success for a, b in pairs),
+                   sum(a.harmful_failure and not b.harmful_failure for a, b in pairs),
+                   sum(b.harmful_failure and not a.harmful_failure for a, b in pairs))
+
+    def interval(self) -> tuple[float, float]:
+        """The 95% interval of :attr:`difference`."""
+        return paired_difference_interval(self.both, self.only_a, self.only_b, self.neither)
