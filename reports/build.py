@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from coordlab.runners.faults import load_profile, profile_names
+from coordlab.runners.store import StoreError, open_readonly
 
-from .data import (UNFAITHFUL_PREFIX, PriceTable, PriceTableError, ReportError, StoreData, load_prices,
-                   load_store)
-from .model import Figure, Report, Table
+from .data import (UNFAITHFUL_PREFIX, EpisodeRecord, PriceTable, PriceTableError, ReportError, StoreData,
+                   load_prices, load_store)
+from .failure_modes import Diagnosis, diagnose_episodes
+from .model import Figure, Finding, Link, Report, Table
+from .verdict import Verdict, build_verdict, failure_mode_table, verdict_intro, verdict_lines, verdict_table
 from .plots import cost_vs_reliability, gate_effect, success_vs_fault_rate, success_vs_length
-from .tables import (compounding_table, coordination_table, faults_table, framework_sort_key, latency_table, overhead_table,
-                     paired_table, pass_k_table, resolve_max_k, success_table, usage_table, variant_sort_key)
+from .tables import (compounding_note, compounding_table, coordination_table, fault_exposure_table, faults_table,
+                     framework_sort_key, latency_table, overhead_table, paired_table, pass_k_table, resolve_max_k,
+                     success_table, usage_table, variant_sort_key)
 
 __all__ = ["PriceTableError", "ReportError", "build_report", "build_figures", "build_tables"]
 
@@ -47,17 +51,47 @@ def build_report(store_path: str | Path, *, per_task: bool = False, prices_path:
         k = resolve_max_k(data.episodes, max_k)
     except ValueError as exc:
         raise ReportError(str(exc)) from None
+    diagnoses = diagnose_failures(data.path, [e.episode_id for e in data.episodes if not e.success])
+    verdict = build_verdict(data.episodes, diagnoses)
     return Report(title="coordlab report", provenance=provenance(data, prices),
-                  tables=build_tables(data, prices, per_task=per_task, max_k=k),
-                  figures=build_figures(data, prices), notes=notes(data, prices))
+                  tables=build_tables(data, prices, verdict, per_task=per_task, max_k=k),
+                  figures=build_figures(data, prices), notes=notes(data, prices),
+                  verdict=findings(verdict, data.path), verdict_intro=verdict_intro(verdict))
 
 
-def build_tables(data: StoreData, prices: PriceTable, *, per_task: bool, max_k: int) -> list[Table]:
-    """Every table with rows: framework x variant x profile first, pass^k by task, then the other per-task copies
+def diagnose_failures(path: Path, episode_ids: list[int]) -> dict[int, Diagnosis]:
+    """Each failed episode's failure modes, read from its trace in the store (opened read-only)."""
+    if not episode_ids:
+        return {}
+    try:
+        with open_readonly(path) as store:
+            return diagnose_episodes(store, episode_ids)
+    except StoreError as exc:
+        raise ReportError(str(exc)) from None
+
+
+def findings(verdict: Verdict, store: Path) -> list[Finding]:
+    """The verdict's lines as the report shows them, each example linked to the episode viewer."""
+    from coordlab.runners.viewer.links import episode_key_url
+
+    return [Finding(line.heading, line.sentences, tuple(
+        Link(example.label, episode_key_url(show_key(example.episode)),
+             f"coordlab view --store {store}; or: coordlab show '{show_key(example.episode)}' --store {store}")
+        for example in line.examples)) for line in verdict_lines(verdict)]
+
+
+def show_key(episode: EpisodeRecord) -> str:
+    """The key ``coordlab show`` takes for ``episode``: TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED."""
+    return f"{episode.task}/{episode.framework}@{episode.framework_version}/{episode.variant}/{episode.profile}/{episode.seed}"
+
+
+def build_tables(data: StoreData, prices: PriceTable, verdict: Verdict, *, per_task: bool, max_k: int) -> list[Table]:
+    """Every table with rows: success and the verdict's tests first, pass^k by task, then the other per-task copies
     when asked for. A table without rows (a paired comparison of a single framework) is left out."""
     episodes = data.episodes
-    tables = [success_table(episodes), pass_k_table(episodes, max_k), coordination_table(episodes),
-              faults_table(episodes), usage_table(episodes, prices), latency_table(episodes),
+    tables = [success_table(episodes), verdict_table(verdict), failure_mode_table(episodes, verdict.diagnoses),
+              pass_k_table(episodes, max_k), coordination_table(episodes), faults_table(episodes),
+              fault_exposure_table(episodes, data.faults), usage_table(episodes, prices), latency_table(episodes),
               overhead_table(episodes), paired_table(episodes), compounding_table(episodes),
               pass_k_table(episodes, max_k, by_task=True)]
     if per_task:
@@ -95,7 +129,8 @@ def provenance(data: StoreData, prices: PriceTable) -> dict[str, Any]:
     result: dict[str, Any] = {
         "store": str(data.path),
         "episodes": {"recorded": data.total_rows, "scored": len(data.episodes),
-                     "infra_errors": sum(data.infra_errors.values()), "superseded": data.superseded},
+                     "infra_errors": sum(data.infra_errors.values()), "superseded": data.superseded,
+                     "deterministic_replicates": data.replicates},
         "runs": runs,
     }
     for field in ("git_commit", "packages", "knobs", "machine", "runtime"):
@@ -165,6 +200,10 @@ def notes(data: StoreData, prices: PriceTable) -> list[str]:
         result.append(f"{data.superseded} recorded episode(s) were superseded by a newer episode of the same key "
                       f"(same task, framework version, variant, profile and seed, e.g. from a run with --fresh); "
                       f"only the newest of each key is scored.")
+    if data.replicates:
+        result.append(f"{data.replicates} recorded episode(s) were further seeds of a deterministic profile (one that "
+                      f"injects nothing, so the simulated model answers every seed alike) and are not counted: each "
+                      f"such cell is one observation, its lowest seed.")
     for (system, variant), counter in sorted(data.notes.items(), key=lambda item: (
             framework_sort_key(item[0][0]), variant_sort_key(item[0][1]))):
         for note, count in sorted(counter.items()):
@@ -192,5 +231,7 @@ def notes(data: StoreData, prices: PriceTable) -> list[str]:
     systems = {e.system.partition("@")[0] for e in data.episodes}
     if "plain" not in systems:
         result.append("No episode of the plain reference adapter is recorded, so overhead ratios to plain are empty.")
+    if compounding := compounding_note(data.episodes):
+        result.append(compounding)
     return result
 

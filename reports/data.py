@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from coordlab.runners.simulator import MODEL_NAME
 from coordlab.runners.store import COUNT_COLUMNS, StoreError, describe_error, open_readonly
-from coordlab.tasks.schema import split_task_key
+from coordlab.tasks.schema import Task, split_task_key
 from coordlab.tasks.yaml_files import read_yaml_file
 
 DEFAULT_PRICES = Path(__file__).parent / "prices.yaml"
@@ -142,6 +142,10 @@ class StoreData:
     """Rows left out because a newer episode of the same natural key exists (a rerun with --fresh)."""
     notes: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
     """Adapter notes by (system, variant): each distinct note and how many episodes carry it."""
+    replicates: int = 0
+    """Episodes left out as copies: further seeds of a deterministic profile's cell (see :func:`collapse_replicates`)."""
+    faults: dict[int, tuple["FaultMet", ...]] = field(default_factory=dict)
+    """The faults each scored episode met, by episode id (episodes that met none are absent)."""
 
     @property
     def unmeasured(self) -> int:
@@ -206,6 +210,7 @@ def load_store(path: str | Path) -> StoreData:
             episodes.append(EpisodeRecord(*row[:9], bool(row[9]), *row[10:], labels[(row[3], row[4])],
                                           run.model if run else MODEL_NAME, run.live if run else False))
 
+        faults = _faults_met(connection)
         notes: dict[tuple[str, str], Counter[str]] = {}
         for framework, version, variant, notes_json, count in connection.execute(
                 "SELECT framework, framework_version, variant, notes_json, COUNT(*) FROM episodes "
@@ -219,7 +224,29 @@ def load_store(path: str | Path) -> StoreData:
         raise ReportError(describe_error(exc, path)) from None
     finally:
         store.close()
-    return StoreData(path, runs, episodes, len(rows), infra_only, superseded, notes)
+    episodes, replicates = collapse_replicates(episodes)
+    scored = {e.episode_id for e in episodes}
+    return StoreData(path, runs, episodes, len(rows), infra_only, superseded, notes, replicates,
+                     {episode: met for episode, met in faults.items() if episode in scored})
+
+
+@dataclass(frozen=True, slots=True)
+class FaultMet:
+    """One fault an episode met: its kind, the step it hit, and whether its effect stayed out of the end state."""
+
+    fault: str
+    step: str | None
+    recovered: bool
+
+
+def _faults_met(connection: sqlite3.Connection) -> dict[int, tuple[FaultMet, ...]]:
+    """Every episode's fault events (the only trace events a report reads: a few per episode under faults)."""
+    met: dict[int, list[FaultMet]] = {}
+    for episode_id, step, detail in connection.execute(
+            "SELECT episode_id, step, detail_json FROM events WHERE kind = 'fault' ORDER BY episode_id, seq"):
+        values = _json_object(detail)
+        met.setdefault(episode_id, []).append(FaultMet(str(values.get("fault")), step, bool(values.get("recovered"))))
+    return {episode: tuple(faults) for episode, faults in met.items()}
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -262,22 +289,34 @@ def parse_task_key(key: str) -> tuple[str, str, dict[str, int]]:
 
 
 @lru_cache(maxsize=None)
-def task_steps(key: str) -> int | None:
-    """How many steps the task ``key`` has, or None when that cannot be known.
+def suite_task(key: str) -> "Task | None":
+    """The built-in suite's task with exactly this key, or None when that cannot be known.
 
-    The store records task keys, not task shapes, so the count comes from the built-in
-    suite, and only when the suite still has that exact key (same version and params); a
-    task from a user's file or an older version gives None, and the analytical curve that
-    needs n is then not drawn for it rather than drawn wrong.
+    The store records task keys, not task shapes, so a shape comes from the built-in suite,
+    and only when the suite still has that exact key (same version and params); a task from
+    a user's file or an older version gives None, and whatever needs its shape (the
+    analytical curve, the mutating steps) is left out for it rather than drawn wrong.
     """
     try:
         name, _, params = parse_task_key(key)
         from coordlab.tasks.loader import load_suite_task
 
         task = load_suite_task(name, params)
-    except Exception:  # noqa: BLE001 - unknown name, changed version, invalid params: n is unknown
+    except Exception:  # noqa: BLE001 - unknown name, changed version, invalid params: unknown
         return None
-    return len(task.steps) if task.key == key else None
+    return task if task.key == key else None
+
+
+def task_steps(key: str) -> int | None:
+    """How many steps the task ``key`` has, or None when that cannot be known (see :func:`suite_task`)."""
+    task = suite_task(key)
+    return None if task is None else len(task.steps)
+
+
+def mutating_steps(key: str) -> frozenset[str] | None:
+    """The ids of the steps of task ``key`` that call a mutating tool, or None when unknown."""
+    task = suite_task(key)
+    return None if task is None else frozenset(step.id for step in task.steps if step.mutating)
 
 
 # -- prices --------------------------------------------------------------------------------
@@ -394,6 +433,8 @@ class ProfileInfo:
     rate: float
     transport: bool
     """True when the profile injects transport faults, which clients retry, so (1-p)^n does not apply."""
+    deterministic: bool = False
+    """True when the profile injects nothing: against the simulator every seed is the same episode."""
 
 
 @lru_cache(maxsize=None)
@@ -411,4 +452,31 @@ def profile_info(name: str) -> ProfileInfo | None:
         return None
     if profile.name != name:
         return None
-    return ProfileInfo(profile.rate, any(fault.is_transport for fault, weight in profile.weights.items() if weight > 0))
+    return ProfileInfo(profile.rate, any(fault.is_transport for fault, weight in profile.weights.items() if weight > 0),
+                       profile.deterministic)
+
+
+def collapse_replicates(episodes: list[EpisodeRecord]) -> tuple[list[EpisodeRecord], int]:
+    """Keep one seed per cell of a deterministic profile on the simulator; return the episodes kept and dropped.
+
+    Under a profile that injects nothing the simulated model answers every seed alike, so a
+    cell's 20 seeds are 20 copies of one episode: counting them would report "100% [83%,
+    100%]" where one observation was made. The lowest seed stands for the cell. Live
+    episodes (a stochastic model) and profiles this coordlab does not know are kept whole.
+    """
+    kept: list[EpisodeRecord] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    dropped = 0
+    for episode in sorted(episodes, key=lambda e: (e.seed, e.episode_id)):
+        info = profile_info(episode.profile)
+        if episode.live or info is None or not info.deterministic:
+            kept.append(episode)
+            continue
+        cell = (episode.task, episode.system, episode.variant, episode.profile)
+        if cell in seen:
+            dropped += 1
+        else:
+            seen.add(cell)
+            kept.append(episode)
+    kept.sort(key=lambda e: e.episode_id)
+    return kept, dropped

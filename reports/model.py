@@ -58,6 +58,27 @@ class Figure:
     caption: str = ""
 
 
+@dataclass(frozen=True)
+class Link:
+    """A link a finding cites, e.g. an example episode in the viewer; ``title`` is shown on hover."""
+
+    text: str
+    url: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the verdict: a heading (a condition) and what was found there.
+
+    Sentences may mark words ``**bold**``; renderers turn that, and nothing else, into emphasis.
+    """
+
+    heading: str
+    sentences: tuple[str, ...]
+    links: tuple[Link, ...] = ()
+
+
 @dataclass
 class Report:
     """Everything one report shows."""
@@ -69,3 +90,7 @@ class Report:
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Caveats every reader should see (excluded infra errors, unfaithful variants...)."""
+    verdict: list[Finding] = field(default_factory=list)
+    """What was found, per condition: the report opens with it."""
+    verdict_intro: str = ""
+    """How the verdict was reached, in one sentence (tests, adjustment)."""

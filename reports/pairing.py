@@ -28,6 +28,8 @@ class PairedCounts:
     """Pairs where only A's episode was a harmful failure."""
     harm_b: int
     """Pairs where only B's episode was a harmful failure."""
+    harm_both: int = 0
+    """Pairs where both episodes were harmful failures."""
 
     @property
     def neither(self) -> int:
@@ -45,8 +47,19 @@ class PairedCounts:
         return cls(len(pairs), sum(a.success and b.success for a, b in pairs),
                    sum(a.success and not b.success for a, b in pairs), sum(b.success and not a.success for a, b in pairs),
                    sum(a.harmful_failure and not b.harmful_failure for a, b in pairs),
-                   sum(b.harmful_failure and not a.harmful_failure for a, b in pairs))
+                   sum(b.harmful_failure and not a.harmful_failure for a, b in pairs),
+                   sum(a.harmful_failure and b.harmful_failure for a, b in pairs))
+
+    @property
+    def harm_difference(self) -> float:
+        """A's harmful-failure rate minus B's, over the pairs."""
+        return (self.harm_a - self.harm_b) / self.pairs
 
     def interval(self) -> tuple[float, float]:
         """The 95% interval of :attr:`difference`."""
         return paired_difference_interval(self.both, self.only_a, self.only_b, self.neither)
+
+    def harm_interval(self) -> tuple[float, float]:
+        """The 95% interval of :attr:`harm_difference`."""
+        neither = self.pairs - self.harm_both - self.harm_a - self.harm_b
+        return paired_difference_interval(self.harm_both, self.harm_a, self.harm_b, neither)

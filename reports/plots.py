@@ -122,12 +122,35 @@ def _by(episodes: Iterable[EpisodeRecord], *fields: str) -> dict[tuple[Any, ...]
 
 # -- plots ----------------------------------------------------------------------------------------
 
+def rate_ticks(rates: Iterable[float]) -> tuple[list[float], list[str]]:
+    """Ticks of a fault-rate axis: one at each rate measured, labelled with the decimals it needs (0.5%, 3%, 10%).
+
+    A percent formatter with fixed decimals on automatic ticks would print 0.5% as "0%" or
+    "1%" and repeat labels; ticks at the profiles' own rates read as the rates they are.
+    """
+    positions = sorted(set(rates))
+    return positions, [f"{round(rate * 100, 4):g}%" for rate in positions]
+
+
 def success_vs_fault_rate(episodes: Sequence[EpisodeRecord]) -> Figure | None:
     """End-to-end success against the per-step fault rate, per task, beside (1-p)^n.
 
     Only semantic profiles of known rate take part (transport faults are retried by the
     clients, so (1-p)^n does not model them), and only tasks measured at two or more rates.
     """
+    with matplotlib.rc_context(_STYLE):
+        figure = fault_rate_figure(episodes)
+        if figure is None:
+            return None
+        return _export(figure, "success_vs_fault_rate", "End-to-end success vs per-step fault rate",
+                       "Measured success (95% Wilson intervals) at each semantic fault profile's per-step rate, "
+                       "beside the analytical (1 - p)^n of n independent steps that each fail with probability p. "
+                       "A variant that catches and repairs faults sits above the curve; transport-fault profiles "
+                       "are left out, since clients retry those faults.")
+
+
+def fault_rate_figure(episodes: Sequence[EpisodeRecord]) -> MplFigure | None:
+    """The matplotlib figure :func:`success_vs_fault_rate` exports (its axes are what a test reads)."""
     rated = [e for e in episodes if (info := profile_info(e.profile)) is not None and not info.transport]
     cells = _by(rated, "task", "system", "variant", "profile")
     rates_of: dict[str, set[float]] = defaultdict(set)
@@ -168,17 +191,13 @@ def success_vs_fault_rate(episodes: Sequence[EpisodeRecord]) -> Figure | None:
             axes.set_title(task + (f"  (n = {n} steps)" if n is not None else "  (n unknown: no curve)"))
             axes.set_xlabel("per-step fault rate p")
             axes.set_ylabel("end-to-end success")
-            axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            axes.set_xticks(*rate_ticks(rates))
             _percent_axis(axes)
         curve = [Line2D([], [], label="(1 - p)^n, analytical", **_CURVE)] if curve_shown else []
         _legend(figure, sorted(shown, key=lambda p: (framework_sort_key(p[0]), variant_sort_key(p[1]))), systems,
                 curve)
         figure.suptitle("End-to-end success against per-step fault rate")
-        return _export(figure, "success_vs_fault_rate", "End-to-end success vs per-step fault rate",
-                       "Measured success (95% Wilson intervals) at each semantic fault profile's per-step rate, "
-                       "beside the analytical (1 - p)^n of n independent steps that each fail with probability p. "
-                       "A variant that catches and repairs faults sits above the curve; transport-fault profiles "
-                       "are left out, since clients retry those faults.")
+        return figure
 
 
 def success_vs_length(episodes: Sequence[EpisodeRecord]) -> Figure | None:

@@ -22,17 +22,21 @@ from tabulate import tabulate
 from coordlab.runners.export import ExportError, write_atomically
 
 from .data import ReportError
-from .model import Figure, Report, Table, Value
+from .model import Figure, Finding, Report, Table, Value
 
 FIGURES_DIR = "figures"
 """Sub-folder of the report folder that holds ``<key>.png`` and ``<key>.svg``."""
 
-SUMMARY_SCHEMA_VERSION = 2
+SUMMARY_SCHEMA_VERSION = 3
 """Bumped when the shape of summary.json changes, so scripts reading old reports can tell.
 
 2: the faults table counts recovered faults (was: caught), the coordination table splits
 failed handoffs into lost and model errors (was: handoff failures per request).
+3: a ``verdict`` list (heading, sentences, links) opens the summary; success intervals are task-clustered.
 """
+
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+"""The one mark-up a finding's sentence may carry: ``**word**``."""
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 """Figure keys become file names: no separators, no leading dot, nothing a shell must quote."""
@@ -172,6 +176,14 @@ def markdown_table(table: Table) -> str:
     return "\n".join([header, "|".join(segments), *body])
 
 
+def _md_finding(finding: Finding) -> str:
+    """A verdict line: the heading in bold, the sentences, then the example episodes as links."""
+    sentences = " ".join(_md_text(sentence) for sentence in finding.sentences)
+    links = ", ".join(f"[{_md_text(link.text)}]({link.url}" + (f' "{_md_text(link.title)}"' if link.title else "") + ")"
+                      for link in finding.links)
+    return f"- **{_md_text(finding.heading)}**: {sentences}" + (f" Examples: {links}." if links else "")
+
+
 def markdown(report: Report) -> str:
     """REPORT.md: title, notes, every table with its note, the figures by file name, then provenance.
 
@@ -181,6 +193,9 @@ def markdown(report: Report) -> str:
     lines = [f"# {report.title}", ""]
     if report.provenance.get("question"):
         lines += [f"*{report.provenance['question']}*", ""]
+    if report.verdict:
+        lines += ["## Verdict", ""] + ([_md_text(report.verdict_intro), ""] if report.verdict_intro else [])
+        lines += [_md_finding(finding) for finding in report.verdict] + [""]
     if report.notes:
         lines += ["## Notes", ""] + [f"- {_md_text(note)}" for note in report.notes] + [""]
     for table in report.tables:
@@ -222,6 +237,12 @@ nav ol { list-style: none; margin: 0; padding: 6px 0 10px; display: flex; flex-w
          border-bottom: 1px solid var(--line); }
 nav a, footer a { color: var(--accent); text-decoration: none; }
 nav a:hover { text-decoration: underline; }
+.verdict { margin: 10px 0 0; }
+.verdict h2 { margin: 8px 0 4px; }
+.verdict ul { margin: 0; padding-left: 18px; }
+.verdict li { margin: 2px 0; max-width: 150ch; }
+.verdict .examples { color: var(--muted); font-size: 0.88rem; }
+.verdict-intro { color: var(--muted); font-size: 0.85rem; margin: 4px 0 0; max-width: 150ch; }
 .notes { background: var(--warn); border: 1px solid #ecd9a0; border-radius: 6px; padding: 8px 14px;
          margin: 14px 0 0; font-size: 0.92rem; }
 .notes ul { margin: 4px 0; padding-left: 18px; }
@@ -284,6 +305,25 @@ def html_figure(figure: Figure) -> str:
             f"<figcaption>{caption}</figcaption>\n</figure>")
 
 
+def _html_sentence(sentence: str) -> str:
+    return _BOLD.sub(lambda match: f"<strong>{match.group(1)}</strong>", _e(sentence))
+
+
+def html_verdict(report: Report) -> str:
+    """The verdict section: the first thing on the page."""
+    if not report.verdict:
+        return ""
+    items = []
+    for finding in report.verdict:
+        sentences = " ".join(_html_sentence(sentence) for sentence in finding.sentences)
+        links = ", ".join(f'<a href="{_e(link.url)}" title="{_e(link.title)}">{_e(link.text)}</a>'
+                          for link in finding.links)
+        items.append(f"<li><b>{_e(finding.heading)}</b>: {sentences}"
+                     + (f' <span class="examples">Examples: {links}.</span>' if links else "") + "</li>")
+    intro = f'<p class="verdict-intro">{_e(report.verdict_intro)}</p>' if report.verdict_intro else ""
+    return f'<section id="verdict" class="verdict">\n<h2>Verdict</h2>\n<ul>{"".join(items)}</ul>\n{intro}\n</section>'
+
+
 def html(report: Report) -> str:
     """report.html: one self-contained page (inline CSS, images as data URIs, no script).
 
@@ -292,6 +332,8 @@ def html(report: Report) -> str:
     provenance follow.
     """
     toc = []
+    if report.verdict:
+        toc.append('<li><a href="#verdict">Verdict</a></li>')
     if report.notes:
         toc.append('<li><a href="#notes">Notes</a></li>')
     toc += [f'<li><a href="#{_anchor("table", t.key)}">{_e(t.title)}</a></li>' for t in report.tables]
@@ -332,6 +374,7 @@ def html(report: Report) -> str:
 </header>
 <nav aria-label="Contents"><ol>{"".join(toc)}</ol></nav>
 <main>
+{html_verdict(report)}
 {notes}
 {tables}
 {figures}
@@ -368,6 +411,10 @@ def summary(report: Report) -> dict[str, Any]:
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "title": report.title,
         "provenance": _json_value(report.provenance),
+        "verdict": [{"heading": f.heading, "sentences": list(f.sentences),
+                     "links": [{"text": link.text, "url": link.url, "title": link.title} for link in f.links]}
+                    for f in report.verdict],
+        "verdict_intro": report.verdict_intro,
         "notes": list(report.notes),
         "tables": [{"key": table.key, "title": table.title, "columns": list(table.columns),
                     "rows": _json_value(table.values()), "note": table.note}

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import lru_cache
 from itertools import combinations
 from operator import attrgetter
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-from .data import EpisodeRecord, PriceTable, parse_task_key, profile_info
+from .data import EpisodeRecord, FaultMet, PriceTable, mutating_steps, parse_task_key, profile_info, suite_task
 from .model import Cell, Table
 from .pairing import PairedCounts
-from .stats import geometric_mean, mcnemar_exact, median, pass_hat_k, percentile, wilson_interval
+from .stats import (geometric_mean, holm_adjust, mcnemar_exact, median, pass_hat_k,
+                    percentile, task_clustered_interval, wilson_interval)
 
 REFERENCE = "plain"
 """The framework-free reference adapter: the control group and the overhead floor."""
@@ -160,23 +162,56 @@ def _key(name: str, by_task: bool) -> str:
 # -- tables -------------------------------------------------------------------------------------
 
 def success_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
-    """Success rate with its 95% Wilson interval, the harmful-failure rate and how the failures ended."""
+    """Success rate with its 95% interval, the harmful-failure rate and how the failures ended.
+
+    Across tasks the interval is task-clustered (a cluster-robust interval with the tasks as
+    the independent units): the seeds of one task are not independent draws, and a Wilson
+    interval over every episode pooled would overstate the precision. Per task it is
+    Wilson's. A deterministic profile's row has no interval: its one episode per task is a
+    fact, not a sample.
+    """
     dims = dimensions(by_task)
     rows = []
     for key, group_episodes in group(episodes, dims):
         n = len(group_episodes)
         successes = sum(e.success for e in group_episodes)
         harmful = sum(e.harmful_failure for e in group_episodes)
-        low, high = wilson_interval(successes, n)
+        low, high = success_interval(group_episodes, by_task)
         statuses = [sum(e.status == s for e in group_episodes) for s in ("failed_check", "error", "timeout")]
         rows.append([*_labels(key), count(n), count(successes), rate(successes / n), rate(low), rate(high),
                      count(harmful), rate(harmful / n), *map(count, statuses)])
+    interval = "95% CI" if by_task else "95% CI (task-clustered)"
     return Table(_key("success", by_task), f"Success rate{_scope(by_task)}",
-                 [*dims, "episodes", "successes", "success rate", "95% CI low", "95% CI high", "harmful failures",
-                  "harmful rate", "failed check", "error", "timeout"], rows,
+                 [*dims, "episodes", "successes", "success rate", f"{interval} low", f"{interval} high",
+                  "harmful failures", "harmful rate", "failed check", "error", "timeout"], rows,
                  note="Success means the end state matched the oracle's side effects exactly and every check held; "
-                      "failed checks, errors and timeouts are failures. The interval is Wilson's 95% score "
-                      "interval; a harmful failure left a wrong, extra or repeated side effect behind.")
+                      "failed checks, errors and timeouts are failures; a harmful failure left a wrong, extra or "
+                      "repeated side effect behind. "
+                      + ("The interval is Wilson's 95% score interval over the task's seeds. " if by_task else
+                         "The interval is task-clustered: Wilson's interval at the effective number of episodes, the "
+                         "episodes divided by the design effect of the tasks (the cluster-robust variance over the "
+                         "binomial one, at least 1), since a task's seeds are not independent draws. ")
+                      + "Rows of a profile that injects nothing have no interval: the simulated model is deterministic "
+                        "there, so each task's one episode is a fact, not a sample.")
+
+
+def success_interval(episodes: Sequence[EpisodeRecord], by_task: bool) -> tuple[float | None, float | None]:
+    """The success rate's 95% interval for one row: task-clustered across tasks, Wilson within one, none if fixed."""
+    if not episodes or _is_deterministic(episodes[0]):
+        return None, None
+    successes = sum(e.success for e in episodes)
+    if by_task:
+        return wilson_interval(successes, len(episodes))
+    per_task = [(sum(e.success for e in g), len(g)) for _, g in group(episodes, ["task"])]
+    if len(per_task) == 1:
+        return wilson_interval(successes, len(episodes))
+    clustered = task_clustered_interval(per_task)
+    return clustered.low, clustered.high
+
+
+def _is_deterministic(episode: EpisodeRecord) -> bool:
+    info = profile_info(episode.profile)
+    return info is not None and info.deterministic and not episode.live
 
 
 def resolve_max_k(episodes: Sequence[EpisodeRecord], max_k: int | None) -> int:
@@ -190,12 +225,16 @@ def resolve_max_k(episodes: Sequence[EpisodeRecord], max_k: int | None) -> int:
 
 
 def pass_k_table(episodes: Sequence[EpisodeRecord], max_k: int, by_task: bool = False) -> Table:
-    """pass^k for k = 1..max_k (tau-bench), each task's seeds being the repeated trials.
+    """pass^k for k = 1..max_k (tau-bench's estimator), labelled for what its trials are here.
 
     Within a task group (one task key, framework, variant, profile) the n seeds are the
     trials and c of them succeed: pass^k = C(c, k) / C(n, k). Without ``by_task`` the
     value is the mean over the row's task groups that have at least k seeds, as tau-bench
-    averages over tasks.
+    averages over tasks. Against the simulator the model is deterministic and a seed only
+    changes the fault draws, so the trials are independent fault draws and pass^k measures
+    how faults compound over k runs, not the consistency of a stochastic model that
+    tau-bench means; only a live endpoint's repeated trials measure that. A deterministic
+    profile's cell has one episode (its copies are collapsed) and no pass^k beyond k = 1.
     """
     dims = dimensions(by_task)
     rows = []
@@ -206,13 +245,18 @@ def pass_k_table(episodes: Sequence[EpisodeRecord], max_k: int, by_task: bool = 
             estimates = [pass_hat_k(c, n, k) for c, n in trials if n >= k]
             values.append(number(_mean(estimates), 3))
         size = [count(trials[0][1])] if by_task else [count(len(trials)), count(len(group_episodes))]
-        rows.append([*_labels(key), *size, *values])
+        live = any(e.live for e in group_episodes)
+        rows.append([*_labels(key), text("repeated trials" if live else "fault draws"), *size, *values])
     size_columns = ["seeds"] if by_task else ["tasks", "episodes"]
-    return Table(_key("pass_k", by_task), f"pass^k: success on every one of k tries{_scope(by_task)}",
-                 [*dims, *size_columns, *(f"pass^{k}" for k in range(1, max_k + 1))], rows,
+    return Table(_key("pass_k", by_task), f"pass^k: success on every one of k seeds{_scope(by_task)}",
+                 [*dims, "seeds are", *size_columns, *(f"pass^{k}" for k in range(1, max_k + 1))], rows,
                  note="pass^k = C(c,k)/C(n,k) over a task's n seeds with c successes (tau-bench's estimator)"
                       + ("" if by_task else ", averaged over the row's tasks that have at least k seeds") +
-                      "; a dash means no task has k seeds. It falls with k unless a task always or never succeeds.")
+                      "; a dash means no task has k seeds. Against the simulator (seeds are fault draws) the model "
+                      "is deterministic, so pass^k is the chance that k runs with independent fault draws all "
+                      "succeed: how faults compound, not the consistency of a stochastic model that tau-bench "
+                      "means by it. Only rows whose seeds are repeated trials of a live model measure consistency. "
+                      "A profile that injects nothing has one episode per task (its seeds are copies).")
 
 
 def coordination_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
@@ -253,10 +297,12 @@ def faults_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
         recovered = sum(e.faults_recovered or 0 for e in known) if known else None
         injected_known = sum(e.faults_injected for e in known)
         share = recovered / injected_known if recovered is not None and injected_known else None
-        rows.append([*_labels(key), count(len(measured)), count(injected), Cell.of(recovered, "{:,}"), rate(share),
-                     number(injected / len(measured) if measured else None)])
+        exposed = sum(1 for e in measured if e.faults_injected)
+        rows.append([*_labels(key), count(len(measured)), count(exposed), count(injected), Cell.of(recovered, "{:,}"),
+                     rate(share), number(injected / len(measured) if measured else None)])
     return Table(_key("faults", by_task), f"Faults injected and recovered{_scope(by_task)}",
-                 [*dims, "episodes", "faults injected", "faults recovered", "recovered share", "injected / ep"], rows,
+                 [*dims, "episodes", "episodes with a fault", "faults injected", "faults recovered", "recovered share",
+                  "injected / ep"], rows,
                  note="A fault is recovered when its effect did not reach the episode's end state: a repeated side "
                       "effect never is; a failed HTTP exchange is when its step later got an answer; a bad tool call "
                       "or answer is when its step later answered without a fault and no side effect of the step is "
@@ -266,6 +312,48 @@ def faults_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
                       "before recovery was measured (store schema 1, which counted a fault as \"caught\" when its "
                       "step was merely worked on again) are unknown: left out of the recovered count and share, not "
                       "counted as zero.")
+
+
+def fault_exposure_table(episodes: Sequence[EpisodeRecord], faults: Mapping[int, tuple[FaultMet, ...]]) -> Table:
+    """How many episodes met each fault kind, on a mutating step or not, and how each framework came out of them.
+
+    A recovery share means little without its exposure: "recovered 2 of 2" and "recovered
+    180 of 200" are different evidence, and a fault on a step that changes the world (an
+    email, a CRM update) is a different test from one on a read. So every count here is of
+    episodes: how many met the fault, and of those how many still succeeded and how many
+    left harm behind. Rows pool the variants; the profile is never pooled.
+    """
+    cells: dict[tuple[str, str, str, str], list[tuple[EpisodeRecord, bool]]] = defaultdict(list)
+    for episode in episodes:
+        met = faults.get(episode.episode_id, ())
+        mutating = mutating_steps(episode.task) or frozenset()
+        seen: dict[tuple[str, str], bool] = {}
+        for fault in met:
+            where = "mutating" if fault.step in mutating else "other"
+            seen[(fault.fault, where)] = seen.get((fault.fault, where), True) and fault.recovered
+        for (kind, where), recovered in seen.items():
+            cells[(episode.profile, kind, where, episode.system)].append((episode, recovered))
+    rows = []
+    order = sorted({key[:3] for key in cells}, key=lambda k: (profile_sort_key(k[0]), k[1], k[2]))
+    systems = sorted({key[3] for key in cells}, key=framework_sort_key)
+    for profile, kind, where in order:
+        row = [text(profile), text(kind), text("mutating step" if where == "mutating" else "other step")]
+        for system in systems:
+            met = cells.get((profile, kind, where, system), [])
+            if not met:
+                row.append(Cell(None, "—"))
+                continue
+            successes = sum(e.success for e, _ in met)
+            harmful = sum(e.harmful_failure for e, _ in met)
+            row.append(Cell(successes / len(met), f"{len(met)} met: {successes} ok, {harmful} harmful"))
+        rows.append(row)
+    return Table("fault_exposure", "Fault exposure: episodes that met each fault, and how they ended",
+                 ["profile", "fault", "where", *systems], rows,
+                 note="Each cell counts episodes (all variants) that met the fault at least once on that kind of step: "
+                      "how many, how many still succeeded, how many failed harmfully; its value is the success share. "
+                      "A mutating step is one that calls a tool changing the world. A mechanism (clash, length, "
+                      "buried, tool_overload, brief_loss) shows under its own name. Read every recovery figure with "
+                      "its exposure: a share over a handful of episodes is a handful of observations.")
 
 
 def usage_table(episodes: Sequence[EpisodeRecord], prices: PriceTable, by_task: bool = False) -> Table:
@@ -392,6 +480,7 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
     """
     dims = ["variant", "profile", *(["task"] if by_task else [])]
     rows = []
+    tests: list[tuple[float, float]] = []
     for key, group_episodes in group(episodes, dims):
         by_system: dict[str, dict[tuple[str, int], EpisodeRecord]] = defaultdict(dict)
         for e in group_episodes:
@@ -402,51 +491,167 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
                 continue
             pairs = PairedCounts.of([(by_system[a][k], by_system[b][k]) for k in shared])
             rate_a, rate_b = (pairs.both + pairs.only_a) / pairs.pairs, (pairs.both + pairs.only_b) / pairs.pairs
+            tests.append((mcnemar_exact(pairs.only_a, pairs.only_b), mcnemar_exact(pairs.harm_a, pairs.harm_b)))
             rows.append([*_labels(key), text(a), text(b), count(pairs.pairs), count(pairs.both), count(pairs.only_a),
                          count(pairs.only_b), count(pairs.neither), rate(rate_a), rate(rate_b),
-                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"),
-                         p_value(mcnemar_exact(pairs.only_a, pairs.only_b)), count(pairs.harm_a), count(pairs.harm_b),
-                         p_value(mcnemar_exact(pairs.harm_a, pairs.harm_b))])
+                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"), p_value(tests[-1][0]),
+                         count(pairs.harm_a), count(pairs.harm_b), p_value(tests[-1][1])])
+    adjusted = holm_adjust([p for pair in tests for p in pair])
+    for index, row in enumerate(rows):
+        row.insert(len(dims) + 11, p_value(adjusted[2 * index]))
+        row.append(p_value(adjusted[2 * index + 1]))
     return Table(_key("paired", by_task), f"Paired comparison on identical episodes{_scope(by_task)}",
                  [*dims, "framework A", "framework B", "pairs", "both succeed", "only A", "only B", "neither",
-                  "A success", "B success", "difference", "McNemar p", "only A harmful", "only B harmful",
-                  "harm McNemar p"], rows,
+                  "A success", "B success", "difference", "McNemar p", "Holm p", "only A harmful", "only B harmful",
+                  "harm McNemar p", "harm Holm p"], rows,
                  note="Pairs share task, variant, fault profile and seed, so both frameworks met the same faults; "
                       "success rates here are over the pairs, and the difference is A's minus B's in percentage "
                       "points. McNemar's exact test is the two-sided binomial test on the discordant pairs (only A "
                       "vs only B); the harm test is the same on harmful failures (only A harmful vs only B harmful), "
                       "because a framework can succeed more often and still do more harm (a retry that rescues "
-                      "answers and repeats side effects); p-values are not adjusted for the number of comparisons.")
+                      "answers and repeats side effects). Holm p adjusts every p-value of this table (success and "
+                      "harm, every row) as one family, so a Holm p below 0.05 holds however many pairs are compared. "
+                      "Under a profile that injects nothing each pair is one deterministic episode per task.")
 
 
-def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:
-    """Measured success of ``chain`` at each length n against the analytical (1-p)^n.
+STEP_FAILING_FAULTS = frozenset({"wrong_value", "omitted_field", "empty_answer", "premature_stop"})
+"""Faults that leave a chain step's value wrong or missing unless the framework redoes the step. The other faults
+a chain step admits need not fail it: format drift keeps the value (wrapped in text); clients retry transport faults."""
 
-    This is the compounding claim made checkable: with an error rate p per step and no
-    gate, a pipeline of n steps should succeed (1-p)^n of the time. A framework whose
-    interval excludes the curve departs from it (a handoff that loses values fails more
-    often; a framework that silently retries would fail less).
+COMPOUNDING_VARIANT = "linear"
+"""The variant (1-p)^n describes: nothing redoes a step."""
+
+_REDOES = {"gated": "a gate can send a step back (the built-in chain declares none, so there it repeats linear)",
+           "delegated": "a router can send a step back"}
+"""Why the other variants are left out of the compounding table."""
+
+
+@lru_cache(maxsize=None)
+def chain_step_failure(profile: str) -> tuple[float | None, str]:
+    """The share p of chain step attempts that meet a step-failing fault under ``profile``, or None and the reason
+    (1-p)^n does not describe the profile.
+
+    p is the profile's rate times the share of its weights, among the faults a chain step
+    admits (the simulator renormalises over those), held by :data:`STEP_FAILING_FAULTS`:
+    the rate itself for the semantic profiles, less where harmless faults are mixed in.
     """
+    from coordlab.runners.faults import applicable_faults, load_profile
+    from coordlab.tasks.loader import load_suite_task
+
+    info = profile_info(profile)
+    if info is None:
+        return None, "its settings are not known here (a profile file of your own, or forced faults)"
+    if info.transport:
+        return None, "it injects transport faults, which the clients retry"
+    settings = load_profile(profile)
+    if settings.mechanisms.active:
+        return None, "its mechanisms act on what each request holds, not at a fixed rate per step"
+    admitted = applicable_faults(load_suite_task("chain", {"n": 1}).steps[0], routed=False)
+    weights = {fault.value: weight for fault, weight in settings.weights.items() if fault in admitted and weight > 0}
+    failing = sum(weight for fault, weight in weights.items() if fault in STEP_FAILING_FAULTS)
+    if settings.rate == 0 or not weights:
+        return None, "it injects nothing into a chain step"
+    if not failing:
+        return None, "none of its faults fails a chain step"
+    return settings.rate * failing / sum(weights.values()), ""
+
+
+@lru_cache(maxsize=None)
+def _fault_drawn(task_key: str, profile: str, seed: int) -> bool | None:
+    """Whether the seed draws a step-failing fault on the first attempt of any step of chain ``task_key``: the
+    draws every framework meets (common random numbers). None when the suite no longer has that exact task."""
+    from coordlab.runners.faults import FaultPlan, load_profile
+
+    task = suite_task(task_key)
+    if task is None:
+        return None
+    plan = FaultPlan(load_profile(profile), seed, routed=False)
+    return any((fault := plan.fault_for(task.release, step, 0)) is not None and fault.value in STEP_FAILING_FAULTS
+               for step in task.steps)
+
+
+def _compounding_cells(episodes: Sequence[EpisodeRecord]) -> tuple[
+        dict[tuple[str, str, str, int], list[EpisodeRecord]], dict[str, int]]:
+    """The chain episodes (1-p)^n describes, by framework, variant, profile and n; and the others: reason -> count."""
     cells: dict[tuple[str, str, str, int], list[EpisodeRecord]] = defaultdict(list)
+    left_out: dict[str, int] = defaultdict(int)
     for episode in episodes:
         try:
             name, _, params = parse_task_key(episode.task)
         except ValueError:
             continue
-        info = profile_info(episode.profile)
-        if name == "chain" and "n" in params and info is not None and not info.transport and info.rate > 0:
-            cells[(episode.system, episode.variant, episode.profile, params["n"])].append(episode)
+        if name != "chain" or "n" not in params:
+            continue
+        if episode.variant != COMPOUNDING_VARIANT:
+            left_out[f"the {episode.variant} variant: " + _REDOES.get(episode.variant, "it may redo a step")] += 1
+            continue
+        p, why_not = chain_step_failure(episode.profile)
+        if p is None:
+            left_out[f"profile {episode.profile}: {why_not}"] += 1
+            continue
+        cells[(episode.system, episode.variant, episode.profile, params["n"])].append(episode)
+    return cells, left_out
+
+
+def compounding_left_out(episodes: Sequence[EpisodeRecord]) -> str:
+    """The chain episodes the compounding table leaves out, each group with its reason ("" when none are)."""
+    _, left_out = _compounding_cells(episodes)
+    return "; ".join(f"{n:,} episode{'s' if n != 1 else ''} of {reason}" for reason, n in sorted(left_out.items()))
+
+
+def compounding_note(episodes: Sequence[EpisodeRecord]) -> str:
+    """Why the report has no compounding table although it holds chain episodes ("" when it has one, or none)."""
+    cells, _ = _compounding_cells(episodes)
+    left_out = compounding_left_out(episodes)
+    if cells or not left_out:
+        return ""
+    return (f"No compounding table: (1-p)^n describes none of the chain episodes, which it does only in the linear "
+            f"variant under a built-in profile whose faults fail a chain step, without transport faults or "
+            f"mechanisms. Left out: {left_out}.")
+
+
+def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:
+    """Measured success of ``chain`` at each length n against the analytical (1-p)^n, where the curve applies.
+
+    This is the compounding claim made checkable: with a step-failing fault on a share p of
+    step attempts and nothing that redoes a step, a pipeline of n steps succeeds (1-p)^n of
+    the time. Every framework meets the same fault draws, so the table also counts what the
+    draws themselves predict: the episodes whose seed drew no step-failing fault at all. A
+    framework departs from the curve where it succeeds despite a drawn fault (it redid the
+    step) or fails without one (it lost a value on its own); whether the curve lies in the
+    interval is about the seeds as much as the framework.
+    """
+    cells, _ = _compounding_cells(episodes)
     rows = []
     for (system, variant, profile, n), cell in sorted(cells.items(), key=lambda item: (
             framework_sort_key(item[0][0]), variant_sort_key(item[0][1]), profile_sort_key(item[0][2]), item[0][3])):
         successes = sum(e.success for e in cell)
         low, high = wilson_interval(successes, len(cell))
-        expected = (1 - profile_info(profile).rate) ** n  # type: ignore[union-attr]
+        p = chain_step_failure(profile)[0]
+        expected = (1 - p) ** n  # type: ignore[operator]
+        drawn = [_fault_drawn(e.task, e.profile, e.seed) for e in cell]
+        known = None not in drawn
         rows.append([text(system), text(variant), text(profile), count(n), count(len(cell)),
-                     rate(successes / len(cell)), rate(low), rate(high), number(expected, 3),
-                     Cell(low <= expected <= high, "yes" if low <= expected <= high else "NO")])
+                     rate(successes / len(cell)), rate(low), rate(high), rate(p), number(expected, 3),
+                     Cell(low <= expected <= high, "yes" if low <= expected <= high else "NO"),
+                     rate(drawn.count(False) / len(cell) if known else None),
+                     Cell.of(sum(e.success and d for e, d in zip(cell, drawn)) if known else None, "{:,}"),
+                     Cell.of(sum(not e.success and not d for e, d in zip(cell, drawn)) if known else None, "{:,}")])
+    left_out = compounding_left_out(episodes)
     return Table("compounding", "Compounding: chain success against (1-p)^n",
                  ["framework", "variant", "profile", "n", "episodes", "success rate", "95% CI low", "95% CI high",
-                  "(1-p)^n", "within CI"], rows,
-                 "p is the profile's per-step fault rate; the chain has no gate, so every fault is a failure. "
-                 "\"NO\" marks where a framework departs from the analytical curve beyond its 95% Wilson interval.")
+                  "p", "(1-p)^n", "within CI", "no fault drawn", "succeeded despite a fault",
+                  "failed without a fault"], rows,
+                 "Only where (1-p)^n applies: the built-in chain task (n steps, no tools, no gate) in the linear "
+                 "variant, under a built-in profile without transport faults or mechanisms. p is the share of step "
+                 "attempts meeting a fault that fails a chain step (a wrong value, an omitted field, an empty or "
+                 "premature answer): the profile's rate times those faults' share of its weights, so the rate itself "
+                 "for the semantic profiles (format drift keeps the value, so it is not counted). \"within CI\" says "
+                 "whether the success rate's 95% Wilson interval holds (1-p)^n. Every framework meets the same fault "
+                 "draws, so \"no fault drawn\" (the share of the row's seeds that drew no step-failing fault on any "
+                 "step) is what any framework scores when each drawn fault fails its episode and nothing else does: "
+                 "when it lies outside the interval as well, the seeds drew more (or fewer) faults than p predicts, "
+                 "and \"NO\" is about the seeds, not the framework. A framework departs from the curve in the last "
+                 "two columns: it succeeded despite a drawn fault (it redid the step) or failed without one (it "
+                 "lost a value on its own); a dash means the suite no longer has the exact task to redraw."
+                 + (f" Left out, where (1-p)^n does not describe them: {left_out}." if left_out else ""))

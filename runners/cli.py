@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import threading
 from dataclasses import replace
@@ -25,10 +27,17 @@ from .runner import DEFAULT_TIME_LIMIT_S, RunInterrupted, RunSummary, run_sweep
 from .simulator import Simulator, SimulatorError
 from .store import StoreError, open_readonly
 from .sweep import LiveEndpoint, Sweep, SweepError
+from .viewer.links import VIEWER_PORT
 from .worker import FrameworkTracing
 
 DEFAULT_STORE = Path("out/results.sqlite")
 DEFAULT_DEMO_OUTPUT = Path("out/demo")
+FALLBACK_STORES = ("out/demo/results.sqlite", "out/experiments/*/results.sqlite")
+"""Where `coordlab demo` and `coordlab experiment NAME` write: read when --store is not given and DEFAULT_STORE is
+missing, so `coordlab show` right after `make demo` finds the demo's episodes."""
+STORE_HELP = (f"results file (default {DEFAULT_STORE}, what `coordlab run` writes; when it does not exist, the most "
+              f"recently written of {' and '.join(FALLBACK_STORES)}, what `coordlab demo` and `coordlab experiment` "
+              "write, and the one read is named on stderr)")
 
 EPILOG = """examples:
   coordlab tasks list
@@ -42,7 +51,8 @@ EPILOG = """examples:
   coordlab run --tasks chain:n=8 --frameworks plain langgraph --variants linear --faults semantic_10pct --seeds 20
   coordlab run --sweep my_sweep.yaml --workers 2 --time-limit 60
   coordlab run --tasks appointment_rebooking --faults none --seeds 5 --force send:repeated_side_effect
-  coordlab show 'chain@1[n=6]/plain/linear/semantic_3pct/3'
+  coordlab show 'chain@1[n=6]/plain/linear/none/0'   # an episode of the demo's store (after make demo)
+  coordlab view --store out/results.sqlite       # runs, episodes and each episode's timeline at http://127.0.0.1:8470
   coordlab export --format otel --out traces.otel.jsonl
   coordlab export --otlp-endpoint http://127.0.0.1:6006 --project my-review
   coordlab report --store out/results.sqlite --out out/report
@@ -193,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracing = FrameworkTracing(args.otlp_endpoint, args.project) if args.framework_tracing else None
     try:
         summary = run_sweep(sweep, args.store, workers=args.workers, time_limit=args.time_limit, fresh=args.fresh,
-                            on_recorded=stream, framework_tracing=tracing)
+                            on_recorded=stream, framework_tracing=tracing, bodies=not args.no_bodies)
     except RunInterrupted as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 130
@@ -231,17 +241,44 @@ def _infra_exit(summary: RunSummary) -> int:
     return EXIT_INFRA
 
 
+def resolve_store(store: Path | None) -> Path:
+    """The store a reading command uses: ``store`` when given, else DEFAULT_STORE, else the newest fallback store.
+
+    A fallback is named on stderr, so the user knows whose episodes they read; with no store
+    anywhere, the error names every place looked at and the commands that create one.
+    """
+    if store is not None:
+        return store
+    if DEFAULT_STORE.exists():
+        return DEFAULT_STORE
+    found = [path for pattern in FALLBACK_STORES for path in Path().glob(pattern) if path.is_file()]
+    if not found:
+        raise StoreError(f"no results store: looked for {DEFAULT_STORE} (written by `coordlab run`), "
+                         f"{FALLBACK_STORES[0]} (`coordlab demo`, `make demo`) and {FALLBACK_STORES[1]} "
+                         "(`coordlab experiment NAME`); run one of those first, or name a store with --store")
+
+    def written_at(path: Path) -> float:  # a WAL store's newest writes may sit in its -wal file
+        wal = path.with_name(path.name + "-wal")
+        return max(path.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+
+    newest = max(found, key=written_at)
+    print(f"coordlab: reading {newest}, the most recently written results store ({DEFAULT_STORE} does not exist; "
+          "--store chooses another)", file=sys.stderr)
+    return newest
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    with open_readonly(args.store) as store:
+    with open_readonly(resolve_store(args.store)) as store:
         print(render_episode(store, find_episode(store, args.key)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    store_path = resolve_store(args.store)
     if args.otlp_endpoint:
         from .otel import OtelError, send_stored, traces_url
 
-        with open_readonly(args.store) as store:
+        with open_readonly(store_path) as store:
             store.check_integrity()
             try:
                 count = send_stored(store, store.episodes(args.run), args.otlp_endpoint, args.project)
@@ -251,9 +288,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{count} episode(s) sent to {traces_url(args.otlp_endpoint)} (project {args.project})")
         return 0
     out = Path(args.out or f"out/episodes.{'otel.jsonl' if args.format == 'otel' else args.format}")
-    with open_readonly(args.store) as store:
+    with open_readonly(store_path) as store:
         count = export_episodes(store, out, args.format, args.run, args.project)
     print(f"{count} episode(s) written to {out}")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import ViewerError, serve
+
+    try:
+        serve(resolve_store(args.store), args.port, open_browser=args.open,
+              announce=lambda line: print(line, flush=True))
+    except ViewerError as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while starting: nothing to clean up
     return 0
 
 
@@ -261,9 +312,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from coordlab.reports.build import ReportError, build_report
     from coordlab.reports.render import write_report
 
+    store = resolve_store(args.store)
+    # The command printed under "Regenerate with" names the store it read and every option that shaped the report.
+    command = shlex.join(["coordlab", "report", "--store", str(store), "--out", str(args.out)]
+                         + (["--per-task"] if args.per_task else [])
+                         + (["--prices", str(args.prices)] if args.prices else []))
     try:
-        report = build_report(args.store, per_task=args.per_task, prices_path=args.prices)
-        report.provenance.setdefault("command", args.command or f"coordlab report --store {args.store} --out {args.out}")
+        report = build_report(store, per_task=args.per_task, prices_path=args.prices)
+        report.provenance.setdefault("command", args.command or command)
         path = write_report(report, Path(args.out))
     except ReportError as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
@@ -295,6 +351,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .design import design
+
+    print(f"coordlab demo: the default suite's design: {design().explain()}", file=sys.stderr)
     return _experiment("default", args, Path(args.out))
 
 
@@ -368,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",
                          help=f"per-episode limit; a hung episode is killed and recorded as timeout "
                               f"(default {DEFAULT_TIME_LIMIT_S:g})")
+    runtime.add_argument("--no-bodies", action="store_true",
+                         help="store no model request and response bodies (kept by default, compressed and with "
+                              "secrets redacted, for `coordlab view`); the trace and counters are stored either way")
     run_parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"results file (default {DEFAULT_STORE})")
     run_parser.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")
     client = run_parser.add_argument_group("model endpoint (default: the built-in simulator)")
@@ -384,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show", help="print one episode's outcome and trace")
     show.add_argument("key", help="TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED")
-    show.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    show.add_argument("--store", type=Path, help=STORE_HELP)
     show.set_defaults(handler=cmd_show)
 
     export = commands.add_parser("export", help="write episodes as CSV/JSONL, or traces as OpenTelemetry spans")
@@ -392,17 +454,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="csv, jsonl, or otel: OTLP JSON Lines, one ExportTraceServiceRequest per episode")
     export.add_argument("--out", help="output file (default out/episodes.<format>, otel: out/episodes.otel.jsonl)")
     export.add_argument("--run", help="only this run id")
-    export.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    export.add_argument("--store", type=Path, help=STORE_HELP)
     otlp_flags(export)
     export.set_defaults(handler=cmd_export)
 
     report = commands.add_parser("report", help="write REPORT.md, report.html, summary.json and plots from a store")
-    report.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"results file (default {DEFAULT_STORE})")
+    report.add_argument("--store", type=Path, help=STORE_HELP)
     report.add_argument("--out", default="out/report", help="output folder (default out/report)")
     report.add_argument("--per-task", action="store_true", help="add per-task tables")
     report.add_argument("--prices", type=Path, help="a price table YAML (default: the built-in reports/prices.yaml)")
     report.add_argument("--command", help="the command to print under 'Regenerate with' (default: this one)")
     report.set_defaults(handler=cmd_report)
+
+    view = commands.add_parser("view", help="browse runs, episodes and each episode's timeline (model requests and "
+                                            "responses, tools, gates, faults) in a browser; serves on 127.0.0.1")
+    view.add_argument("--store", type=Path, help=STORE_HELP)
+    view.add_argument("--port", type=int, default=VIEWER_PORT,
+                      help=f"port on 127.0.0.1 (default {VIEWER_PORT}, the one reports link episodes to; 0: any free)")
+    browser = view.add_mutually_exclusive_group()
+    browser.add_argument("--open", action="store_true", help="also open the viewer in the desktop's browser")
+    browser.add_argument("--no-browser", dest="open", action="store_false",
+                         help="only print the URL (the default)")
+    view.set_defaults(handler=cmd_view)
 
     def experiment_flags(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--seeds", type=int, help="seeds per cell (default: the experiment's own)")
@@ -436,13 +509,31 @@ def _receiver_hosts(args: argparse.Namespace) -> list[str]:
         raise UsageError(f"--otlp-endpoint {exc}") from None
 
 
+EXIT_SIGPIPE = 141
+"""Exit code when the reader of the output went away (``coordlab show KEY | head``): 128 + SIGPIPE, as a shell says."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coordlab`` console script.
 
     The network guard is armed for every command: the parent process needs nothing beyond
     127.0.0.1 but a trace receiver named with ``--otlp-endpoint`` (a live run's workers arm
-    their own guard, which lets the model endpoint through).
+    their own guard, which lets the model endpoint through). A reader that stops early ends
+    any command quietly with :data:`EXIT_SIGPIPE` instead of a BrokenPipeError traceback.
     """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not in the interpreter's own flush at exit
+    except BrokenPipeError:
+        # The Python docs' note on SIGPIPE: stdout onto devnull, so the flush at exit cannot fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SIGPIPE
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run its subcommand under the network guard; an error a person can act on is an exit code."""
     args = build_parser().parse_args(argv)
     try:
         with loopback_only(allow=_receiver_hosts(args)):

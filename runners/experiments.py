@@ -67,6 +67,13 @@ def _default(seeds: int) -> Sweep:
     return Sweep.build(seeds=seeds)
 
 
+def _default_report(report: "Report", out: Path) -> None:
+    """The default suite's report records the power calculation its seed count comes from."""
+    from . import design
+
+    report.provenance["design"] = design.design().explain()
+
+
 # -- the context experiment ----------------------------------------------------------------------
 
 CONTEXT_PREFIX = "ctx_"
@@ -264,8 +271,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("context", "As each request-dependent mechanism strengthens (clash, length, buried value, tool "
                           "overload, brief loss), where do the frameworks' success and harm part from plain's?",
                _context, 6, _context_report),
-    Experiment("default", "The default comparison: every task, four adapters, linear and gated, none and 3%.",
-               _one(_default), DEFAULT_SEEDS),
+    Experiment("default", "Which framework does better or worse than the framework-free reference, under which "
+                          "conditions, and why? Every task, four adapters, three variants; no faults once, then "
+                          "realistic_3pct and mixed_5pct.", _one(_default), DEFAULT_SEEDS, _default_report),
 )}
 
 
@@ -288,6 +296,21 @@ def _combined(summaries: list[RunSummary]) -> RunSummary:
                       logs[-1] if logs else None)
 
 
+def _command(name: str, out: Path, seeds: int | None, frameworks: list[str] | None) -> str:
+    """The command that regenerates experiment ``name``'s report, as the CLI spells it, with the options given.
+
+    The default comparison is ``coordlab demo`` (``coordlab experiment`` does not offer it);
+    ``--out`` appears when ``out`` is not the CLI's default folder for the command.
+    """
+    import shlex
+
+    words = ["coordlab", "demo"] if name == "default" else ["coordlab", "experiment", name]
+    if Path(out) != (Path("out/demo") if name == "default" else Path("out/experiments") / name):
+        words += ["--out", str(out)]
+    words += (["--seeds", str(seeds)] if seeds else []) + (["--frameworks", *frameworks] if frameworks else [])
+    return shlex.join(words)
+
+
 def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks: list[str] | None = None,
                    workers: int | None = None, time_limit: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
                    progress_stream: TextIO | None = None) -> tuple[RunSummary, Path]:
@@ -305,7 +328,7 @@ def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks
     report = build_report(store)
     report.title = f"coordlab — {name}"
     report.provenance["question"] = experiment.question
-    report.provenance["command"] = f"coordlab experiment {name}" + (f" --seeds {seeds}" if seeds else "")
+    report.provenance["command"] = _command(name, out, seeds, frameworks)
     if experiment.extend_report is not None:
         experiment.extend_report(report, out)
     return summary, write_report(report, out / "report")

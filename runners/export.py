@@ -144,11 +144,16 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
              f"tokens {row['prompt_tokens']} in / {row['completion_tokens']} out"]
     if row["error"]:
         lines.append(f"error: {row['error']}")
+    events = list(store.events(row["episode_id"]))
+    if row["status"] not in ("success", "infra_error"):
+        from coordlab.reports.failure_modes import diagnose
+
+        lines.append(f"how it failed: {diagnose(row, events).summary}")
     for reason in ("unexpected_side_effects", "missing_side_effects", "out_of_order", "failed_checks"):
         for item in verdict.get(reason, []):
             lines.append(f"{reason.replace('_', ' ')}: {item}")
     table = []
-    for event in store.events(row["episode_id"]):
+    for event in events:
         detail = stored_json(store, event["detail_json"], f"event {event['seq']} of episode {row['episode_id']}")
         table.append([f"{event['at_ms']:.1f}", event["kind"], event["role"] or "", event["step"] or "",
                       _summarise(event["kind"], detail)])

@@ -128,6 +128,15 @@ class FaultProfile:
             contents += [self.burst, self.mechanisms.to_dict()]
         return f"{self.name}@{hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:8]}"
 
+    @property
+    def deterministic(self) -> bool:
+        """True when the profile injects nothing, so against the simulator every seed is the same episode.
+
+        The seed only picks fault draws; with no fault and no mechanism to draw, seeds 0 and 1
+        of a cell are copies, and counting them as two observations would be pseudo-replication.
+        """
+        return not (self.rate > 0 and any(weight > 0 for weight in self.weights.values())) and not self.mechanisms.active
+
 
 def scheduled_fault(profile: FaultProfile, seed: int, episode_key: str, step: Step, attempt: int,
                     routed: bool = True) -> Fault | None:

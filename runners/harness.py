@@ -121,6 +121,13 @@ class EpisodeResult:
         return [{"kind": e.kind.value, "at_ms": (e.at - origin) * 1000, "role": e.role, "step": e.step,
                  "detail": e.detail} for e in self.trace]
 
+    def exchanges(self) -> list[tuple[int, Any, Any]]:
+        """Each model request's (seq, request body, response body), in arrival order; none for a live episode.
+
+        The k-th MODEL_CALL event of the trace is request k: both follow the simulator's arrival order.
+        """
+        return [(r.seq, r.request_body, r.response_body) for r in self.records]
+
     @property
     def key(self) -> tuple[str, str, str, str, int]:
         """The natural key: (task@version, framework@version, variant, fault profile, seed)."""

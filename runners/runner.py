@@ -103,13 +103,14 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
               progress_stream: TextIO | None = None,
               on_episode: Callable[[EpisodeJob, str], None] | None = None,
               on_recorded: Callable[[int], None] | None = None,
-              framework_tracing: FrameworkTracing | None = None) -> RunSummary:
+              framework_tracing: FrameworkTracing | None = None, bodies: bool = True) -> RunSummary:
     """Run every episode of ``sweep`` not yet recorded in the store's matching run.
 
     ``on_episode`` hears each finished job and its status; ``on_recorded`` each committed
     episode's id in the store (what a trace exporter streams from). ``framework_tracing``
-    switches the frameworks' own tracing on, towards a receiver (a runtime option: it is not
-    part of the run's identity).
+    switches the frameworks' own tracing on, towards a receiver; ``bodies`` False keeps the
+    model request and response bodies out of the store (``--no-bodies``). Both are runtime
+    options: neither is part of the run's identity.
     """
     workers = check_runtime(workers, time_limit)
     if sweep.live is not None and os.environ.get(sweep.live.api_key_env) is None:
@@ -133,7 +134,7 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             _execute(store, run_id, sweep, todo, workers, time_limit, progress, summary, on_episode, on_recorded,
-                     framework_tracing)
+                     framework_tracing, bodies)
         except KeyboardInterrupt:
             store.set_run_status(run_id, "interrupted")
             raise RunInterrupted(f"interrupted: {summary.skipped + summary.ran} of {summary.total} episodes are "
@@ -203,14 +204,15 @@ def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], wo
              progress: Progress, summary: RunSummary,
              on_episode: Callable[[EpisodeJob, str], None] | None,
              on_recorded: Callable[[int], None] | None = None,
-             framework_tracing: FrameworkTracing | None = None) -> None:
+             framework_tracing: FrameworkTracing | None = None, bodies: bool = True) -> None:
     queues: dict[str, deque[EpisodeJob]] = {}
     for job in todo:
         queues.setdefault(job.framework, deque()).append(job)
     slots = [_Slot() for _ in range(min(workers, len(todo)) or 1)]
 
-    def record(job: EpisodeJob, row: dict[str, Any], events: list[dict[str, Any]]) -> None:
-        episode_id = store.record_episode(run_id, row, events)
+    def record(job: EpisodeJob, row: dict[str, Any], events: list[dict[str, Any]],
+               bodies: tuple[int, bytes] | None = None) -> None:
+        episode_id = store.record_episode(run_id, row, events, bodies)
         if on_recorded is not None:
             on_recorded(episode_id)
         summary.ran += 1
@@ -219,7 +221,7 @@ def _execute(store: Store, run_id: str, sweep: Sweep, todo: list[EpisodeJob], wo
         if on_episode is not None:
             on_episode(job, row["status"])
 
-    feeder = _Feeder(queues, sweep, time_limit, record, framework_tracing, framework_log(store.path))
+    feeder = _Feeder(queues, sweep, time_limit, record, framework_tracing, framework_log(store.path), bodies)
     try:
         while True:
             for slot in slots:
@@ -256,9 +258,12 @@ class _Feeder:
     queues: dict[str, deque[EpisodeJob]]
     sweep: Sweep
     time_limit: float
-    record: Callable[[EpisodeJob, dict[str, Any], list[dict[str, Any]]], None]
+    record: Callable[..., None]
+    """Records (job, row, events[, bodies]) in the store."""
     framework_tracing: FrameworkTracing | None = None
     framework_log: Path | None = None
+    keep_bodies: bool = True
+    """Whether workers send the model request and response bodies back (``--no-bodies``: they do not)."""
     startup_failures: Counter[str] = field(default_factory=Counter)
     resent: set[EpisodeJob] = field(default_factory=set)
     retired: list[WorkerHandle] = field(default_factory=list)
@@ -293,7 +298,7 @@ class _Feeder:
             if worker is not None:
                 self.retire(worker)
             slot.worker = WorkerHandle.spawn(framework, self.sweep.knobs, self.sweep.live, self.framework_tracing,
-                                             self.framework_log)
+                                             self.framework_log, self.keep_bodies)
             slot.deadline = slot.worker.startup_deadline
 
     def on_message(self, slot: _Slot) -> None:
@@ -318,7 +323,7 @@ class _Feeder:
             self.infra(job, "timeout", "timeout", f"finished after the {self.time_limit:g} s limit", slot.sent_at)
             return
         if message[0] == "result":
-            self.record(job, message[1], message[2])
+            self.record(job, message[1], message[2], message[3] if len(message) > 3 else None)
             return
         self.infra(job, "infra_error", "error", message[1], slot.sent_at)
         slot.worker.kill()

@@ -18,17 +18,20 @@ import socket
 import sqlite3
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The store schema this coordlab writes; older stores are migrated up, newer ones refused.
 
 1: the first release. 2: ``faults_caught`` became ``faults_recovered`` (a fault whose effect
 did not reach the end state, not one whose step was merely worked on again) and
 ``handoff_failures`` (per request) became ``handoffs_lost`` and ``handoff_model_errors`` (per
-handoff). See :func:`_migrate_1_to_2`.
+handoff). See :func:`_migrate_1_to_2`. 3: every model request and response body is kept with
+its episode (table ``exchanges``), and fault events are indexed by fault kind, for the episode
+viewer. See :func:`_migrate_2_to_3`.
 """
 
 COUNT_COLUMNS = ("model_calls", "tool_calls", "tool_errors", "handoffs", "handoffs_lost", "handoff_model_errors",
@@ -75,6 +78,23 @@ CREATE TABLE IF NOT EXISTS {name} (
 )"""
 
 
+_EXCHANGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS exchanges (
+    episode_id INTEGER PRIMARY KEY REFERENCES episodes (episode_id) ON DELETE CASCADE,
+    requests INTEGER NOT NULL,       -- how many model requests the bodies hold
+    bodies BLOB NOT NULL             -- zlib-compressed JSON list, in arrival order: {seq, request, response}
+);
+CREATE INDEX IF NOT EXISTS events_by_fault ON events (json_extract(detail_json, '$.fault'), episode_id)
+    WHERE kind = 'fault';
+"""
+"""Schema 3's additions: the bodies of each episode's model exchanges, and fault events by kind (a viewer filter).
+
+One compressed blob per episode rather than one per request: a request repeats the
+conversation so far, which only compression across requests removes. Measured on the
+default suite (2 seeds, 360 episodes): 2.0 kB per episode this way, 9.7 kB compressing each
+body on its own, 24 kB uncompressed.
+"""
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -97,11 +117,39 @@ CREATE TABLE IF NOT EXISTS events (
     detail_json TEXT NOT NULL,
     PRIMARY KEY (episode_id, seq)
 );
+{_EXCHANGES_SCHEMA}
 """
 
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written; the message names the file and the way out."""
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One model request and what was sent back, as the simulator saw them (secrets redacted)."""
+
+    seq: int
+    """Arrival order within the episode, from 0: the episode's ``seq``-th model_call event."""
+    request: Any
+    """The request's JSON body as received."""
+    response: Any
+    """A JSON response's object, a stream's chunk objects, the text of a body cut short, or None: nothing sent."""
+
+
+def pack_exchanges(exchanges: Iterable[tuple[int, Any, Any]]) -> bytes:
+    """An episode's (seq, request, response) bodies as the store keeps them: one zlib-compressed JSON list."""
+    listed = [{"seq": seq, "request": request, "response": response} for seq, request, response in exchanges]
+    text = json.dumps(listed, separators=(",", ":"), ensure_ascii=False, default=str)
+    return zlib.compress(text.encode("utf-8"), 9)
+
+
+def unpack_exchanges(blob: bytes) -> list[Exchange]:
+    """The exchanges :func:`pack_exchanges` packed; ``ValueError`` (or ``zlib.error``) when the blob is not theirs."""
+    listed = json.loads(zlib.decompress(blob).decode("utf-8"))
+    if not isinstance(listed, list):
+        raise ValueError("the bodies are not a list")
+    return [Exchange(int(item["seq"]), item.get("request"), item.get("response")) for item in listed]
 
 
 @dataclass(frozen=True)
@@ -437,8 +485,10 @@ class Store:
                           "WHERE run_id = ? AND status != 'infra_error'", (run_id,))
         return {EpisodeKey(*row) for row in rows}
 
-    def record_episode(self, run_id: str, row: dict[str, Any], events: list[dict[str, Any]]) -> int:
-        """Write one episode and its trace in one transaction (replacing an earlier infra error of the key)."""
+    def record_episode(self, run_id: str, row: dict[str, Any], events: list[dict[str, Any]],
+                       bodies: tuple[int, bytes] | None = None) -> int:
+        """Write one episode, its trace and its model bodies in one transaction (replacing an earlier infra error
+        of the key). ``bodies``: (how many requests, :func:`pack_exchanges`'s blob), or None to keep none."""
         columns = list(row)
 
         def write(connection: sqlite3.Connection) -> int:
@@ -455,6 +505,8 @@ class Store:
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(episode_id, seq, e["kind"], e["at_ms"], e.get("role"), e.get("step"), json.dumps(e["detail"]))
                  for seq, e in enumerate(events)])
+            if bodies is not None:
+                connection.execute("INSERT INTO exchanges VALUES (?, ?, ?)", (episode_id, *bodies))
             return episode_id
 
         return self._write(write)
@@ -478,6 +530,26 @@ class Store:
     def events(self, episode_id: int) -> Iterator[sqlite3.Row]:
         """An episode's trace events in order (read at once, so a damaged page fails here, as a StoreError)."""
         return iter(self.query("SELECT * FROM events WHERE episode_id = ? ORDER BY seq", (episode_id,)))
+
+    def tables(self) -> set[str]:
+        """The tables this store has (a store opened read-only may be of an older schema)."""
+        return {row[0] for row in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def exchanges(self, episode_id: int) -> list[Exchange] | None:
+        """An episode's model exchanges in arrival order; None when the store's schema (before 3) kept none.
+
+        An empty list means the episode was recorded without them (``--no-bodies``, a live
+        endpoint, or an episode the lab could not finish).
+        """
+        if "exchanges" not in self.tables():
+            return None
+        rows = self.query("SELECT bodies FROM exchanges WHERE episode_id = ?", (episode_id,))
+        if not rows:
+            return []
+        try:
+            return unpack_exchanges(rows[0]["bodies"])
+        except (ValueError, TypeError, KeyError, zlib.error):
+            raise StoreError(_damaged(self.path, f"the model bodies of episode {episode_id} cannot be read")) from None
 
 
 def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
@@ -504,7 +576,17 @@ def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE episodes_migrating RENAME TO episodes")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(connection: sqlite3.Connection) -> None:
+    """Schema 2 to 3: add the ``exchanges`` table and the fault index; episodes recorded before have no bodies.
+
+    Nothing recorded changes: the bodies of old episodes were never kept, and the viewer says so.
+    """
+    for statement in _EXCHANGES_SCHEMA.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 """Each schema's step up to the next, by the schema it starts from."""
 
 

@@ -21,15 +21,18 @@ from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suit
 from coordlab.tasks.schema import Task
 from coordlab.tasks.yaml_files import read_yaml_file
 
+from . import design
 from .faults import (FaultProfile, ForcedFault, ProfileError, check_forced, forced_faults, forced_profile_key,
                      load_profile)
 from .store import EpisodeKey
 
 DEFAULT_FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
-DEFAULT_VARIANTS = (Variant.LINEAR, Variant.GATED)
-DEFAULT_PROFILES = ("none", "semantic_3pct")
-DEFAULT_SEEDS = 20
-"""Seeds per cell of the default sweep, tuned so it finishes in under 10 minutes on 2 cores (see README)."""
+DEFAULT_VARIANTS = tuple(Variant(name) for name in design.VARIANTS)
+DEFAULT_PROFILES = (design.DETERMINISTIC_PROFILE, *design.STOCHASTIC_PROFILES)
+"""``none`` runs once per task and variant (it is deterministic); the two stochastic profiles are what the verdict tests."""
+DEFAULT_SEEDS = design.SEEDS
+"""Seeds per cell of the default sweep, from the power calculation in :mod:`coordlab.runners.design`; it also keeps
+``make demo`` within 10 minutes on 2 cores."""
 MAX_SEEDS = 100_000
 """Seeds one sweep may name: far beyond any comparison's need, and small enough to list in memory."""
 MAX_EPISODES = 500_000
@@ -115,7 +118,7 @@ class Sweep:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def default(cls) -> "Sweep":
-        """The default comparison: every suite task, four adapters, linear and gated, none and 3%."""
+        """The default comparison: every suite task, four adapters, three variants, none once and two fault profiles."""
         return cls(tasks=tuple(TaskRef(name) for name in suite_names()))
 
     @classmethod
@@ -227,11 +230,26 @@ class Sweep:
             for ref, task in tasks:
                 for variant in self.variants:
                     for profile in self.profiles:
-                        for seed in self.seeds:
+                        for seed in self.seeds_for(profile):
                             key = EpisodeKey(task.key, framework, versions[framework], variant.value,
                                              profile_keys[profile], seed)
                             jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed, self.forced))
         return jobs
+
+    def seeds_for(self, profile: str) -> tuple[int, ...]:
+        """The seeds ``profile`` runs: all of them, but only the first for a deterministic profile on the simulator.
+
+        A profile that injects nothing makes every seed the same episode (the simulator is
+        deterministic), so its replicates would add copies, not evidence. A live endpoint is
+        not deterministic: there every seed is a trial.
+        """
+        if self.live is None and load_profile(profile).deterministic:
+            return self.seeds[:1]
+        return self.seeds
+
+    def collapsed_profiles(self) -> list[str]:
+        """The profiles whose seeds :meth:`seeds_for` collapses to one (for a note to the user)."""
+        return [p for p in self.profiles if len(self.seeds_for(p)) < len(self.seeds)]
 
     def profile_keys(self) -> dict[str, str]:
         """Each profile as the sweep names it (a name or a file) -> its own key (episode keys add any forced faults)."""

@@ -3,7 +3,9 @@
 Frameworks are never mixed in one process (CrewAI patches ``warnings`` and installs signal
 handlers at import), so each worker serves one framework for as long as it has episodes of
 it. The worker runs its own simulator on 127.0.0.1, so a killed worker takes nothing of
-another's with it. The parent sends jobs and receives finished store rows over a pipe.
+another's with it. The parent sends jobs and receives finished store rows over a pipe: the
+episode row, its trace, and its model request and response bodies, redacted and compressed
+here so the parent (the store's one writer) only writes them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from coordlab.tasks.schema import Task
 from .netguard import loopback_only, url_address, url_hosts
 from .offline import neutralise_telemetry
 from .redaction import Redactor
+from .store import pack_exchanges
 from .sweep import EpisodeJob, LiveEndpoint, TaskRef
 
 _CONTEXT = multiprocessing.get_context("spawn")  # a clean interpreter: nothing inherited from the parent
@@ -175,10 +178,22 @@ def route_framework_chatter(log_path: Path | None) -> None:
     sys.stdout = open(log_path if log_path is not None else os.devnull, "a", encoding="utf-8", buffering=1)
 
 
+def packed_bodies(exchanges: list[tuple[int, Any, Any]], redact: Redactor) -> tuple[int, bytes] | None:
+    """An episode's (seq, request, response) bodies as the store keeps them, secrets scrubbed first:
+    (how many, the compressed blob), or None when there are none (a live endpoint: no simulator saw them)."""
+    if not exchanges:
+        return None
+    return len(exchanges), pack_exchanges((seq, redact.body(request), redact.body(response))
+                                          for seq, request, response in exchanges)
+
+
 def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
                 parent_pid: int | None = None, tracing: FrameworkTracing | None = None,
-                log_path: Path | None = None) -> None:
-    """The worker's loop: import the framework once, then run jobs until told to stop or the parent goes."""
+                log_path: Path | None = None, keep_bodies: bool = True) -> None:
+    """The worker's loop: import the framework once, then run jobs until told to stop or the parent goes.
+
+    Without ``keep_bodies`` (``coordlab run --no-bodies``) no model request or response body is sent back.
+    """
     die_with_parent(parent_pid if parent_pid is not None else os.getppid())
     route_framework_chatter(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
@@ -195,7 +210,7 @@ def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connect
         connection.send(("failed", redact(str(exc))))
         return
     with loopback_only(allow=allowed):
-        _serve(framework, knobs, live, connection, redact)
+        _serve(framework, knobs, live, connection, redact, keep_bodies)
         if tracing is not None:
             _flush_framework_spans()
 
@@ -210,7 +225,7 @@ def _flush_framework_spans() -> None:
 
 
 def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: Connection,
-           redact: Redactor) -> None:
+           redact: Redactor, keep_bodies: bool = True) -> None:
     from coordlab.adapters.registry import get_adapter
 
     from .faults import FaultPlan, load_profile
@@ -251,7 +266,8 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
                 connection.send(("infra_error", redact(why)))
             else:
                 row = _identify(result.to_row(), job, reported_version)
-                connection.send(("result", redact(row), redact(result.event_rows())))
+                bodies = packed_bodies(result.exchanges(), redact) if keep_bodies else None
+                connection.send(("result", redact(row), redact(result.event_rows()), bodies))
         except Exception as exc:  # noqa: BLE001 - the lab broke, not the framework
             connection.send(("infra_error", redact(f"{type(exc).__name__}: {exc}")))
         episodes_done += 1
@@ -276,14 +292,17 @@ class WorkerHandle:
 
     @classmethod
     def spawn(cls, framework: str, knobs: Knobs, live: LiveEndpoint | None,
-              tracing: FrameworkTracing | None = None, log_path: Path | None = None) -> "WorkerHandle":
+              tracing: FrameworkTracing | None = None, log_path: Path | None = None,
+              keep_bodies: bool = True) -> "WorkerHandle":
         """Start a worker process; it reports on :attr:`connection` when it is ready (or failed).
 
-        The frameworks' log messages go to ``log_path`` (None: nowhere).
+        The frameworks' log messages go to ``log_path`` (None: nowhere); ``keep_bodies`` False
+        keeps the model request and response bodies out of its results.
         """
         parent, child = _CONTEXT.Pipe()
         process = _CONTEXT.Process(target=worker_main,
-                                   args=(framework, knobs, live, child, os.getpid(), tracing, log_path),
+                                   args=(framework, knobs, live, child, os.getpid(), tracing, log_path,
+                                         keep_bodies),
                                    name=f"coordlab-{framework}", daemon=True)
         process.start()
         child.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+BODY_FIELDS = ("request_body", "response_body")
+"""The fields of a :class:`RequestRecord` that hold the exchange's bodies (kept out of ``to_dict``)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,15 @@ class RequestRecord:
     elapsed_ms: float = 0.0
     received_at: float = 0.0
     """``time.perf_counter()`` on arrival: orders the request among the adapter's own trace events."""
+    request_body: Any = field(default=None, repr=False, compare=False)
+    """The request's JSON body as received, kept for the episode viewer; no answer is read from this copy."""
+    response_body: Any = field(default=None, repr=False, compare=False)
+    """What was sent back: a JSON response's object, a stream's chunk objects (those sent, when cut short), the text
+    of a body cut short, or None when nothing was sent (a stall or a reset)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of this record."""
-        return asdict(self)
+        """A JSON-ready dict of this record, without the bodies (the request log stays small)."""
+        record = asdict(replace(self, request_body=None, response_body=None))
+        for name in BODY_FIELDS:
+            del record[name]
+        return record

@@ -77,12 +77,15 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # Nagle + delayed ACK would add ~40 ms to every call
     server: "_Server"
+    _sent: Any = None
+    """What the last response carried, for the record (see ``RequestRecord.response_body``)."""
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Silence the default per-request stderr line; the episode log records everything."""
 
     # -- plumbing ----------------------------------------------------------------------------
     def _send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
+        self._sent = payload
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -159,8 +162,12 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         retry_count = int(self.headers.get("x-stainless-retry-count") or 0)
         decision = episode.decide(role, body, retry_count)
+        # The request body is kept before acting, so a stalled request still has it if the episode ends first.
+        episode.update_record(decision.record, request_body=body)
+        self._sent = None
         status = self._act(decision, episode.plan.profile, body)
-        episode.update_record(decision.record, status=status, elapsed_ms=(time.perf_counter() - started) * 1000)
+        episode.update_record(decision.record, status=status, elapsed_ms=(time.perf_counter() - started) * 1000,
+                              response_body=self._sent)
 
     def _act(self, decision: Decision, profile: FaultProfile, body: Mapping[str, Any]) -> int:
         """Send the reply, or act out the transport fault; return the HTTP status sent (0: none)."""
@@ -199,6 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload[: len(payload) // 2])
+            self._sent = payload[: len(payload) // 2].decode("utf-8", "replace")
             self.wfile.flush()
             self._drop()
         else:
@@ -214,6 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
         events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
         if truncate:
             events = events[: max(1, len(events) // 2)]
+        self._sent = chunks[: min(len(events), len(chunks))]
         for event in events:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
         if truncate:

@@ -101,13 +101,25 @@ def check_report_page(page: Page, visit: Visit, report_html: Path, screenshot: P
     page.wait_for_timeout(300)
 
     height = VIEWPORT["height"]
+    if page.locator("#verdict").count():
+        # The verdict opens the report: its heading and its first finding are on the first screen.
+        first = page.locator("#verdict li").first
+        assert first.is_visible(), "the verdict has no visible finding"
+        box = first.bounding_box()
+        assert box and 0 <= box["y"] and box["y"] + min(box["height"], 60) < height, \
+            f"the verdict's first finding is not on the first screen: {box}"
+        assert page.locator("#verdict h2").bounding_box()["y"] < height / 2  # type: ignore[index]
     table = page.locator("table").first
+    table.scroll_into_view_if_needed()
     assert table.is_visible(), "the comparison table is not visible"
     box = table.bounding_box()
     assert box and box["width"] > 200 and box["height"] > 40, f"comparison table has no real size: {box}"
-    # Near the top: its caption and first rows are on the first screen, without scrolling.
-    assert 0 <= box["y"] < height - 120, f"comparison table starts at y={box['y']}, below the first screen"
     assert box["x"] >= 0 and box["x"] + min(box["width"], 600) <= VIEWPORT["width"]
+    if not page.locator("#verdict").count():
+        # Without a verdict the comparison table is the first thing: its first rows on the first screen.
+        page.evaluate("window.scrollTo(0, 0)")
+        box = table.bounding_box()
+        assert box and 0 <= box["y"] < height - 120, f"comparison table starts at y={box['y']}, below the first screen"
 
     image = page.locator("figure img").first
     image.scroll_into_view_if_needed()
@@ -137,19 +149,22 @@ def test_hand_built_report_opens_offline_and_readable(browser_page: tuple[Page, 
 
 
 def test_report_of_a_real_store_opens_offline_and_readable(browser_page: tuple[Page, Visit], tmp_path: Path) -> None:
-    """The whole path: `coordlab run` (20 episodes of plain on chain n=2), build_report, write_report, a browser."""
+    """The whole path: `coordlab run` (plain and a positive control on appointment_rebooking), build_report,
+    write_report, a browser: the verdict, which flags the control, is on the first screen."""
     from coordlab.reports.build import build_report  # here, so the hand-built case never depends on it
 
     page, visit = browser_page
     store = tmp_path / "results.sqlite"
-    run = subprocess.run([sys.executable, "-m", "coordlab", "run", "--frameworks", "plain", "--tasks", "chain:n=2",
-                          "--faults", "none", "semantic_10pct", "--seeds", "5", "--store", str(store)],
-                         capture_output=True, text=True, timeout=180)
+    run = subprocess.run([sys.executable, "-m", "coordlab", "run", "--frameworks", "plain", "control_drop_field",
+                          "--tasks", "appointment_rebooking", "--faults", "none", "semantic_10pct", "--seeds", "10",
+                          "--store", str(store)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     report = build_report(store)
     assert report.tables and report.figures
     html_path = write_report(report, tmp_path / "report")
     check_report_page(page, visit, html_path, tmp_path / "report.png")
+    page.evaluate("window.scrollTo(0, 0)")
+    assert "control_drop_field worse on success" in page.locator("#verdict").inner_text()
     assert page.locator("figure img").count() == len(report.figures)
     assert page.evaluate("[...document.images].every(img => img.complete && img.naturalWidth > 0)")
 

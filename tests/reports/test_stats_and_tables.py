@@ -216,18 +216,30 @@ def test_golden_success(golden: Report) -> None:
     # plain/gated: 4 + 3 of 8; the T2 timeout is a failure.
     # langgraph/linear: T1 F S E S + T2 S H F S = 4 of 8, 3 failed checks (1 harmful), 1 error.
     # langgraph/gated: 4 + 3 of 8 (the infra error is not an episode here).
-    # Wilson bounds by the quadratic form (see test_wilson_interval_by_hand): 6/8 -> 0.40928, 0.92852;
-    # 7/8 -> 0.52911, 0.97758; 4/8 -> 0.21522, 0.78478.
-    w68, w78, w48 = (0.4092754303101689, 0.928520787247891), (0.5291118177871466, 0.9775825085499433), \
-        (0.21521606221387757, 0.7847839377861224)
+    # The interval is task-clustered: Wilson's at N / DEFF episodes, DEFF = CR1 variance / binomial variance (>= 1).
+    # Equal rates in both tasks (plain/linear 3/4 + 3/4, langgraph/linear 2/4 + 2/4): CR1 variance 0, DEFF 1, so
+    # Wilson's over 8 episodes by the quadratic form (see test_wilson_interval_by_hand): 6/8 -> 0.40928, 0.92852;
+    # 4/8 -> 0.21522, 0.78478.
+    # 4/4 + 3/4 (both gated rows): p = 7/8, binomial variance (7/8)(1/8)/8 = 7/512; CR1 variance
+    # G/(G-1) · Σ(s_g - n_g p)² / N² = 2 · (0.5² + 0.5²) / 64 = 8/512; DEFF = 8/7, so 7 effective episodes with
+    # 6.125 successes. Wilson at p = 0.875, n = 7: z² = 3.8414588, center = (0.875 + z²/14) / (1 + z²/7)
+    # = 1.1493899 / 1.5487798 = 0.7421261; half = (z / 1.5487798) · sqrt(0.875 · 0.125 / 7 + z² / 196)
+    # = 1.2654830 · sqrt(0.015625 + 0.0195993) = 1.2654830 · 0.1876813 = 0.2375114 -> 0.50462, 0.97963.
+    w68, w48 = (0.4092754303101689, 0.928520787247891), (0.21521606221387757, 0.7847839377861224)
+    z2 = 1.959963984540054 ** 2
+    center, half = (0.875 + z2 / 14) / (1 + z2 / 7), 1.959963984540054 / (1 + z2 / 7) * math.sqrt(
+        0.875 * 0.125 / 7 + z2 / 196)
+    w78 = (center - half, center + half)
+    assert w78 == (pytest.approx(0.50462, abs=1e-5), pytest.approx(0.97963, abs=1e-5))
+    low, high = "95% CI (task-clustered) low", "95% CI (task-clustered) high"
     check(golden, "success", ROW, {
-        PL: {"episodes": 8, "successes": 6, "success rate": 0.75, "95% CI low": w68[0], "95% CI high": w68[1],
+        PL: {"episodes": 8, "successes": 6, "success rate": 0.75, low: w68[0], high: w68[1],
              "harmful failures": 1, "harmful rate": 0.125, "failed check": 2, "error": 0, "timeout": 0},
-        PG: {"episodes": 8, "successes": 7, "success rate": 0.875, "95% CI low": w78[0], "95% CI high": w78[1],
+        PG: {"episodes": 8, "successes": 7, "success rate": 0.875, low: w78[0], high: w78[1],
              "harmful failures": 0, "harmful rate": 0.0, "failed check": 0, "error": 0, "timeout": 1},
-        LL: {"episodes": 8, "successes": 4, "success rate": 0.5, "95% CI low": w48[0], "95% CI high": w48[1],
+        LL: {"episodes": 8, "successes": 4, "success rate": 0.5, low: w48[0], high: w48[1],
              "harmful failures": 1, "harmful rate": 0.125, "failed check": 3, "error": 1, "timeout": 0},
-        LG: {"episodes": 8, "successes": 7, "success rate": 0.875, "95% CI low": w78[0], "95% CI high": w78[1],
+        LG: {"episodes": 8, "successes": 7, "success rate": 0.875, low: w78[0], high: w78[1],
              "harmful failures": 0, "harmful rate": 0.0, "failed check": 1, "error": 0, "timeout": 0},
     })
     cell = table(golden, "success").rows[0][ROW.__len__() + 2]
@@ -357,10 +369,12 @@ def test_golden_notes_provenance_and_options(golden: Report, tmp_path: Path, pri
     assert [run["run_id"] for run in provenance["runs"]] == ["run-golden"]
     assert provenance["git_commit"] == "0123abc" and provenance["knobs"] == {"gate_retries": 2}
     assert provenance["packages"] == {"coordlab": "0.1.0"} and provenance["store"].endswith("golden.sqlite")
-    assert golden.provenance["episodes"] == {"recorded": 33, "scored": 32, "infra_errors": 1, "superseded": 0}
+    assert golden.provenance["episodes"] == {"recorded": 33, "scored": 32, "infra_errors": 1, "superseded": 0,
+                                             "deterministic_replicates": 0}
     keys = [t.key for t in golden.tables]
-    assert keys == ["success", "pass_k", "coordination", "faults", "usage", "latency", "overhead", "paired",
-                    "compounding", "pass_k_by_task"]
+    # No fault events are recorded in the golden store, so the fault exposure table has no rows and is left out.
+    assert keys == ["success", "verdict", "failure_modes", "pass_k", "coordination", "faults", "usage", "latency",
+                    "overhead", "paired", "compounding", "pass_k_by_task"]
     compounding = table(golden, "compounding").values()  # T1 is chain n=3 at 10% per step: 0.9^3 = 0.729
     assert {row["framework"] for row in compounding} == {"plain", "langgraph"}
     assert all(row["n"] == 3 and row["(1-p)^n"] == pytest.approx(0.729, abs=1e-9) for row in compounding)

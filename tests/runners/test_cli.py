@@ -99,3 +99,42 @@ def test_show_and_export_a_recorded_episode(capsys, tmp_path: Path) -> None:
     chats = [s for s in spans if s["name"].startswith("chat")]
     attributes = {a["key"] for a in chats[0]["attributes"]}
     assert len(chats) == 2 and {"gen_ai.operation.name", "gen_ai.usage.input_tokens"} <= attributes
+
+
+def test_reading_commands_fall_back_to_the_newest_store_and_say_which(capsys, tmp_path: Path, monkeypatch) -> None:
+    """Right after `make demo` only out/demo/results.sqlite exists: show, export and report read it, and say so."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "show", "chain@1[n=2]/plain/linear/none/0")
+    assert code == 1 and "Traceback" not in err
+    for looked_at in ("out/results.sqlite", "out/demo/results.sqlite", "out/experiments/*/results.sqlite",
+                      "`coordlab run`", "`coordlab demo`", "--store"):
+        assert looked_at in err
+    code, _, _ = run(capsys, "run", "--frameworks", "plain", "--tasks", "chain:n=2", "--variants", "linear",
+                     "--faults", "none", "--seeds", "1", "--store", "out/demo/results.sqlite")
+    assert code == 0
+    code, out, err = run(capsys, "show", "chain@1[n=2]/plain/linear/none/0")
+    assert code == 0 and "status success" in out and "reading out/demo/results.sqlite" in err
+    code, out, err = run(capsys, "export", "--format", "csv", "--out", "e.csv")
+    assert code == 0 and "1 episode(s) written" in out and "reading out/demo/results.sqlite" in err
+    Path("out/results.sqlite").write_bytes(Path("out/demo/results.sqlite").read_bytes())
+    code, out, err = run(capsys, "show", "chain@1[n=2]/plain/linear/none/0")
+    assert code == 0 and "status success" in out and err == "", "out/results.sqlite is read without a word"
+
+
+@pytest.mark.parametrize("argv", [("faults", "list"), ("tasks", "list")])
+def test_a_reader_that_stops_early_ends_the_command_quietly(argv: tuple[str, ...]) -> None:
+    """`coordlab ... | head`: the pipe's reader has gone; no BrokenPipeError traceback, exit 141 like a shell says."""
+    import os
+    import subprocess
+    import sys
+
+    from coordlab.runners.cli import EXIT_SIGPIPE
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run([sys.executable, "-m", "coordlab.runners.cli", *argv], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == EXIT_SIGPIPE == 141 and result.stderr == ""

@@ -21,7 +21,8 @@ from coordlab.reports.data import load_prices, load_store
 from coordlab.reports.tables import coordination_table, faults_table
 from coordlab.runners import store as store_module
 from coordlab.runners.export import render_episode
-from coordlab.runners.store import COUNT_COLUMNS, SCHEMA_VERSION, Store, StoreError, open_readonly
+from coordlab.runners.store import (COUNT_COLUMNS, SCHEMA_VERSION, Store, StoreError, open_readonly,
+                                   pack_exchanges)
 
 OLD_DUMP = Path(__file__).parents[1] / "data" / "store_schema_1.sql"
 RENAMED = {"faults_caught": "legacy_faults_caught", "handoff_failures": "legacy_handoff_failures"}
@@ -68,7 +69,7 @@ def test_an_old_store_migrates_keeping_every_row_and_value(old_store: Path) -> N
 
     Store(old_store).close()
 
-    assert schema_version(old_store) == SCHEMA_VERSION == 2
+    assert schema_version(old_store) == SCHEMA_VERSION == 3
     episodes_after = rows(old_store, "episodes", "episode_id")
     assert len(episodes_after) == len(episodes_before)
     for before, after in zip(episodes_before, episodes_after):
@@ -152,3 +153,54 @@ def test_a_fault_event_records_recovered_not_caught(old_store: Path) -> None:
     assert "wrong_value (not recovered)" in text and "handoffs failed 0 lost / 0 model error" in text
     assert json.loads(rows(old_store, "events", "episode_id, seq")[-1]["detail_json"]) == {
         "fault": "wrong_value", "recovered": False}
+
+
+def schema_2_store(path: Path) -> Path:
+    """A store as schema 2 wrote it (today's minus the exchanges table and the fault index), with one episode."""
+    with Store(path) as store:
+        store.create_run("run-v2", "identity", {}, {})
+        store.record_episode("run-v2", new_row(0), [{"kind": "fault", "at_ms": 0.0, "role": "writer", "step": "draft",
+                                                     "detail": {"fault": "wrong_value", "recovered": True}}])
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP INDEX events_by_fault")
+        connection.execute("DROP TABLE exchanges")
+        connection.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    connection.close()
+    return path
+
+
+def tables_and_indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as connection:
+        names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+    connection.close()
+    return names
+
+
+def test_a_schema_2_store_gains_the_bodies_table_and_keeps_everything(tmp_path: Path) -> None:
+    path = schema_2_store(tmp_path / "v2.sqlite")
+    episodes_before, events_before = rows(path, "episodes", "episode_id"), rows(path, "events", "episode_id, seq")
+    assert "exchanges" not in tables_and_indexes(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    with open_readonly(path) as store:  # read-only: read as it is, no bodies, nothing migrated
+        assert store.exchanges(1) is None
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and schema_version(path) == 2
+
+    bodies = [(0, {"messages": [{"role": "user", "content": "hello"}]}, {"choices": []}), (1, {"messages": []}, None)]
+    with Store(path) as store:
+        assert store.exchanges(1) == []  # recorded before bodies were kept
+        second = store.record_episode("run-v2", new_row(1), [], (len(bodies), pack_exchanges(bodies)))
+        stored = store.exchanges(second)
+    assert schema_version(path) == 3 and {"exchanges", "events_by_fault"} <= tables_and_indexes(path)
+    assert [(e.seq, e.request, e.response) for e in stored or []] == bodies
+    assert rows(path, "episodes", "episode_id")[:1] == episodes_before
+    assert rows(path, "events", "episode_id, seq") == events_before
+    with sqlite3.connect(path) as connection:  # the viewer's fault filter reads fault events through the index
+        plan = " ".join(str(row) for row in connection.execute(
+            "EXPLAIN QUERY PLAN SELECT episode_id FROM events WHERE kind = 'fault' "
+            "AND json_extract(detail_json, '$.fault') = ?", ("wrong_value",)))
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("DELETE FROM episodes WHERE episode_id = ?", (second,))  # bodies go with their episode
+        assert connection.execute("SELECT count(*) FROM exchanges").fetchone()[0] == 0
+    connection.close()
+    assert "events_by_fault" in plan
