@@ -16,7 +16,7 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from tabulate import tabulate
 
@@ -172,7 +172,7 @@ def _counter(row: sqlite3.Row, name: str) -> str:
     return "unknown" if value is None else str(value)
 
 
-def _fault_outcome(detail: dict[str, Any]) -> str:
+def fault_outcome(detail: Mapping[str, Any]) -> str:
     """How a fault event ended; an event stored before schema 2 says "caught", which meant only "worked on again"."""
     if "recovered" in detail:
         return "recovered" if detail["recovered"] else "not recovered"
@@ -196,7 +196,7 @@ def _summarise(kind: str, detail: dict[str, Any]) -> str:
     if kind == "gate":
         return "pass" if detail.get("passed") else f"reject: {detail.get('reason')}"
     if kind == "fault":
-        return f"{detail['fault']} ({_fault_outcome(detail)})"
+        return f"{detail['fault']} ({fault_outcome(detail)})"
     if kind == "retry":
         return f"{detail.get('source')}: {detail.get('reason')}"
     return json.dumps(detail, default=str)[:120]

@@ -7,6 +7,8 @@ from typing import Iterator
 
 import pytest
 
+from browser_support import browser_page, chromium_path  # noqa: F401 - fixtures shared by the browser tests
+
 from coordlab.runners.netguard import loopback_only, violations
 from coordlab.runners.simulator import Simulator
 

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
 from urllib.parse import unquote
 
+from coordlab.runners.loopback_service import LoopbackService
 from coordlab.runners.faults import Fault, FaultPlan, FaultProfile, forced_faults, load_profile
 from coordlab.tasks.loader import load_suite_task, load_task
 from coordlab.tasks.schema import Task
@@ -258,48 +259,29 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class Simulator:
+class Simulator(LoopbackService):
     """Serve the simulated model on 127.0.0.1 (an ephemeral port by default); use as a context manager."""
+
+    thread_name = "coordlab-simulator"
+    poll_interval = 0.05
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         if not ipaddress.ip_address(host).is_loopback:
             raise SimulatorError(f"the simulator binds to loopback only, not {host!r}")
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self._episodes: dict[str, EpisodeState] = {}
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "Simulator":
-        """Bind and serve in a background thread."""
+    def _bind(self) -> "_Server":
         try:
-            self._server = _Server((self.host, self.port), self)
+            return _Server((self.host, self.port), self)
         except OSError as exc:
             raise SimulatorError(f"cannot bind {self.host}:{self.port}: {exc.strerror or exc}") from None
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="coordlab-simulator",
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        """Stop serving and release the port; stalled requests are cut short."""
-        if self._server is not None:
-            self._server.stopping.set()
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "Simulator":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The server's root URL, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://{self.host}:{self.port}"
+    def _stopping(self, server: ThreadingHTTPServer) -> None:
+        """Stalled requests are cut short."""
+        assert isinstance(server, _Server)
+        server.stopping.set()
 
     # -- episodes ----------------------------------------------------------------------------
     def base_url(self, episode_id: str, role: str) -> str:

@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from coordlab.runners.export import episode_key, stored_json
+from coordlab.runners.export import episode_key, fault_outcome, stored_json
 from coordlab.runners.store import Exchange, Store
 
 PAGE_SIZE = 50
@@ -313,13 +313,6 @@ def _same_prefix(previous: list[Any], current: list[Any]) -> int:
     return 0
 
 
-def _fault_outcome(detail: Mapping[str, Any]) -> str:
-    """How a fault ended; an event stored before schema 2 says "caught", which meant only "worked on again"."""
-    if "recovered" in detail:
-        return "recovered" if detail["recovered"] else "not recovered"
-    return "worked on again (old 'caught')" if detail.get("caught") else "not worked on again (old 'caught')"
-
-
 def _summary(kind: str, detail: Mapping[str, Any]) -> str:
     """A one-line account of an event, for its row of the timeline."""
     if kind == "model_call":
@@ -339,7 +332,7 @@ def _summary(kind: str, detail: Mapping[str, Any]) -> str:
         return "passed" if detail.get("passed") else f"rejected: {detail.get('reason')}"
     if kind == "fault":
         what = "mechanism" if detail.get("mechanism") else "fault"
-        return f"{what} {detail.get('fault')}, attempt {detail.get('attempt')}: {_fault_outcome(detail)}"
+        return f"{what} {detail.get('fault')}, attempt {detail.get('attempt')}: {fault_outcome(detail)}"
     if kind == "retry":
         return f"{detail.get('source')} retry: {detail.get('reason')}"
     if kind == "side_effect":

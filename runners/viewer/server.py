@@ -24,6 +24,7 @@ from typing import Any
 import jinja2
 
 from coordlab.runners.export import find_episode
+from coordlab.runners.loopback_service import LoopbackService
 from coordlab.runners.store import SCHEMA_VERSION, Store, StoreError, open_readonly
 
 from . import pages
@@ -215,13 +216,15 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
-class Viewer:
+class Viewer(LoopbackService):
     """The episode viewer of one store, served on 127.0.0.1; use as a context manager, or call :meth:`start`.
 
     The store is opened and checked (it exists, is a coordlab store, is not damaged) before
     anything is bound, so a bad ``--store`` fails with its :class:`StoreError` and no server.
     ``port=0`` picks a free port (tests); :attr:`url` then tells which.
     """
+
+    thread_name = "coordlab-viewer"
 
     def __init__(self, store_path: str | Path, port: int = VIEWER_PORT, host: str = HOST):
         try:
@@ -235,42 +238,16 @@ class Viewer:
         self.store_path = Path(store_path)
         with open_readonly(self.store_path) as store:
             store.check_integrity()
-        self.host, self.port = host, port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port)
 
-    def start(self) -> "Viewer":
-        """Bind and serve in a background thread."""
+    def _bind(self) -> "_Server":
         try:
-            self._server = _Server((self.host, self.port), self.store_path)
+            return _Server((self.host, self.port), self.store_path)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ViewerError(f"port {self.port} on {self.host} is already in use (another `coordlab view`?): "
                                   f"choose another with --port N, or --port 0 for any free one") from None
             raise ViewerError(f"cannot serve on {self.host}:{self.port}: {exc.strerror or exc}") from None
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="coordlab-viewer",
-                                        kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port; safe to call twice."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> "Viewer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The viewer's root URL, e.g. ``http://127.0.0.1:8470``."""
-        return f"http://{self.host}:{self.port}"
 
     def episode_url(self, episode_id: int) -> str:
         """This viewer's page for one episode."""

@@ -24,6 +24,8 @@ INT_ATTRIBUTES = {gen_ai.GEN_AI_USAGE_INPUT_TOKENS, gen_ai.GEN_AI_USAGE_OUTPUT_T
 ARRAY_ATTRIBUTES = {gen_ai.GEN_AI_RESPONSE_FINISH_REASONS}
 TOOL_ERROR_TYPES = {"unknown_tool", "malformed_arguments", "tool_error", "rejected_by_framework"}
 EPISODES = 2 * 2 * 2 * 4
+QUIET = str(Path(__file__).parents[1] / "data" / "quiet.yaml")
+"""A stochastic profile that injects nothing in practice: unlike ``none``, every seed of it is its own episode."""
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,8 @@ def test_export_sends_otlp_protobuf_to_a_receiver(recorded: Path, receiver, caps
 
 def test_run_streams_each_episode_to_the_receiver_as_it_finishes(tmp_path: Path, receiver, capsys) -> None:
     url, received = receiver
-    code = main(["run", "--tasks", "chain:n=2", "--frameworks", "plain", "--variants", "linear", "--faults", "none",
+    # Three distinct episodes: `none` would run its one seed only (it is deterministic), so the quiet test profile.
+    code = main(["run", "--tasks", "chain:n=2", "--frameworks", "plain", "--variants", "linear", "--faults", QUIET,
                  "--seeds", "3", "--store", str(tmp_path / "s.sqlite"), "--otlp-endpoint", url, "--workers", "1"])
     assert code == 0 and "3 episode(s) sent" in capsys.readouterr().err
     roots = [s for s in _sent_spans(received) if not s.parent_span_id]

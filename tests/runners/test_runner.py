@@ -20,9 +20,12 @@ from coordlab.runners.store import SCHEMA_VERSION, EpisodeKey, Store, StoreError
 from coordlab.runners.sweep import Sweep, SweepError, parse_seeds
 from coordlab.tasks.schema import split_task_key
 
+QUIET = str(Path(__file__).parents[1] / "data" / "quiet.yaml")
+"""A stochastic profile that injects nothing in practice: unlike ``none`` (deterministic, so run for its first seed
+only), every seed of it is its own episode. The tests below that need many fault-free episodes use it."""
 SMALL = dict(tasks=["chain:n=2", "refund_policy_answer"], frameworks=["plain"], variants=["linear", "gated"])
 SWEEP_200 = ["--frameworks", "plain", "--tasks", "chain:n=1", "refund_policy_answer", "--variants", "linear",
-             "gated", "--faults", "none", "semantic_10pct", "--seeds", "25"]
+             "gated", "--faults", QUIET, "semantic_10pct", "--seeds", "25"]
 
 @pytest.fixture(scope="module")
 def recorded_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -104,7 +107,7 @@ def test_sigint_marks_the_run_interrupted_and_it_resumes(tmp_path: Path) -> None
 
 def test_hung_episode_is_killed_at_its_limit_and_the_rest_go_on(tmp_path: Path, plugins: Path) -> None:
     sweep = Sweep.build(tasks=["chain:n=1", "refund_policy_answer"], frameworks=["hang"], variants=["linear"],
-                        profiles=["none"], seeds=2)
+                        profiles=[QUIET], seeds=2)
     summary = run_sweep(sweep, tmp_path / "h.sqlite", workers=1, time_limit=2.0)
     assert summary.statuses == Counter({"success": 2, "timeout": 2})
     with Store(tmp_path / "h.sqlite") as store:
@@ -116,7 +119,7 @@ def test_hung_episode_is_killed_at_its_limit_and_the_rest_go_on(tmp_path: Path, 
 
 
 def test_a_crashing_framework_is_an_error_not_an_infra_error(tmp_path: Path, plugins: Path) -> None:
-    sweep = Sweep.build(tasks=["chain:n=1"], frameworks=["crash"], variants=["linear"], profiles=["none"], seeds=2)
+    sweep = Sweep.build(tasks=["chain:n=1"], frameworks=["crash"], variants=["linear"], profiles=[QUIET], seeds=2)
     summary = run_sweep(sweep, tmp_path / "c.sqlite", workers=1)
     assert summary.statuses == Counter({"error": 2})
     with Store(tmp_path / "c.sqlite") as store:

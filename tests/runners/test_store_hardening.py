@@ -28,7 +28,10 @@ from coordlab.runners.runner import run_sweep
 from coordlab.runners.store import COUNT_COLUMNS, Store, StoreError, lock_path, open_readonly
 from coordlab.runners.sweep import Sweep
 
-SMALL_SWEEP = dict(tasks=["chain:n=1"], frameworks=["plain"], variants=["linear"], profiles=["none"], seeds=2)
+QUIET = str(Path(__file__).parents[1] / "data" / "quiet.yaml")
+"""A stochastic profile that injects nothing in practice: unlike ``none`` (deterministic, so run for its first seed
+only), every seed of it is its own episode. The sweeps below that need several fault-free episodes use it."""
+SMALL_SWEEP = dict(tasks=["chain:n=1"], frameworks=["plain"], variants=["linear"], profiles=[QUIET], seeds=2)
 
 
 def episode_row(seed: int, profile: str = "none") -> dict[str, Any]:
@@ -147,7 +150,7 @@ def test_one_process_may_reopen_a_store_but_not_hold_it_twice(tmp_path: Path) ->
 def test_two_identical_runs_at_once_record_every_episode_once(tmp_path: Path) -> None:
     store = tmp_path / "race.sqlite"
     command = [sys.executable, "-m", "coordlab", "run", "--frameworks", "plain", "--tasks", "chain:n=1",
-               "refund_policy_answer", "--variants", "linear", "gated", "--faults", "none", "--seeds", "15",
+               "refund_policy_answer", "--variants", "linear", "gated", "--faults", QUIET, "--seeds", "15",
                "--workers", "1", "--store", str(store)]
     logs = [tmp_path / f"stderr-{i}.txt" for i in range(2)]
     processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs]

@@ -2,14 +2,13 @@
 
 The stores come from ``run_sweep`` (worker processes, the simulator over HTTP, the store),
 so the bodies the viewer shows are the ones the simulator received and sent. The browser
-tests drive Debian's Chromium through the fixture of ``tests/reports/test_browser.py``.
+tests drive Debian's Chromium through the fixtures of ``tests/browser_support.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
-import importlib.util
 import json
 import signal
 import socket
@@ -37,21 +36,6 @@ from coordlab.runners.viewer import pages
 from coordlab.runners.worker import packed_bodies
 from coordlab.tasks.loader import load_suite_task
 
-
-def _load_browser_fixtures():
-    """``tests/reports/test_browser.py``'s Chromium fixtures, loaded from their file (tests are not a package)."""
-    path = Path(__file__).parents[1] / "reports" / "test_browser.py"
-    spec = importlib.util.spec_from_file_location("coordlab_test_browser_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-_browser = _load_browser_fixtures()
-chromium_path = _browser.chromium_path  # the session fixture: Debian's Chromium, installed when missing
-browser_page = _browser.browser_page  # a fresh profile and page, console errors and requests recorded
 
 OLD_DUMP = Path(__file__).parents[1] / "data" / "store_schema_1.sql"
 
