@@ -319,19 +319,23 @@ def verdict_lines(verdict: Verdict) -> list[VerdictLine]:
     by_condition: dict[Condition, list[DeterministicCell]] = defaultdict(list)
     for cell in verdict.deterministic:
         by_condition[cell.condition].append(cell)
+    clean: dict[str, list[Condition]] = defaultdict(list)
     for condition, cells in by_condition.items():
         failing = [c for c in cells if c.failures]
-        tasks = len(cells[0].episodes) if cells else 0
         if not failing:
-            sentences = (f"every framework solves all {tasks} tasks (deterministic: one episode per task, no test "
-                         f"needed or possible).",)
-            examples: tuple[Example, ...] = ()
-        else:
-            sentences = tuple(f"{c.framework} fails {len(c.failures)} of {len(c.episodes)} tasks, reproducibly: "
-                              + ", ".join(_task_failure(e, verdict.diagnoses) for e in c.failures) + "."
-                              for c in failing)
-            examples = tuple(Example(f"{e.system} {_task_name(e.task)}", e) for c in failing for e in c.failures[:EXAMPLES])
+            clean[condition.profile].append(condition)
+            continue
+        sentences = tuple(f"{c.framework} fails {len(c.failures)} of {len(c.episodes)} tasks, reproducibly: "
+                          + ", ".join(_task_failure(e, verdict.diagnoses) for e in c.failures) + "."
+                          for c in failing)
+        examples = tuple(Example(f"{e.system} {_task_name(e.task)}", e) for c in failing for e in c.failures[:EXAMPLES])
         lines.append(VerdictLine(f"{condition} (deterministic)", sentences, examples))
+    for profile, conditions in clean.items():
+        tasks = max(len(c.episodes) for c in by_condition[conditions[0]])
+        variants = ", ".join(c.variant for c in conditions)
+        lines.insert(0, VerdictLine(f"{variants} · {profile} (deterministic)", (
+            f"every framework solves all {tasks} tasks in {'each of these variants' if len(conditions) > 1 else 'it'} "
+            f"(one episode per task: the simulated model answers every seed alike, so there is nothing to test).",)))
     for condition in verdict.conditions():
         comparisons = [c for c in verdict.comparisons if c.condition == condition]
         found = [c for c in comparisons if c.significant]

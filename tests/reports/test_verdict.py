@@ -92,3 +92,10 @@ def test_the_table_lists_every_test_with_raw_and_adjusted_p() -> None:
     rows = table.values()
     assert [(r["framework"], r["outcome"]) for r in rows] == [("crewai", "success"), ("crewai", "harm")]
     assert rows[0]["p"] == 1.0 and rows[0]["Holm p"] == 1.0 and rows[0]["significant"] is False
+
+
+def test_a_clean_deterministic_profile_is_one_line_for_every_variant() -> None:
+    episodes = [episode(s, t, v, "none", 0) for s in ("plain", "crewai") for t in TASKS for v in ("linear", "gated")]
+    lines = verdict_lines(build_verdict(episodes))
+    assert [line.heading for line in lines] == ["linear, gated · none (deterministic)"]
+    assert lines[0].sentences[0].startswith("every framework solves all 2 tasks in each of these variants")
