@@ -336,22 +336,38 @@ def verdict_lines(verdict: Verdict) -> list[VerdictLine]:
         lines.insert(0, VerdictLine(f"{variants} · {profile} (deterministic)", (
             f"every framework solves all {tasks} tasks in {'each of these variants' if len(conditions) > 1 else 'it'} "
             f"(one episode per task: the simulated model answers every seed alike, so there is nothing to test).",)))
+    quiet_conditions: list[Condition] = []
     for condition in verdict.conditions():
         comparisons = [c for c in verdict.comparisons if c.condition == condition]
         found = [c for c in comparisons if c.significant]
+        if not found:
+            quiet_conditions.append(condition)
+            continue
         quiet = [c for c in comparisons if not c.significant]
         by_framework: dict[str, list[Comparison]] = defaultdict(list)
         for comparison in found:
             by_framework[comparison.framework].append(comparison)
         sentences = [finding_sentence(group, verdict.diagnoses) for group in by_framework.values()]
         if quiet:
-            sentences.append(("Otherwise " if found else "") + _nothing_sentence(quiet))
+            sentences.append("Otherwise " + _nothing_sentence(quiet))
         examples = tuple(Example(f"{e.system} {_task_name(e.task)} seed {e.seed}", e)
                          for group in by_framework.values()
                          for e in max(group, key=lambda c: len(c.explained_by)).explained_by[:EXAMPLES])
-        pairs = comparisons[0].counts.pairs if comparisons else 0
-        lines.append(VerdictLine(f"{condition} ({pairs} pairs per framework)", tuple(sentences), examples))
+        lines.append(VerdictLine(f"{condition} ({comparisons[0].counts.pairs} pairs per framework)", tuple(sentences),
+                                 examples))
+    if quiet_conditions:
+        # Conditions where nothing differs share one line: the verdict stays short enough to read first.
+        quiet = [c for c in verdict.comparisons if c.condition in quiet_conditions]
+        lines.append(VerdictLine(_conditions_heading(quiet_conditions), (_nothing_sentence(quiet),)))
     return lines
+
+
+def _conditions_heading(conditions: Sequence[Condition]) -> str:
+    """"linear, gated · realistic_3pct; linear · mixed_5pct": conditions grouped by profile, in report order."""
+    by_profile: dict[str, list[str]] = defaultdict(list)
+    for condition in conditions:
+        by_profile[condition.profile].append(condition.variant)
+    return "; ".join(f"{', '.join(variants)} · {profile}" for profile, variants in by_profile.items())
 
 
 def _task_name(task: str) -> str:

@@ -99,3 +99,10 @@ def test_a_clean_deterministic_profile_is_one_line_for_every_variant() -> None:
     lines = verdict_lines(build_verdict(episodes))
     assert [line.heading for line in lines] == ["linear, gated · none (deterministic)"]
     assert lines[0].sentences[0].startswith("every framework solves all 2 tasks in each of these variants")
+
+
+def test_conditions_where_nothing_differs_share_one_line() -> None:
+    episodes = [e for v in ("linear", "gated") for s in ("plain", "autogen") for e in cell(s, set(), variant=v)]
+    lines = verdict_lines(build_verdict(episodes))
+    assert [line.heading for line in lines] == ["linear, gated · semantic_10pct"]
+    assert lines[0].sentences[0].startswith("no significant difference on success or harm (autogen against plain)")
