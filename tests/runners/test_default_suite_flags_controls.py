@@ -22,8 +22,10 @@ SEEN = ("control_drop_field", "control_truncate", "control_last_pending")
 
 def test_the_default_suite_verdict_flags_the_controls(tmp_path: Path) -> None:
     store = tmp_path / "controls.sqlite"
-    run_sweep(Sweep.build(frameworks=["plain", *SEEN], variants=["linear", "delegated"], profiles=["realistic_3pct"],
-                          seeds=DEFAULT_SEEDS), store, workers=2)
+    for frameworks, variant in ((["plain", "control_drop_field", "control_truncate"], "linear"),
+                                (["plain", "control_last_pending"], "delegated")):
+        run_sweep(Sweep.build(frameworks=frameworks, variants=[variant], profiles=["realistic_3pct"],
+                              seeds=DEFAULT_SEEDS), store, workers=2)
     report = build_report(store)
     verdict = {(row["framework"], row["variant"], row["outcome"]): row
                for row in next(t for t in report.tables if t.key == "verdict").values()}
