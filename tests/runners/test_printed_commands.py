@@ -53,7 +53,10 @@ COMPLETIONS: dict[str, tuple[list[str], str]] = {
 
 OVERRIDES: dict[str, tuple[list[str], str]] = {
     "coordlab run": (["--seeds", "1", "--tasks", "chain", "--frameworks", "plain"],
-                     "the default suite: 6 tasks x 4 frameworks x 20 seeds"),
+                     "the default suite: 6 tasks x 4 frameworks x 3 variants x 24 seeds"),
+    "coordlab run --frameworks plain control_repeat_step control_sticky_state --variants linear gated delegated "
+    "--faults realistic_3pct mixed_5pct --seeds 24": (["--seeds", "1", "--tasks", "chain"],
+                                                       "6 tasks x 3 adapters x 3 variants x 24 seeds"),
     "coordlab run --tasks chain:n=8 incident_triage --frameworks plain langgraph --variants linear gated delegated "
     "--faults semantic_10pct mixed_5pct --seeds 20": (["--seeds", "1", "--frameworks", "plain"],
                                                       "LangGraph and 20 seeds"),
@@ -75,7 +78,7 @@ OVERRIDES: dict[str, tuple[list[str], str]] = {
     "coordlab experiment compounding --frameworks plain": (["--seeds", "1"], "1,200 episodes"),
     "coordlab experiment gate": (["--seeds", "1", "--frameworks", "plain"], "3,200 episodes"),
     "coordlab experiment context": (["--seeds", "1", "--frameworks", "plain"],
-                                    "5,880 episodes (one seed of plain: 245 episodes, the slowest command here)"),
+                                    "5,580 episodes (one seed of plain: 245 episodes, the slowest command here)"),
     "coordlab simulate serve": (["--seconds", "0.2"], "serves until Ctrl-C"),
     "coordlab simulate serve --port 8800": (["--seconds", "0.2", "--port", "0"],
                                             "serves until Ctrl-C; port 8800 may be taken on a test machine"),
