@@ -113,3 +113,22 @@ def test_wilson_matches_statsmodels_proportion_confint() -> None:
     for successes, n in [(0, 10), (5, 10), (6, 8), (10, 10), (37, 120)]:
         low, high = proportion_confint(successes, n, alpha=0.05, method="wilson")
         assert wilson_interval(successes, n) == (pytest.approx(low, abs=1e-10), pytest.approx(high, abs=1e-10))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_task_clustered_interval_is_statsmodels_wilson_at_the_design_effects_sample_size(seed: int) -> None:
+    # The report's interval: DEFF = the CR1 variance (statsmodels' cluster-robust bse², its default corrections)
+    # over the binomial variance p(1-p)/N, at least 1; then Wilson's interval at N / DEFF episodes.
+    from statsmodels.stats.proportion import proportion_confint
+
+    from coordlab.reports.stats import task_clustered_interval
+
+    clusters = random_clusters(random.Random(seed))
+    episodes = sum(n for _, n in clusters)
+    p = sum(s for s, _ in clusters) / episodes
+    fit = cluster_fit(clusters, use_t=True)
+    effect = max(1.0, float(fit.bse[0]) ** 2 / (p * (1 - p) / episodes)) if 0 < p < 1 else 1.0
+    low, high = proportion_confint(p * episodes / effect, episodes / effect, alpha=0.05, method="wilson")
+    result = task_clustered_interval(clusters)
+    assert result.design_effect == pytest.approx(effect, rel=1e-9)
+    assert (result.low, result.high) == (pytest.approx(low, abs=1e-10), pytest.approx(high, abs=1e-10))
