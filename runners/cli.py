@@ -193,6 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("coordlab: note: a live endpoint gets no fault injection; running the 'none' profile only",
               file=sys.stderr)
         sweep = replace(sweep, profiles=("none",))
+    collapsed = sweep.collapsed_profiles()
+    if collapsed:
+        print(f"coordlab: note: {', '.join(collapsed)} inject(s) nothing, so every seed would be the same episode: "
+              f"run once per task, framework and variant (seed {sweep.seeds[0]})", file=sys.stderr)
     stream, tracing = None, None
     if args.framework_tracing and not args.otlp_endpoint:
         raise UsageError("--framework-tracing needs --otlp-endpoint (the receiver the frameworks' spans go to)")

@@ -138,3 +138,10 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(argv: tuple[str, ...
     finally:
         os.close(write_end)
     assert result.returncode == EXIT_SIGPIPE == 141 and result.stderr == ""
+
+
+def test_run_says_when_a_profile_that_injects_nothing_runs_once(capsys, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "run", "--tasks", "chain:n=1", "--frameworks", "plain", "--variants", "linear",
+                         "--faults", "none", "--seeds", "3", "--store", str(tmp_path / "r.sqlite"))
+    assert code == 0 and "1 episodes" in out
+    assert "none inject(s) nothing" in err and "seed 0" in err
