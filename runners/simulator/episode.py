@@ -103,6 +103,30 @@ class EpisodeState:
         self._fired: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
         self._call_counter = 0
+        self._idle = threading.Condition()
+        self._in_flight = 0
+
+    # -- requests in flight ----------------------------------------------------------------
+    def begin_exchange(self) -> None:
+        """A request arrived; its record is final only when :meth:`end_exchange` is called."""
+        with self._idle:
+            self._in_flight += 1
+
+    def end_exchange(self) -> None:
+        """The server has written the response and amended the record (status, timing, bodies)."""
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no exchange is in flight, at most ``timeout`` seconds; whether it got there.
+
+        A client has the last byte of a response before the server thread that sent it has
+        amended the record, so whoever reads the log as soon as the framework returns (the
+        harness, closing the episode) must wait for that thread, or read a half-told exchange.
+        """
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     # -- entry point ---------------------------------------------------------------------
     def decide(self, role: str, body: Mapping[str, Any], retry_count: int) -> Decision:

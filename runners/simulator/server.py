@@ -37,6 +37,10 @@ _MODELS = re.compile(r"^(?:/episodes/[A-Za-z0-9_-]+/roles/[A-Za-z0-9_.-]+)?/v1/m
 _LOG = re.compile(r"^/episodes/([A-Za-z0-9_-]+)/log$")
 
 
+CLOSE_WAIT_S = 2.0
+"""How long closing an episode waits for its in-flight exchanges to be recorded (far more than writing a reply takes)."""
+
+
 class SimulatorError(RuntimeError):
     """The simulator cannot start or was asked for something it cannot do."""
 
@@ -162,13 +166,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         started = time.perf_counter()
         retry_count = int(self.headers.get("x-stainless-retry-count") or 0)
-        decision = episode.decide(role, body, retry_count)
-        # The request body is kept before acting, so a stalled request still has it if the episode ends first.
-        episode.update_record(decision.record, request_body=body)
-        self._sent = None
-        status = self._act(decision, episode.plan.profile, body)
-        episode.update_record(decision.record, status=status, elapsed_ms=(time.perf_counter() - started) * 1000,
-                              response_body=self._sent)
+        episode.begin_exchange()
+        try:
+            decision = episode.decide(role, body, retry_count)
+            # The request body is kept before acting, so a stalled request still has it if the episode ends first.
+            episode.update_record(decision.record, request_body=body)
+            self._sent = None
+            status = self._act(decision, episode.plan.profile, body)
+            episode.update_record(decision.record, status=status, elapsed_ms=(time.perf_counter() - started) * 1000,
+                                  response_body=self._sent)
+        finally:
+            episode.end_exchange()
 
     def _act(self, decision: Decision, profile: FaultProfile, body: Mapping[str, Any]) -> int:
         """Send the reply, or act out the transport fault; return the HTTP status sent (0: none)."""
@@ -315,5 +323,11 @@ class Simulator(LoopbackService):
         return self._episodes.get(episode_id)
 
     def close_episode(self, episode_id: str) -> EpisodeState:
-        """Stop serving an episode and hand back its state (with the request log)."""
-        return self._episodes.pop(episode_id)
+        """Stop serving an episode and hand back its state, once every exchange of it is recorded in full.
+
+        The wait is bounded (:data:`CLOSE_WAIT_S`): a request the server is still stalling on
+        purpose is left to end on its own, and its record keeps what was known when it arrived.
+        """
+        state = self._episodes.pop(episode_id)
+        state.wait_idle(CLOSE_WAIT_S)
+        return state

@@ -138,3 +138,29 @@ def test_episodes_can_be_registered_over_http(simulator: Simulator) -> None:
 def test_simulator_refuses_to_bind_beyond_loopback() -> None:
     with pytest.raises(SimulatorError, match="loopback only"):
         Simulator(host="0.0.0.0")
+
+
+def test_closing_an_episode_waits_for_the_exchange_in_flight_to_be_recorded(simulator: Simulator) -> None:
+    """A client holds the last byte before the server thread amends the record: closing must wait for that thread."""
+    import threading
+
+    episode = simulator.open_episode(load_suite_task("chain"), FaultPlan(load_profile("none"), 0))
+    episode.begin_exchange()
+    assert not episode.wait_idle(0.01)  # in flight: not idle
+    release = threading.Event()
+
+    def finish() -> None:
+        release.wait()
+        episode.end_exchange()
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    closed: list[object] = []
+    closer = threading.Thread(target=lambda: closed.append(simulator.close_episode(episode.id)))
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive() and not closed  # close_episode is waiting for the exchange
+    release.set()
+    closer.join(10)
+    worker.join(10)
+    assert closed == [episode] and episode.wait_idle(0)
