@@ -16,7 +16,7 @@ cell, no sampling, so no test: any difference there is simply a fact, and said a
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Iterable, Mapping, Sequence
 
@@ -70,6 +70,13 @@ class Comparison:
     """The smallest difference this many pairs detect with :data:`POWER` at the family's strictest level."""
     explained_by: tuple[EpisodeRecord, ...]
     """The discordant episodes that make the difference: the side that failed (or harmed) where the other did not."""
+
+    @property
+    def discordant(self) -> tuple[int, int]:
+        """The outcome's discordant pair counts, (the framework's side, the reference's side): pairs only it
+        succeeded in for success, pairs only it harmed in for harm."""
+        c = self.counts
+        return (c.only_a, c.only_b) if self.outcome is Outcome.SUCCESS else (c.harm_a, c.harm_b)
 
     @property
     def difference(self) -> float:
@@ -162,49 +169,49 @@ def build_verdict(episodes: Sequence[EpisodeRecord], diagnoses: Mapping[int, Dia
     ``diagnoses`` maps failed episodes' ids to their failure diagnosis (read from the store's
     traces); the verdict explains each difference it finds with them.
     """
-    raw: list[tuple[Condition, str, str, Outcome, PairedCounts, float, tuple[EpisodeRecord, ...]]] = []
+    tests: list[Comparison] = []
     deterministic: list[DeterministicCell] = []
     for condition, by_system in pair_up(episodes).items():
-        reference = _reference(by_system)
         if _deterministic(condition, (e for cell in by_system.values() for e in cell.values())):
-            for system in sorted(by_system, key=framework_sort_key):
-                deterministic.append(DeterministicCell(condition, system, tuple(
-                    by_system[system][key] for key in sorted(by_system[system]))))
+            deterministic += [DeterministicCell(condition, system, tuple(cell[key] for key in sorted(cell)))
+                              for system, cell in by_system.items()]
             continue
+        reference = _reference(by_system)
         if reference is None:
             continue
-        for system in sorted(by_system, key=framework_sort_key):
-            if system == reference:
-                continue
-            shared = sorted(by_system[system].keys() & by_system[reference].keys())
-            if not shared:
-                continue
-            pairs = [(by_system[system][k], by_system[reference][k]) for k in shared]
-            counts = PairedCounts.of(pairs)
-            framework_failed = tuple(a for a, b in pairs if b.success and not a.success)
-            reference_failed = tuple(b for a, b in pairs if a.success and not b.success)
-            raw.append((condition, system, reference, Outcome.SUCCESS, counts,
-                        mcnemar_exact(counts.only_a, counts.only_b),
-                        framework_failed if counts.only_a <= counts.only_b else reference_failed))
-            framework_harmed = tuple(a for a, b in pairs if a.harmful_failure and not b.harmful_failure)
-            reference_harmed = tuple(b for a, b in pairs if b.harmful_failure and not a.harmful_failure)
-            raw.append((condition, system, reference, Outcome.HARM, counts, mcnemar_exact(counts.harm_a, counts.harm_b),
-                        framework_harmed if counts.harm_a >= counts.harm_b else reference_harmed))
-    adjusted = holm_adjust([p for *_, p, _ in raw]) if raw else []
-    strictest = ALPHA / max(1, len(raw))
-    comparisons = []
-    for (condition, system, reference, outcome, counts, p, explained), p_adjusted in zip(raw, adjusted):
-        discordant = (counts.only_a, counts.only_b) if outcome is Outcome.SUCCESS else (counts.harm_a, counts.harm_b)
-        background = min(discordant) / counts.pairs
-        comparisons.append(Comparison(condition, system, reference, outcome, counts, p, p_adjusted,
-                                      minimum_detectable_difference(counts.pairs, background, strictest, POWER),
-                                      explained))
+        for system, cell in by_system.items():
+            shared = sorted(cell.keys() & by_system[reference].keys())
+            if system != reference and shared:
+                tests += _tests(condition, system, reference, [(cell[k], by_system[reference][k]) for k in shared])
+    # One family: every test the verdict makes. The detectable difference is stated at its strictest level.
+    strictest = ALPHA / max(1, len(tests))
+    comparisons = [replace(test, adjusted_p=adjusted, detectable=minimum_detectable_difference(
+                       test.counts.pairs, min(test.discordant) / test.counts.pairs, strictest, POWER))
+                   for test, adjusted in zip(tests, holm_adjust([t.p_value for t in tests]))]
     comparisons.sort(key=lambda c: (profile_sort_key(c.condition.profile), variant_sort_key(c.condition.variant),
                                     framework_sort_key(c.framework), c.outcome != Outcome.SUCCESS))
-    verdict = Verdict(comparisons, sorted(deterministic, key=lambda d: (
-        profile_sort_key(d.condition.profile), variant_sort_key(d.condition.variant), framework_sort_key(d.framework))))
-    verdict.diagnoses = diagnoses or {}
-    return verdict
+    deterministic.sort(key=lambda d: (profile_sort_key(d.condition.profile), variant_sort_key(d.condition.variant),
+                                      framework_sort_key(d.framework)))
+    return Verdict(comparisons, deterministic, diagnoses or {})
+
+
+def _tests(condition: Condition, system: str, reference: str,
+           pairs: Sequence[tuple[EpisodeRecord, EpisodeRecord]]) -> list[Comparison]:
+    """The success and the harm test of ``system`` against ``reference`` on (system's, reference's) episode pairs.
+
+    Each is explained by the discordant episodes of the side that did worse: the one that
+    failed (or harmed) where the other did not.
+    """
+    counts = PairedCounts.of(pairs)
+    system_failed = tuple(a for a, b in pairs if b.success and not a.success)
+    reference_failed = tuple(b for a, b in pairs if a.success and not b.success)
+    system_harmed = tuple(a for a, b in pairs if a.harmful_failure and not b.harmful_failure)
+    reference_harmed = tuple(b for a, b in pairs if b.harmful_failure and not a.harmful_failure)
+    return [Comparison(condition, system, reference, Outcome.SUCCESS, counts,
+                       mcnemar_exact(counts.only_a, counts.only_b), 1.0, None,
+                       system_failed if counts.only_a <= counts.only_b else reference_failed),
+            Comparison(condition, system, reference, Outcome.HARM, counts, mcnemar_exact(counts.harm_a, counts.harm_b),
+                       1.0, None, system_harmed if counts.harm_a >= counts.harm_b else reference_harmed)]
 
 
 # -- words ---------------------------------------------------------------------------------------
