@@ -139,10 +139,6 @@ class Verdict:
         found = {c.condition for c in self.comparisons}
         return sorted(found, key=lambda c: (profile_sort_key(c.profile), variant_sort_key(c.variant)))
 
-    def findings(self) -> list[Comparison]:
-        """The significant comparisons."""
-        return [c for c in self.comparisons if c.significant]
-
 
 def pair_up(episodes: Iterable[EpisodeRecord]) -> dict[Condition, dict[str, dict[tuple[str, int], EpisodeRecord]]]:
     """Episodes by condition, then system, then (task, seed): the pairing key within a condition."""
