@@ -499,9 +499,10 @@ class _Episode:
         withheld = []
         for _, event, issue in self.open_issues:
             if self.brief_lost(event) and issue.get("cause") != "model_error":
-                withheld.append(f"{issue['field']} was left out of the routing model's brief for {event.step}")
+                withheld.append(f"the value '{issue['field']}' was left out of the routing model's brief "
+                                f"for {event.step}")
             elif issue.get("cause") == "model_error" and issue.get("received") is None:
-                withheld.append(f"{issue['field']} never reached {event.step}: its producer left it out")
+                withheld.append(f"the value '{issue['field']}' never reached {event.step}: its producer left it out")
         if not withheld:  # no reader ran after the omission: only the fault shows it
             withheld += [f"{fault.step} left a value out ({fault}) and it was never made good"
                          for fault in self.unrecovered_in(WITHHOLDING_FAULTS)]

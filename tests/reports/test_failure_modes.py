@@ -75,7 +75,7 @@ CASES = [
     Case("misroute in delegated", "plain", "delegated", ("find_slot:wrong_handoff_target",), (F.MISROUTED,),
          ("find_slot:wrong_handoff_target@0",), "the router sent find_slot to coordinator"),
     Case("omitted field in linear", "plain", "linear", ("draft:omitted_field",), (F.WITHHELD_INFORMATION,),
-         ("draft:omitted_field@0",), "confirmation never reached send"),
+         ("draft:omitted_field@0",), "the value 'confirmation' never reached send"),
     Case("omitted field makes the router loop", "plain", "delegated", ("draft:omitted_field",),
          (F.WITHHELD_INFORMATION, F.TURN_LIMIT), ("draft:omitted_field@0",), "also turn_limit"),
     Case("control takes the latest pending step", "control_last_pending", "delegated", (), (F.OUT_OF_ORDER,), (),
