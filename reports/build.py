@@ -82,7 +82,8 @@ def findings(verdict: Verdict, store: Path) -> list[Finding]:
 
 def show_key(episode: EpisodeRecord) -> str:
     """The key ``coordlab show`` takes for ``episode``: TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED."""
-    return f"{episode.task}/{episode.framework}@{episode.framework_version}/{episode.variant}/{episode.profile}/{episode.seed}"
+    return (f"{episode.task}/{episode.framework}@{episode.framework_version}/{episode.variant}/{episode.profile}/"
+            f"{episode.seed}")
 
 
 def build_tables(data: StoreData, prices: PriceTable, verdict: Verdict, *, per_task: bool, max_k: int) -> list[Table]:

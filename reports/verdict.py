@@ -280,7 +280,8 @@ def _part(comparison: Comparison) -> str:
     low, high = comparison.interval
     noun = "success" if comparison.outcome is Outcome.SUCCESS else "harm"
     return (f"**{'better' if comparison.better else 'worse'}** on {noun}: {mine:.1%} vs {theirs:.1%} "
-            f"({pp(comparison.difference)}, 95% CI {100 * low:+.1f} to {100 * high:+.1f}; Holm p {_p(comparison.adjusted_p)})")
+            f"({pp(comparison.difference)}, 95% CI {100 * low:+.1f} to {100 * high:+.1f}; "
+            f"Holm p {_p(comparison.adjusted_p)})")
 
 
 def finding_sentence(comparisons: Sequence[Comparison], diagnoses: Mapping[int, Diagnosis]) -> str:
