@@ -456,6 +456,13 @@ def profile_info(name: str) -> ProfileInfo | None:
                        profile.deterministic)
 
 
+def is_deterministic(episode: EpisodeRecord) -> bool:
+    """Whether ``episode`` is one of a deterministic profile's copies: a built-in profile that injects nothing, on the
+    simulator. Live episodes (a stochastic model) and profiles this coordlab does not know are never."""
+    info = profile_info(episode.profile)
+    return info is not None and info.deterministic and not episode.live
+
+
 def collapse_replicates(episodes: list[EpisodeRecord]) -> tuple[list[EpisodeRecord], int]:
     """Keep one seed per cell of a deterministic profile on the simulator; return the episodes kept and dropped.
 
@@ -468,8 +475,7 @@ def collapse_replicates(episodes: list[EpisodeRecord]) -> tuple[list[EpisodeReco
     seen: set[tuple[str, str, str, str]] = set()
     dropped = 0
     for episode in sorted(episodes, key=lambda e: (e.seed, e.episode_id)):
-        info = profile_info(episode.profile)
-        if episode.live or info is None or not info.deterministic:
+        if not is_deterministic(episode):
             kept.append(episode)
             continue
         cell = (episode.task, episode.system, episode.variant, episode.profile)

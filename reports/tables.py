@@ -16,7 +16,8 @@ from itertools import combinations
 from operator import attrgetter
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .data import EpisodeRecord, FaultMet, PriceTable, mutating_steps, parse_task_key, profile_info, suite_task
+from .data import (EpisodeRecord, FaultMet, PriceTable, is_deterministic, mutating_steps, parse_task_key, profile_info,
+                   suite_task)
 from .model import Cell, Table
 from .pairing import PairedCounts
 from .stats import (geometric_mean, holm_adjust, mcnemar_exact, median, pass_hat_k,
@@ -197,7 +198,7 @@ def success_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> T
 
 def success_interval(episodes: Sequence[EpisodeRecord], by_task: bool) -> tuple[float | None, float | None]:
     """The success rate's 95% interval for one row: task-clustered across tasks, Wilson within one, none if fixed."""
-    if not episodes or _is_deterministic(episodes[0]):
+    if not episodes or is_deterministic(episodes[0]):
         return None, None
     successes = sum(e.success for e in episodes)
     if by_task:
@@ -207,11 +208,6 @@ def success_interval(episodes: Sequence[EpisodeRecord], by_task: bool) -> tuple[
         return wilson_interval(successes, len(episodes))
     clustered = task_clustered_interval(per_task)
     return clustered.low, clustered.high
-
-
-def _is_deterministic(episode: EpisodeRecord) -> bool:
-    info = profile_info(episode.profile)
-    return info is not None and info.deterministic and not episode.live
 
 
 def resolve_max_k(episodes: Sequence[EpisodeRecord], max_k: int | None) -> int:

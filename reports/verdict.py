@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Iterable, Mapping, Sequence
 
-from .data import EpisodeRecord, profile_info
+from .data import EpisodeRecord, is_deterministic
 from .failure_modes import Diagnosis, FailureMode
 from .model import Cell, Table
 from .pairing import PairedCounts
@@ -154,11 +154,6 @@ def _reference(systems: Iterable[str]) -> str | None:
     return candidates[0] if candidates else None
 
 
-def _deterministic(condition: Condition, episodes: Iterable[EpisodeRecord]) -> bool:
-    info = profile_info(condition.profile)
-    return info is not None and info.deterministic and not any(e.live for e in episodes)
-
-
 def build_verdict(episodes: Sequence[EpisodeRecord], diagnoses: Mapping[int, Diagnosis] | None = None) -> Verdict:
     """Compare every framework with the reference under every condition, on success and on harm.
 
@@ -168,7 +163,7 @@ def build_verdict(episodes: Sequence[EpisodeRecord], diagnoses: Mapping[int, Dia
     tests: list[Comparison] = []
     deterministic: list[DeterministicCell] = []
     for condition, by_system in pair_up(episodes).items():
-        if _deterministic(condition, (e for cell in by_system.values() for e in cell.values())):
+        if all(is_deterministic(e) for cell in by_system.values() for e in cell.values()):
             deterministic += [DeterministicCell(condition, system, tuple(cell[key] for key in sorted(cell)))
                               for system, cell in by_system.items()]
             continue
