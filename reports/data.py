@@ -232,11 +232,10 @@ def load_store(path: str | Path) -> StoreData:
 
 @dataclass(frozen=True, slots=True)
 class FaultMet:
-    """One fault an episode met: its kind, the step it hit, and whether its effect stayed out of the end state."""
+    """One fault an episode met: its kind and the step it hit."""
 
     fault: str
     step: str | None
-    recovered: bool
 
 
 def _faults_met(connection: sqlite3.Connection) -> dict[int, tuple[FaultMet, ...]]:
@@ -245,7 +244,7 @@ def _faults_met(connection: sqlite3.Connection) -> dict[int, tuple[FaultMet, ...
     for episode_id, step, detail in connection.execute(
             "SELECT episode_id, step, detail_json FROM events WHERE kind = 'fault' ORDER BY episode_id, seq"):
         values = _json_object(detail)
-        met.setdefault(episode_id, []).append(FaultMet(str(values.get("fault")), step, bool(values.get("recovered"))))
+        met.setdefault(episode_id, []).append(FaultMet(str(values.get("fault")), step))
     return {episode: tuple(faults) for episode, faults in met.items()}
 
 

@@ -319,16 +319,13 @@ def fault_exposure_table(episodes: Sequence[EpisodeRecord], faults: Mapping[int,
     episodes: how many met the fault, and of those how many still succeeded and how many
     left harm behind. Rows pool the variants; the profile is never pooled.
     """
-    cells: dict[tuple[str, str, str, str], list[tuple[EpisodeRecord, bool]]] = defaultdict(list)
+    cells: dict[tuple[str, str, str, str], list[EpisodeRecord]] = defaultdict(list)
     for episode in episodes:
-        met = faults.get(episode.episode_id, ())
         mutating = mutating_steps(episode.task) or frozenset()
-        seen: dict[tuple[str, str], bool] = {}
-        for fault in met:
-            where = "mutating" if fault.step in mutating else "other"
-            seen[(fault.fault, where)] = seen.get((fault.fault, where), True) and fault.recovered
-        for (kind, where), recovered in seen.items():
-            cells[(episode.profile, kind, where, episode.system)].append((episode, recovered))
+        met = {(fault.fault, "mutating" if fault.step in mutating else "other")
+               for fault in faults.get(episode.episode_id, ())}
+        for kind, where in met:
+            cells[(episode.profile, kind, where, episode.system)].append(episode)
     rows = []
     order = sorted({key[:3] for key in cells}, key=lambda k: (profile_sort_key(k[0]), k[1], k[2]))
     systems = sorted({key[3] for key in cells}, key=framework_sort_key)
@@ -339,8 +336,8 @@ def fault_exposure_table(episodes: Sequence[EpisodeRecord], faults: Mapping[int,
             if not met:
                 row.append(Cell(None, "—"))
                 continue
-            successes = sum(e.success for e, _ in met)
-            harmful = sum(e.harmful_failure for e, _ in met)
+            successes = sum(e.success for e in met)
+            harmful = sum(e.harmful_failure for e in met)
             row.append(Cell(successes / len(met), f"{len(met)} met: {successes} ok, {harmful} harmful"))
         rows.append(row)
     return Table("fault_exposure", "Fault exposure: episodes that met each fault, and how they ended",
@@ -589,21 +586,19 @@ def _compounding_cells(episodes: Sequence[EpisodeRecord]) -> tuple[
     return cells, left_out
 
 
-def compounding_left_out(episodes: Sequence[EpisodeRecord]) -> str:
+def _left_out_text(left_out: Mapping[str, int]) -> str:
     """The chain episodes the compounding table leaves out, each group with its reason ("" when none are)."""
-    _, left_out = _compounding_cells(episodes)
     return "; ".join(f"{n:,} episode{'s' if n != 1 else ''} of {reason}" for reason, n in sorted(left_out.items()))
 
 
 def compounding_note(episodes: Sequence[EpisodeRecord]) -> str:
     """Why the report has no compounding table although it holds chain episodes ("" when it has one, or none)."""
-    cells, _ = _compounding_cells(episodes)
-    left_out = compounding_left_out(episodes)
+    cells, left_out = _compounding_cells(episodes)
     if cells or not left_out:
         return ""
     return (f"No compounding table: (1-p)^n describes none of the chain episodes, which it does only in the linear "
             f"variant under a built-in profile whose faults fail a chain step, without transport faults or "
-            f"mechanisms. Left out: {left_out}.")
+            f"mechanisms. Left out: {_left_out_text(left_out)}.")
 
 
 def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:
@@ -617,7 +612,7 @@ def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:
     step) or fails without one (it lost a value on its own); whether the curve lies in the
     interval is about the seeds as much as the framework.
     """
-    cells, _ = _compounding_cells(episodes)
+    cells, left_out_counts = _compounding_cells(episodes)
     rows = []
     for (system, variant, profile, n), cell in sorted(cells.items(), key=lambda item: (
             framework_sort_key(item[0][0]), variant_sort_key(item[0][1]), profile_sort_key(item[0][2]), item[0][3])):
@@ -633,7 +628,7 @@ def compounding_table(episodes: Sequence[EpisodeRecord]) -> Table:
                      rate(drawn.count(False) / len(cell) if known else None),
                      Cell.of(sum(e.success and d for e, d in zip(cell, drawn)) if known else None, "{:,}"),
                      Cell.of(sum(not e.success and not d for e, d in zip(cell, drawn)) if known else None, "{:,}")])
-    left_out = compounding_left_out(episodes)
+    left_out = _left_out_text(left_out_counts)
     return Table("compounding", "Compounding: chain success against (1-p)^n",
                  ["framework", "variant", "profile", "n", "episodes", "success rate", "95% CI low", "95% CI high",
                   "p", "(1-p)^n", "within CI", "no fault drawn", "succeeded despite a fault",
