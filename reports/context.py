@@ -22,11 +22,11 @@ from matplotlib.ticker import PercentFormatter
 from coordlab.runners.mechanisms import Mechanism
 
 from .data import EpisodeRecord
-from .model import Cell, Figure, Table
+from .model import Figure, Table
 from .plots import _STYLE, _dodge, _export, _new_figure, _percent_axis, colour
 from .pairing import PairedCounts
 from .stats import mcnemar_exact, wilson_interval
-from .tables import REFERENCE, count, framework_sort_key, number, p_value, rate, text, variant_sort_key
+from .tables import REFERENCE, count, framework_sort_key, number, p_value, points, rate, text, variant_sort_key
 
 CONTEXT_PREFIX = "ctx_"
 """How the context experiment's generated profiles begin (``runners/experiments.py`` writes them)."""
@@ -93,10 +93,6 @@ def paired_counts(cell: Sequence[EpisodeRecord]) -> dict[str, PairedCounts]:
     return result
 
 
-def _pp(value: float) -> Cell:
-    return Cell(value, f"{100 * value:+.1f} pp")
-
-
 def context_table(episodes: Sequence[EpisodeRecord], profiles: Collection[str] | None = None) -> Table:
     """Each framework against plain at every mechanism and strength: paired success and harm, McNemar's exact test.
 
@@ -110,9 +106,7 @@ def context_table(episodes: Sequence[EpisodeRecord], profiles: Collection[str] |
                 low, high = paired.interval()
                 rows.append([text(mechanism), number(strength), text(variants), text(system), count(paired.pairs),
                              count(paired.both), count(paired.only_a), count(paired.only_b), count(paired.neither),
-                             rate((paired.both + paired.only_a) / paired.pairs),
-                             rate((paired.both + paired.only_b) / paired.pairs),
-                             _pp(paired.difference), _pp(low), _pp(high),
+                             *map(rate, paired.success_rates), points(paired.difference), points(low), points(high),
                              p_value(mcnemar_exact(paired.only_a, paired.only_b)),
                              count(paired.harm_a), count(paired.harm_b),
                              p_value(mcnemar_exact(paired.harm_a, paired.harm_b))])

@@ -51,6 +51,16 @@ class PairedCounts:
                    sum(a.harmful_failure and b.harmful_failure for a, b in pairs))
 
     @property
+    def success_rates(self) -> tuple[float, float]:
+        """(A's success rate, B's success rate) over the pairs."""
+        return (self.both + self.only_a) / self.pairs, (self.both + self.only_b) / self.pairs
+
+    @property
+    def harm_rates(self) -> tuple[float, float]:
+        """(A's harmful-failure rate, B's harmful-failure rate) over the pairs."""
+        return (self.harm_both + self.harm_a) / self.pairs, (self.harm_both + self.harm_b) / self.pairs
+
+    @property
     def harm_difference(self) -> float:
         """A's harmful-failure rate minus B's, over the pairs."""
         return (self.harm_a - self.harm_b) / self.pairs

@@ -134,6 +134,11 @@ def money(value: float | None, currency: str = "USD") -> Cell:
     return Cell(value, f"{symbol}{value:,.{decimals}f}")
 
 
+def points(value: float) -> Cell:
+    """A difference of two rates in signed percentage points, such as +7.5 pp."""
+    return Cell(value, f"{100 * value:+.1f} pp")
+
+
 def p_value(value: float) -> Cell:
     """A p-value; below 0.001 it reads "<0.001" (the value keeps every digit)."""
     return Cell(value, "<0.001" if value < 0.001 else f"{value:.3f}")
@@ -483,11 +488,11 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
             if not shared:
                 continue
             pairs = PairedCounts.of([(by_system[a][k], by_system[b][k]) for k in shared])
-            rate_a, rate_b = (pairs.both + pairs.only_a) / pairs.pairs, (pairs.both + pairs.only_b) / pairs.pairs
+            rate_a, rate_b = pairs.success_rates
             tests.append((mcnemar_exact(pairs.only_a, pairs.only_b), mcnemar_exact(pairs.harm_a, pairs.harm_b)))
             rows.append([*_labels(key), text(a), text(b), count(pairs.pairs), count(pairs.both), count(pairs.only_a),
                          count(pairs.only_b), count(pairs.neither), rate(rate_a), rate(rate_b),
-                         Cell(rate_a - rate_b, f"{100 * (rate_a - rate_b):+.1f} pp"), p_value(tests[-1][0]),
+                         points(pairs.difference), p_value(tests[-1][0]),
                          count(pairs.harm_a), count(pairs.harm_b), p_value(tests[-1][1])])
     adjusted = holm_adjust([p for pair in tests for p in pair])
     for index, row in enumerate(rows):

@@ -25,7 +25,8 @@ from .failure_modes import Diagnosis, FailureMode
 from .model import Cell, Table
 from .pairing import PairedCounts
 from .stats import holm_adjust, mcnemar_exact, minimum_detectable_difference
-from .tables import REFERENCE, count, framework_sort_key, profile_sort_key, text, variant_sort_key
+from .tables import (REFERENCE, count, framework_sort_key, p_value, points, profile_sort_key, text,
+                     variant_sort_key)
 
 ALPHA = 0.05
 """The family-wise error rate the verdict controls."""
@@ -100,10 +101,7 @@ class Comparison:
 
     def rates(self) -> tuple[float, float]:
         """(framework's rate, reference's rate) of the outcome over the pairs."""
-        c = self.counts
-        if self.outcome is Outcome.SUCCESS:
-            return (c.both + c.only_a) / c.pairs, (c.both + c.only_b) / c.pairs
-        return (c.harm_both + c.harm_a) / c.pairs, (c.harm_both + c.harm_b) / c.pairs
+        return self.counts.success_rates if self.outcome is Outcome.SUCCESS else self.counts.harm_rates
 
 
 @dataclass(frozen=True)
@@ -207,15 +205,6 @@ def _tests(condition: Condition, system: str, reference: str,
 
 # -- words ---------------------------------------------------------------------------------------
 
-def pp(value: float) -> str:
-    """A difference of rates in percentage points, signed."""
-    return f"{100 * value:+.1f} pp"
-
-
-def _p(value: float) -> str:
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
-
-
 def mode_phrase(mode: FailureMode) -> str:
     """A failure mode in a sentence: "step repetition (FM-1.3)", or the lab's own words where MAST has no mode."""
     return f"{mode.description} ({mode.mast.id})" if mode.mast else mode.description
@@ -275,8 +264,8 @@ def _part(comparison: Comparison) -> str:
     low, high = comparison.interval
     noun = "success" if comparison.outcome is Outcome.SUCCESS else "harm"
     return (f"**{'better' if comparison.better else 'worse'}** on {noun}: {mine:.1%} vs {theirs:.1%} "
-            f"({pp(comparison.difference)}, 95% CI {100 * low:+.1f} to {100 * high:+.1f}; "
-            f"Holm p {_p(comparison.adjusted_p)})")
+            f"({points(comparison.difference).text}, 95% CI {100 * low:+.1f} to {100 * high:+.1f}; "
+            f"Holm p {p_value(comparison.adjusted_p).text})")
 
 
 def finding_sentence(comparisons: Sequence[Comparison], diagnoses: Mapping[int, Diagnosis]) -> str:
@@ -396,9 +385,9 @@ def verdict_table(verdict: Verdict) -> Table:
         low, high = c.interval
         rows.append([text(c.condition.variant), text(c.condition.profile), text(c.framework), text(c.outcome.value),
                      count(c.counts.pairs), Cell(mine, f"{mine:.1%}"), Cell(theirs, f"{theirs:.1%}"),
-                     Cell(c.difference, pp(c.difference)), Cell(low, f"{100 * low:+.1f}"),
-                     Cell(high, f"{100 * high:+.1f}"), Cell(c.p_value, _p(c.p_value)),
-                     Cell(c.adjusted_p, _p(c.adjusted_p)),
+                     points(c.difference), Cell(low, f"{100 * low:+.1f}"),
+                     Cell(high, f"{100 * high:+.1f}"), p_value(c.p_value),
+                     p_value(c.adjusted_p),
                      Cell(c.detectable, "—" if c.detectable is None else f"{100 * c.detectable:.1f} pp"),
                      Cell(c.significant, "yes" if c.significant else "no")])
     return Table("verdict", f"Every framework against {REFERENCE}, paired, Holm-adjusted",
