@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coordlab.runners.faults import load_profile, profile_names
-from coordlab.runners.store import StoreError, open_readonly
+from coordlab.runners.store import EpisodeKey, StoreError, open_readonly
 
 from .data import (UNFAITHFUL_PREFIX, EpisodeRecord, PriceTable, PriceTableError, ReportError, StoreData,
                    load_prices, load_store)
@@ -82,8 +82,8 @@ def findings(verdict: Verdict, store: Path) -> list[Finding]:
 
 def show_key(episode: EpisodeRecord) -> str:
     """The key ``coordlab show`` takes for ``episode``: TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED."""
-    return (f"{episode.task}/{episode.framework}@{episode.framework_version}/{episode.variant}/{episode.profile}/"
-            f"{episode.seed}")
+    return str(EpisodeKey(episode.task, episode.framework, episode.framework_version, episode.variant, episode.profile,
+                          episode.seed))
 
 
 def build_tables(data: StoreData, prices: PriceTable, verdict: Verdict, *, per_task: bool, max_k: int) -> list[Table]:

@@ -195,6 +195,8 @@ class Diagnosis:
     """Injected faults and mechanisms whose effect reached the end state, as ``STEP:FAULT@ATTEMPT``."""
     summary: str
     """One sentence: what happened for the primary label, its MAST mode, the other labels, the faults behind it."""
+    unrecovered_kinds: tuple[str, ...] = ()
+    """The kinds of :attr:`unrecovered_faults` (``wrong_value``, ``brief_loss``...), each once, in trace order."""
 
     @property
     def primary(self) -> FailureMode | None:
@@ -611,9 +613,10 @@ class _Episode:
 def _diagnose(episode: Any, events: Sequence[Any]) -> Diagnosis:
     facts = _Episode(episode, events)
     unrecovered = tuple(dict.fromkeys(str(f) for f in facts.unrecovered))
+    kinds = tuple(dict.fromkeys(f.name for f in facts.unrecovered))
     if facts.status not in SCORED_FAILURES:
         what = "not scored: the lab could not finish it" if facts.status == "infra_error" else "did not fail"
-        return Diagnosis((), unrecovered, f"the episode {what}")
+        return Diagnosis((), unrecovered, f"the episode {what}", kinds)
     found: dict[FailureMode, str] = {}
     crash = facts.crash()
     if crash:
@@ -641,7 +644,7 @@ def _diagnose(episode: Any, events: Sequence[Any]) -> Diagnosis:
         summary += f"; also {', '.join(mode.value for mode in modes[1:])}"
     if unrecovered:
         summary += f"; unrecovered faults: {', '.join(unrecovered)}"
-    return Diagnosis(modes, unrecovered, summary)
+    return Diagnosis(modes, unrecovered, summary, kinds)
 
 
 def diagnose(episode: Any, events: Sequence[Any]) -> Diagnosis:

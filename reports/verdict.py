@@ -215,11 +215,6 @@ def mode_column(mode: FailureMode) -> str:
     return f"{mode.value} [{mode.mast.id}]" if mode.mast else mode.value
 
 
-def fault_kind(fault: str) -> str:
-    """The kind of a fault as a diagnosis names it: ``send:http_500@1`` -> ``http_500``."""
-    return fault.partition(":")[2].partition("@")[0] or fault
-
-
 def how(episodes: Sequence[EpisodeRecord], diagnoses: Mapping[int, Diagnosis], limit: int = 3) -> str:
     """The commonest failure modes and unrecovered faults of ``episodes``, as a clause."""
     modes: Counter[str] = Counter()
@@ -230,7 +225,7 @@ def how(episodes: Sequence[EpisodeRecord], diagnoses: Mapping[int, Diagnosis], l
             continue
         if diagnosis.primary is not None:
             modes[mode_phrase(diagnosis.primary)] += 1
-        faults.update({fault_kind(fault) for fault in diagnosis.unrecovered_faults})
+        faults.update(diagnosis.unrecovered_kinds)
     parts = []
     if modes:
         parts.append(", ".join(f"{mode} in {n} of {len(episodes)}" for mode, n in modes.most_common(limit)))
