@@ -181,7 +181,7 @@ def load_store(path: str | Path) -> StoreData:
         store.check_integrity()
         connection = store.connection
         runs = [RunInfo(row["run_id"], row["identity"], row["created_at"], row["status"],
-                        _json_object(row["spec_json"]), _json_object(row["metadata_json"]))
+                        json_object(row["spec_json"]), json_object(row["metadata_json"]))
                 for row in connection.execute("SELECT * FROM runs ORDER BY created_at, run_id")]
         by_run = {run.run_id: run for run in runs}
         versions: dict[str, set[str]] = {}
@@ -243,12 +243,15 @@ def _faults_met(connection: sqlite3.Connection) -> dict[int, tuple[FaultMet, ...
     met: dict[int, list[FaultMet]] = {}
     for episode_id, step, detail in connection.execute(
             "SELECT episode_id, step, detail_json FROM events WHERE kind = 'fault' ORDER BY episode_id, seq"):
-        values = _json_object(detail)
+        values = json_object(detail)
         met.setdefault(episode_id, []).append(FaultMet(str(values.get("fault")), step))
     return {episode: tuple(faults) for episode, faults in met.items()}
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: Any) -> dict[str, Any]:
+    """A JSON object from stored text (or a mapping already parsed); an empty dict for anything unreadable."""
+    if isinstance(text, Mapping):
+        return dict(text)
     try:
         value = json.loads(text)
     except (TypeError, ValueError):

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from coordlab.runners.faults import TRANSPORT_FAULTS
 from coordlab.runners.store import Store, StoreError
 
-from .data import SCORED_FAILURES
+from .data import SCORED_FAILURES, json_object
 
 # -- the MAST taxonomy ------------------------------------------------------------------------------
 
@@ -214,19 +214,6 @@ def _field(row: Any, name: str) -> Any:
         return None
 
 
-def _json_object(text: Any) -> dict[str, Any]:
-    """A JSON object from stored text (or a dict already parsed); an empty dict for anything unreadable."""
-    if isinstance(text, Mapping):
-        return dict(text)
-    if not isinstance(text, (str, bytes)):
-        return {}
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _strings(value: Any) -> list[str]:
     """The strings in a stored list (anything else is ignored)."""
     return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
@@ -253,7 +240,7 @@ class _Event:
 def _event(row: Any) -> _Event:
     """One stored event (``detail_json`` text, or ``detail`` as :meth:`EpisodeResult.event_rows` gives it)."""
     stored = _field(row, "detail_json")
-    detail = _json_object(stored if stored is not None else _field(row, "detail"))
+    detail = json_object(stored if stored is not None else _field(row, "detail"))
     kind, role, step = _field(row, "kind"), _field(row, "role"), _field(row, "step")
     return _Event(kind if isinstance(kind, str) else "", role if isinstance(role, str) else None,
                   step if isinstance(step, str) else None, detail)
@@ -316,7 +303,7 @@ class _Episode:
         self.termination = str(_field(episode, "termination") or ending.get("termination") or "")
         error = _field(episode, "error") or ending.get("error") or ""
         self.error = error if isinstance(error, str) else str(error)
-        verdict = _json_object(_field(episode, "verdict_json"))
+        verdict = json_object(_field(episode, "verdict_json"))
         self.unexpected = Counter(_tool(s) for s in _strings(verdict.get("unexpected_side_effects")))
         self.missing = Counter(_tool(s) for s in _strings(verdict.get("missing_side_effects")))
         self.failed_checks = _strings(verdict.get("failed_checks"))
