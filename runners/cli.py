@@ -19,7 +19,7 @@ from coordlab.tasks.skeleton import SkeletonError, write_skeleton
 
 from coordlab.adapters.base import Knobs
 
-from .experiments import EXPERIMENTS, run_experiment
+from .experiments import DEMO_FOLDER, EXPERIMENTS, EXPERIMENTS_FOLDER, STORE_NAME, default_folder, run_experiment
 from .export import EXPORT_FORMATS, ExportError, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, check_forced, forced_faults, load_profile, profile_names
 from .netguard import loopback_only, url_hosts
@@ -31,8 +31,7 @@ from .viewer.links import VIEWER_PORT
 from .worker import FrameworkTracing
 
 DEFAULT_STORE = Path("out/results.sqlite")
-DEFAULT_DEMO_OUTPUT = Path("out/demo")
-FALLBACK_STORES = ("out/demo/results.sqlite", "out/experiments/*/results.sqlite")
+FALLBACK_STORES = (str(DEMO_FOLDER / STORE_NAME), str(EXPERIMENTS_FOLDER / "*" / STORE_NAME))
 """Where `coordlab demo` and `coordlab experiment NAME` write: read when --store is not given and DEFAULT_STORE is
 missing, so `coordlab show` right after `make demo` finds the demo's episodes."""
 STORE_HELP = (f"results file (default {DEFAULT_STORE}, what `coordlab run` writes; when it does not exist, the most "
@@ -351,7 +350,7 @@ def _experiment(name: str, args: argparse.Namespace, out: Path) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    return _experiment(args.name, args, Path(args.out or f"out/experiments/{args.name}"))
+    return _experiment(args.name, args, Path(args.out) if args.out else default_folder(args.name))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -491,12 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser("experiment", help="run a headline experiment and write its report")
     experiment.add_argument("name", choices=[n for n in EXPERIMENTS if n != "default"],
                             help="; ".join(f"{e.name}: {e.question}" for e in EXPERIMENTS.values() if e.name != "default"))
-    experiment.add_argument("--out", help="output folder (default out/experiments/NAME)")
+    experiment.add_argument("--out", help=f"output folder (default {EXPERIMENTS_FOLDER}/NAME)")
     experiment_flags(experiment)
     experiment.set_defaults(handler=cmd_experiment)
 
     demo = commands.add_parser("demo", help="run the default comparison suite on the simulated model and report it")
-    demo.add_argument("--out", default=str(DEFAULT_DEMO_OUTPUT), help=f"output folder (default {DEFAULT_DEMO_OUTPUT})")
+    demo.add_argument("--out", default=str(DEMO_FOLDER), help=f"output folder (default {DEMO_FOLDER})")
     experiment_flags(demo)
     demo.set_defaults(handler=cmd_demo)
     return parser

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,21 @@ from .sweep import DEFAULT_SEEDS, Sweep
 
 if TYPE_CHECKING:
     from coordlab.reports.model import Report
+
+
+DEMO_FOLDER = Path("out/demo")
+"""Where ``coordlab demo`` (the ``default`` experiment) writes unless told otherwise."""
+
+EXPERIMENTS_FOLDER = Path("out/experiments")
+"""Where ``coordlab experiment NAME`` writes unless told otherwise: ``out/experiments/NAME``."""
+
+STORE_NAME = "results.sqlite"
+"""An experiment's store, in its folder."""
+
+
+def default_folder(name: str) -> Path:
+    """The folder experiment ``name`` writes to when no ``--out`` is given."""
+    return DEMO_FOLDER if name == "default" else EXPERIMENTS_FOLDER / name
 
 
 @dataclass(frozen=True)
@@ -250,7 +266,7 @@ def _context_report(report: "Report", out: Path) -> None:
     folder = out / "profiles"
     settings = context_settings(folder)
     keys = {entry["profile"] for entry in settings}
-    episodes = load_store(out / "results.sqlite").episodes
+    episodes = load_store(out / STORE_NAME).episodes
     table = context_table(episodes, keys)
     if table.rows:
         report.tables.insert(0, table)
@@ -302,10 +318,8 @@ def _command(name: str, out: Path, seeds: int | None, frameworks: list[str] | No
     The default comparison is ``coordlab demo`` (``coordlab experiment`` does not offer it);
     ``--out`` appears when ``out`` is not the CLI's default folder for the command.
     """
-    import shlex
-
     words = ["coordlab", "demo"] if name == "default" else ["coordlab", "experiment", name]
-    if Path(out) != (Path("out/demo") if name == "default" else Path("out/experiments") / name):
+    if Path(out) != default_folder(name):
         words += ["--out", str(out)]
     words += (["--seeds", str(seeds)] if seeds else []) + (["--frameworks", *frameworks] if frameworks else [])
     return shlex.join(words)
@@ -314,7 +328,7 @@ def _command(name: str, out: Path, seeds: int | None, frameworks: list[str] | No
 def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks: list[str] | None = None,
                    workers: int | None = None, time_limit: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
                    progress_stream: TextIO | None = None) -> tuple[RunSummary, Path]:
-    """Run experiment ``name`` (resuming by default) into ``out/results.sqlite``; write its report to ``out``."""
+    """Run experiment ``name`` (resuming by default) into its store in ``out``; write its report to ``out/report``."""
     from coordlab.reports.build import build_report
     from coordlab.reports.render import write_report
 
@@ -322,7 +336,7 @@ def run_experiment(name: str, out: Path, *, seeds: int | None = None, frameworks
     sweeps = experiment.sweeps(seeds or experiment.default_seeds, out)
     if frameworks:
         sweeps = [_with_frameworks(sweep, frameworks) for sweep in sweeps]
-    store = out / "results.sqlite"
+    store = out / STORE_NAME
     summary = _combined([run_sweep(sweep, store, workers=workers, time_limit=time_limit, fresh=fresh,
                                    progress_stream=progress_stream) for sweep in sweeps])
     report = build_report(store)
