@@ -314,8 +314,7 @@ class Store:
 
     def _schema_version(self) -> int | None:
         """The schema version the file records; None when it has no coordlab ``meta`` row."""
-        tables = {r[0] for r in self.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" not in tables:
+        if "meta" not in self.tables():
             return None
         row = self.connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
