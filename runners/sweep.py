@@ -225,12 +225,13 @@ class Sweep:
         tasks = self.loaded_tasks()
         self.check_forced(tasks)
         profile_keys = {name: forced_profile_key(key, self.forced) for name, key in self.profile_keys().items()}
+        seeds = {profile: self.seeds_for(profile) for profile in self.profiles}
         jobs = []
         for framework in self.frameworks:
             for ref, task in tasks:
                 for variant in self.variants:
                     for profile in self.profiles:
-                        for seed in self.seeds_for(profile):
+                        for seed in seeds[profile]:
                             key = EpisodeKey(task.key, framework, versions[framework], variant.value,
                                              profile_keys[profile], seed)
                             jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed, self.forced))
