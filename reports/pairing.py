@@ -2,7 +2,8 @@
 
 Both frameworks met the same faults (same task, variant, fault profile and seed), so only
 the discordant pairs carry evidence; the paired table and the context experiment's table
-count them the same way, here.
+count them the same way, here. With repeated trials (``--trials``) trial i of A pairs with
+trial i of B: both met that seed's fault schedule.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+PairKey = tuple[str, str, str, int, int]
+"""(task, variant, profile, seed, trial): what two frameworks' episodes share to be a pair."""
+
 from .data import EpisodeRecord
 from .stats import paired_difference_interval
 
 
+def pair_key(episode: EpisodeRecord) -> PairKey:
+    """The key that pairs ``episode`` with another framework's: same task, variant, fault profile, seed and trial."""
+    return episode.task, episode.variant, episode.profile, episode.seed, episode.trial
+
+
 @dataclass(frozen=True)
 class PairedCounts:
-    """Framework A against framework B on episodes paired by task, variant, fault profile and seed."""
+    """Framework A against framework B on episodes paired by task, variant, fault profile, seed and trial."""
 
     pairs: int
     both: int
@@ -43,7 +52,7 @@ class PairedCounts:
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[EpisodeRecord, EpisodeRecord]]) -> "PairedCounts":
-        """Count (A, B) episode pairs that met the same task, variant, profile and seed."""
+        """Count (A, B) episode pairs that met the same task, variant, profile, seed and trial."""
         return cls(len(pairs), sum(a.success and b.success for a, b in pairs),
                    sum(a.success and not b.success for a, b in pairs), sum(b.success and not a.success for a, b in pairs),
                    sum(a.harmful_failure and not b.harmful_failure for a, b in pairs),

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from .data import (EpisodeRecord, FaultMet, PriceTable, is_deterministic, mutating_steps, parse_task_key, profile_info,
                    suite_task)
 from .model import Cell, Table
-from .pairing import PairedCounts
+from .pairing import PairedCounts, PairKey, pair_key
 from .stats import (geometric_mean, holm_adjust, mcnemar_exact, median, pass_hat_k,
                     percentile, task_clustered_interval, wilson_interval)
 
@@ -216,13 +216,33 @@ def success_interval(episodes: Sequence[EpisodeRecord], by_task: bool) -> tuple[
 
 
 def resolve_max_k(episodes: Sequence[EpisodeRecord], max_k: int | None) -> int:
-    """The K of pass^1..pass^K: ``max_k`` if given, else the largest seed count of any task group, at most 8."""
+    """The K of pass^1..pass^K: ``max_k`` if given, else the most trials any unit of :func:`pass_k_trials` has (a task
+    group's seeds; a seed's repeated trials where episodes were repeated), at most 8."""
     if max_k is not None:
         if max_k < 1:
             raise ValueError(f"max_k must be at least 1, got {max_k}")
         return max_k
-    sizes = [len(g) for _, g in group(episodes, dimensions(True))]
+    sizes = [n for _, g in group(episodes, dimensions(True)) for units in pass_k_trials(g)[1] for _, n in units]
     return max(1, min(DEFAULT_MAX_K, max(sizes, default=1)))
+
+
+def pass_k_trials(episodes: Sequence[EpisodeRecord]) -> tuple[bool, list[list[tuple[int, int]]]]:
+    """What pass^k counts in one row: (repeated, per task the (successes, trials) of each of its units).
+
+    Where some cell (task, framework, variant, profile, seed) holds more than one trial
+    (``--trials``; or a trial past the first, its others lost to infra errors), the episodes
+    were repeated: each cell is a unit and its trials are the trials (repeated is True).
+    Otherwise each task is one unit whose seeds are the trials.
+    """
+    cells: dict[tuple[str, str, str, str, int], list[EpisodeRecord]] = defaultdict(list)
+    for e in episodes:
+        cells[(e.task, e.system, e.variant, e.profile, e.seed)].append(e)
+    if not any(len(cell) > 1 for cell in cells.values()) and not any(e.trial for e in episodes):
+        return False, [[(sum(e.success for e in g), len(g))] for _, g in group(episodes, ["task"])]
+    by_task: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for key in sorted(cells, key=lambda k: (task_sort_key(k[0]), k[1:])):
+        by_task[key[0]].append((sum(e.success for e in cells[key]), len(cells[key])))
+    return True, list(by_task.values())
 
 
 def pass_k_table(episodes: Sequence[EpisodeRecord], max_k: int, by_task: bool = False) -> Table:
@@ -236,28 +256,67 @@ def pass_k_table(episodes: Sequence[EpisodeRecord], max_k: int, by_task: bool = 
     how faults compound over k runs, not the consistency of a stochastic model that
     tau-bench means; only a live endpoint's repeated trials measure that. A deterministic
     profile's cell has one episode (its copies are collapsed) and no pass^k beyond k = 1.
+
+    Where episodes were repeated (``--trials``, live only), a seed's n trials met the same
+    fault schedule and are the trials instead: pass^k is computed per seed, averaged over
+    the task's seeds that have at least k trials, then over the row's tasks (see
+    :func:`pass_k_trials`). A table of one trial per episode is exactly as before.
     """
     dims = dimensions(by_task)
-    rows = []
+    measured = []
     for key, group_episodes in group(episodes, dims):
-        trials = [(sum(e.success for e in g), len(g)) for _, g in group(group_episodes, ["task"])]
+        repeated, tasks = pass_k_trials(group_episodes)
         values = []
         for k in range(1, max_k + 1):
-            estimates = [pass_hat_k(c, n, k) for c, n in trials if n >= k]
-            values.append(number(_mean(estimates), 3))
-        size = [count(trials[0][1])] if by_task else [count(len(trials)), count(len(group_episodes))]
+            per_task = [_mean([pass_hat_k(c, n, k) for c, n in units if n >= k]) for units in tasks]
+            values.append(number(_mean([value for value in per_task if value is not None]), 3))
         live = any(e.live for e in group_episodes)
-        rows.append([*_labels(key), text("repeated trials" if live else "fault draws"), *size, *values])
-    size_columns = ["seeds"] if by_task else ["tasks", "episodes"]
-    return Table(_key("pass_k", by_task), f"pass^k: success on every one of k seeds{_scope(by_task)}",
-                 [*dims, "seeds are", *size_columns, *(f"pass^{k}" for k in range(1, max_k + 1))], rows,
-                 note="pass^k = C(c,k)/C(n,k) over a task's n seeds with c successes (tau-bench's estimator)"
-                      + ("" if by_task else ", averaged over the row's tasks that have at least k seeds") +
-                      "; a dash means no task has k seeds. Against the simulator (seeds are fault draws) the model "
-                      "is deterministic, so pass^k is the chance that k runs with independent fault draws all "
-                      "succeed: how faults compound, not the consistency of a stochastic model that tau-bench "
-                      "means by it. Only rows whose seeds are repeated trials of a live model measure consistency. "
-                      "A profile that injects nothing has one episode per task (its seeds are copies).")
+        seeds = len({(e.task, e.seed) for e in group_episodes})
+        measured.append((key, repeated, live, len(tasks), seeds, len(group_episodes), values))
+    any_repeated = any(repeated for _, repeated, *_ in measured)
+    rows = []
+    for key, repeated, live, tasks_count, seeds, size, values in measured:
+        if repeated:
+            label = text("repeated trials")
+        elif live:  # as before; beside rows of repeated trials, a live row's trials are its seeds and says so
+            label = text("live seeds" if any_repeated else "repeated trials")
+        else:
+            label = text("fault draws")
+        if any_repeated:  # the episodes are seeds x trials: both counts are shown
+            sizes = [count(seeds), count(size)] if by_task else [count(tasks_count), count(seeds), count(size)]
+        else:
+            sizes = [count(size)] if by_task else [count(tasks_count), count(size)]
+        rows.append([*_labels(key), label, *sizes, *values])
+    if any_repeated:
+        size_columns = ["seeds", "episodes"] if by_task else ["tasks", "seeds", "episodes"]
+    else:
+        size_columns = ["seeds"] if by_task else ["tasks", "episodes"]
+    trials = "trials" if any_repeated else "seeds"
+    return Table(_key("pass_k", by_task), f"pass^k: success on every one of k {trials}{_scope(by_task)}",
+                 [*dims, f"{trials} are", *size_columns, *(f"pass^{k}" for k in range(1, max_k + 1))], rows,
+                 note=_pass_k_note(by_task, any_repeated, all(repeated for _, repeated, *_ in measured)))
+
+
+def _pass_k_note(by_task: bool, any_repeated: bool, all_repeated: bool) -> str:
+    """What the pass^k table's trials are: a seed's repeated trials, a task's seeds, or (in one table) both."""
+    seeds = ("pass^k = C(c,k)/C(n,k) over a task's n seeds with c successes (tau-bench's estimator)"
+             + ("" if by_task else ", averaged over the row's tasks that have at least k seeds") +
+             "; a dash means no task has k seeds. Against the simulator (seeds are fault draws) the model "
+             "is deterministic, so pass^k is the chance that k runs with independent fault draws all "
+             "succeed: how faults compound, not the consistency of a stochastic model that tau-bench "
+             "means by it. Only rows whose seeds are repeated trials of a live model measure consistency. "
+             "A profile that injects nothing has one episode per task (its seeds are copies).")
+    if not any_repeated:
+        return seeds
+    repeated = ("Rows of repeated trials ran every seed K times against a live model (coordlab run --trials K): a "
+                "seed's trials met the same seeded fault schedule, so they differ only by the model's own randomness. "
+                "pass^k = C(c,k)/C(n,k) over one seed's n trials with c successes (tau-bench's estimator) is the "
+                "chance that k runs of that very episode all succeed: the consistency tau-bench means. It is "
+                "averaged over the task's seeds that have at least k trials"
+                + ("" if by_task else ", then over the row's tasks") + "; a dash means no seed has k trials.")
+    if all_repeated:
+        return repeated
+    return f"{repeated} In the other rows a task's seeds are its trials (live seeds, or fault draws): {seeds}"
 
 
 def coordination_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
@@ -471,7 +530,8 @@ def overhead_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> 
 
 
 def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Table:
-    """Frameworks compared on identical episodes (same task, variant, profile and seed), with McNemar's exact test.
+    """Frameworks compared on identical episodes (same task, variant, profile, seed and trial), with McNemar's exact
+    test.
 
     Pairing removes the luck of the fault draw: both frameworks met the very same faults,
     so only the discordant pairs (one succeeded, the other did not) carry evidence.
@@ -480,9 +540,9 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
     rows = []
     tests: list[tuple[float, float]] = []
     for key, group_episodes in group(episodes, dims):
-        by_system: dict[str, dict[tuple[str, int], EpisodeRecord]] = defaultdict(dict)
+        by_system: dict[str, dict[PairKey, EpisodeRecord]] = defaultdict(dict)
         for e in group_episodes:
-            by_system[e.system][(e.task, e.seed)] = e
+            by_system[e.system][pair_key(e)] = e
         for a, b in combinations(sorted(by_system, key=framework_sort_key), 2):
             shared = by_system[a].keys() & by_system[b].keys()
             if not shared:
@@ -502,7 +562,8 @@ def paired_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
                  [*dims, "framework A", "framework B", "pairs", "both succeed", "only A", "only B", "neither",
                   "A success", "B success", "difference", "McNemar p", "Holm p", "only A harmful", "only B harmful",
                   "harm McNemar p", "harm Holm p"], rows,
-                 note="Pairs share task, variant, fault profile and seed, so both frameworks met the same faults; "
+                 note="Pairs share task, variant, fault profile and seed (and trial, where episodes were repeated), "
+                      "so both frameworks met the same faults; "
                       "success rates here are over the pairs, and the difference is A's minus B's in percentage "
                       "points. McNemar's exact test is the two-sided binomial test on the discordant pairs (only A "
                       "vs only B); the harm test is the same on harmful failures (only A harmful vs only B harmful), "

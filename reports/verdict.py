@@ -1,8 +1,8 @@
 """The verdict: what the report found, said first, with the statistics that back it.
 
 For every condition (variant x fault profile) each framework is compared with the
-framework-free reference on identical episodes (same task, variant, profile and seed: the
-same fault draws), on success and on harm. The tests are McNemar's exact test on the
+framework-free reference on identical episodes (same task, variant, profile, seed and
+trial: the same fault draws), on success and on harm. The tests are McNemar's exact test on the
 discordant pairs; every test of the report is one family, Holm-adjusted, so a reader can
 take any "significantly worse" at face value however many comparisons were made. Where a
 test finds nothing, the verdict says how large a difference the data could have shown,
@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 from .data import EpisodeRecord, is_deterministic
 from .failure_modes import Diagnosis, FailureMode
 from .model import Cell, Table
-from .pairing import PairedCounts
+from .pairing import PairedCounts, PairKey, pair_key
 from .stats import holm_adjust, mcnemar_exact, minimum_detectable_difference
 from .tables import (REFERENCE, count, framework_sort_key, p_value, points, profile_sort_key, text,
                      variant_sort_key)
@@ -138,11 +138,12 @@ class Verdict:
         return sorted(found, key=lambda c: (profile_sort_key(c.profile), variant_sort_key(c.variant)))
 
 
-def pair_up(episodes: Iterable[EpisodeRecord]) -> dict[Condition, dict[str, dict[tuple[str, int], EpisodeRecord]]]:
-    """Episodes by condition, then system, then (task, seed): the pairing key within a condition."""
-    cells: dict[Condition, dict[str, dict[tuple[str, int], EpisodeRecord]]] = defaultdict(lambda: defaultdict(dict))
+def pair_up(episodes: Iterable[EpisodeRecord]) -> dict[Condition, dict[str, dict[PairKey, EpisodeRecord]]]:
+    """Episodes by condition, then system, then :func:`~coordlab.reports.pairing.pair_key` (task, variant, profile,
+    seed, trial): the pairing key within a condition."""
+    cells: dict[Condition, dict[str, dict[PairKey, EpisodeRecord]]] = defaultdict(lambda: defaultdict(dict))
     for episode in episodes:
-        cells[Condition(episode.variant, episode.profile)][episode.system][(episode.task, episode.seed)] = episode
+        cells[Condition(episode.variant, episode.profile)][episode.system][pair_key(episode)] = episode
     return cells
 
 
@@ -333,7 +334,8 @@ def verdict_lines(verdict: Verdict) -> list[VerdictLine]:
         sentences = [finding_sentence(group, verdict.diagnoses) for group in by_framework.values()]
         if quiet:
             sentences.append("Otherwise " + _nothing_sentence(quiet))
-        examples = tuple(Example(f"{e.system} {_task_name(e.task)} seed {e.seed}", e)
+        examples = tuple(Example(f"{e.system} {_task_name(e.task)} seed {e.seed}"
+                                 + (f" trial {e.trial}" if e.trial else ""), e)
                          for group in by_framework.values()
                          for e in max(group, key=lambda c: len(c.explained_by)).explained_by[:EXAMPLES])
         lines.append(VerdictLine(f"{condition} ({comparisons[0].counts.pairs} pairs per framework)", tuple(sentences),
@@ -365,8 +367,8 @@ def _task_failure(episode: EpisodeRecord, diagnoses: Mapping[int, Diagnosis]) ->
 def verdict_intro(verdict: Verdict) -> str:
     """The sentence before the lines: what was compared and how."""
     return (f"Each framework against the framework-free reference ({REFERENCE}) on identical episodes (same task, "
-            f"variant, fault profile and seed, so the same faults): McNemar's exact test on success and on harm, "
-            f"Holm-adjusted over all {verdict.family_size} tests at α = {ALPHA:g}; differences with Newcombe's "
+            f"variant, fault profile, seed and trial, so the same faults): McNemar's exact test on success and on "
+            f"harm, Holm-adjusted over all {verdict.family_size} tests at α = {ALPHA:g}; differences with Newcombe's "
             f"95% paired interval.")
 
 

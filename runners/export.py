@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from coordlab.tasks.schema import split_task_key
 
-from .store import EpisodeKey, Store, StoreError
+from .store import EpisodeKey, Store, StoreError, parse_trial_segment
 
 EXPORT_FORMATS = ("csv", "jsonl", "otel")
 
@@ -95,14 +95,20 @@ def _file_in_the_way(path: Path) -> Path | None:
 
 
 def find_episode(store: Store, text: str) -> sqlite3.Row:
-    """The newest episode matching ``TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED``."""
+    """The newest episode matching ``TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED[/tTRIAL]`` (no trial: trial 0)."""
     parts = text.split("/")
-    if len(parts) != 5 or not parts[4].lstrip("-").isdigit():
-        raise StoreError(f"episode key {text!r}: expected TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED, "
-                         "e.g. chain@1[n=6]/plain/linear/none/0")
+    trial = parse_trial_segment(parts[5]) if len(parts) == 6 else 0
+    if len(parts) not in (5, 6) or not parts[4].lstrip("-").isdigit() or trial is None:
+        raise StoreError(f"episode key {text!r}: expected TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED[/tTRIAL], "
+                         "e.g. chain@1[n=6]/plain/linear/none/0, or .../none/0/t2 for the third trial of seed 0")
     framework, _, version = parts[1].partition("@")
     query = "SELECT * FROM episodes WHERE framework = ? AND variant = ? AND profile = ? AND seed = ?"
     params: list[Any] = [framework, parts[2], parts[3], int(parts[4])]
+    if "trial" in store.episode_columns():
+        query += " AND trial = ?"
+        params.append(trial)
+    elif trial:  # a store before schema 4, read as it is, holds trial 0 only
+        raise StoreError(f"no episode {text} in {store.path} (its schema predates repeated trials)")
     if version:
         query += " AND framework_version = ?"
         params.append(version)
@@ -124,9 +130,9 @@ def stored_json(store: Store, text: str, what: str) -> Any:
 
 
 def episode_key(row: sqlite3.Row) -> EpisodeKey:
-    """The natural key of a stored episode."""
+    """The natural key of a stored episode (trial 0 for a row of a store before schema 4, which had no trials)."""
     return EpisodeKey(row["task"], row["framework"], row["framework_version"], row["variant"], row["profile"],
-                      row["seed"])
+                      row["seed"], _column(row, "trial") or 0)
 
 
 def render_episode(store: Store, row: sqlite3.Row) -> str:
@@ -203,7 +209,16 @@ def _summarise(kind: str, detail: dict[str, Any]) -> str:
 
 
 def _plain_rows(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
-    return [{k: row[k] for k in row.keys()} for row in rows]
+    """Rows as dicts; every one has ``trial`` after ``seed`` (0 in a store before schema 4, read as it is)."""
+    plain = []
+    for row in rows:
+        record: dict[str, Any] = {}
+        for column in row.keys():
+            record[column] = row[column]
+            if column == "seed" and "trial" not in row.keys():
+                record["trial"] = 0
+        plain.append(record)
+    return plain
 
 
 def export_episodes(store: Store, out: Path, fmt: str, run_id: str | None = None,

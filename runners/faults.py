@@ -66,6 +66,9 @@ TRANSPORT_FAULTS = frozenset({Fault.HTTP_429, Fault.HTTP_500, Fault.HTTP_503, Fa
 TOOL_FAULTS = frozenset({Fault.MALFORMED_TOOL_ARGS, Fault.UNKNOWN_TOOL, Fault.SKIPPED_TOOL})
 OUTPUT_FAULTS = frozenset({Fault.WRONG_VALUE, Fault.OMITTED_FIELD, Fault.FORMAT_DRIFT})
 MUTATION_FAULTS = frozenset({Fault.REPEATED_SIDE_EFFECT, Fault.TOOL_ERROR_AFTER_EFFECT})
+PROXY_CANNOT_ACT = frozenset({Fault.SKIPPED_TOOL, Fault.WRONG_HANDOFF_TARGET})
+"""Faults the fault proxy cannot act out on a real model's answer: each would need it to write the model's
+decision (an answer without the tool call, another agent's name); in front of a live endpoint they lapse."""
 
 
 def applicable_faults(step: Step, routed: bool = True) -> frozenset[Fault]:

@@ -26,6 +26,7 @@ from .faults import Fault, FaultPlan
 from .handoff_tally import tally_handoffs
 from .recovery import EndState, fault_recovered, mechanism_recovered
 from .simulator import MODEL_NAME, ROUTER_ROLE, RequestRecord, Simulator
+from .simulator.upstream import Upstream
 
 API_KEY = "sk-coordlab-simulated"
 """Any key works with the simulator; clients insist on having one."""
@@ -122,7 +123,7 @@ class EpisodeResult:
                  "detail": e.detail} for e in self.trace]
 
     def exchanges(self) -> list[tuple[int, Any, Any]]:
-        """Each model request's (seq, request body, response body), in arrival order; none for a live episode.
+        """Each model request's (seq, request body, response body), in arrival order (a live one's through the proxy).
 
         The k-th MODEL_CALL event of the trace is request k: both follow the simulator's arrival order.
         """
@@ -206,35 +207,32 @@ def count(trace: list[TraceEvent], records: list[RequestRecord]) -> Counts:
     )
 
 
-def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simulator | None, plan: FaultPlan,
-                knobs: Knobs | None = None, live: Endpoint | None = None) -> EpisodeResult:
+def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simulator, plan: FaultPlan,
+                knobs: Knobs | None = None, upstream: Upstream | None = None) -> EpisodeResult:
     """Run ``task`` once through ``adapter`` in ``variant`` against ``simulator`` under ``plan``.
 
-    With ``live``, the adapter talks to that endpoint instead: no oracle, no faults, no
-    request log; only the end state scores the episode.
+    With ``upstream``, a real endpoint answers instead of the oracle, through the
+    simulator's fault proxy: the same schedule, request log and bodies; no oracle, so only
+    the end state scores the episode. The adapter only ever holds the simulator's URLs and
+    a placeholder key; the real key stays with the proxy.
     """
     knobs = knobs or Knobs()
     started = time.perf_counter()
     world = World.for_task(task)
     recorder = TraceRecorder()
-    episode = None
-    if live is None:
-        if simulator is None:
-            raise ValueError("run_episode needs a simulator or a live endpoint")
-        # The plan learns whether a model routes (only then can a handoff target be wrong), and the
-        # episode gets the world, where a tool's response lost after its change is acted out.
-        plan = replace(plan, routed=variant is Variant.DELEGATED)
-        episode = simulator.open_episode(task, plan, world=world)
-        endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
-                            MODEL_NAME, API_KEY)
-    else:
-        endpoint = live
+    # The plan learns whether a model routes (only then can a handoff target be wrong), and the
+    # episode gets the world, where a tool's response lost after its change is acted out.
+    plan = replace(plan, routed=variant is Variant.DELEGATED)
+    episode = simulator.open_episode(task, plan, world=world, upstream=upstream)
+    endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
+                        upstream.model if upstream else MODEL_NAME, API_KEY)
     try:
         outcome = adapter.run(EpisodeSpec(task, variant, endpoint, knobs, world, recorder))
     except Exception as exc:  # noqa: BLE001 - a crashing framework is an outcome, not a lab failure
         outcome = AdapterOutcome(Termination.ERROR, error="".join(traceback.format_exception_only(exc)).strip())
     finally:
-        records = list(simulator.close_episode(episode.id).records) if simulator and episode else []
+        served = simulator.close_episode(episode.id)
+    records = list(served.records)
     world.final_output = dict(outcome.final_output)
     verdict = score(task, world)
     trace = join_trace(recorder.events, records, EndState.of(task, world, verdict))
@@ -248,7 +246,8 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     else:
         status = Status.SUCCESS if verdict.success else Status.FAILED_CHECK
     support = adapter.support(variant)
-    notes = list(outcome.notes) + ([] if support.faithful else [f"variant not faithful: {support.note}"])
+    notes = list(outcome.notes) + ([] if support.faithful else [f"variant not faithful: {support.note}"]) + \
+        served.notes()
     return EpisodeResult(
         task=task.key, framework=adapter.name, framework_version=adapter.version(), variant=variant.value,
         profile=plan.profile.key, seed=plan.seed, status=status, harmful=verdict.harmful,

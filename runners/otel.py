@@ -43,7 +43,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from .netguard import url_address
 from .simulator import MODEL_NAME
 from .export import stored_json
-from .store import Store
+from .store import EpisodeKey, Store
 
 PROJECT_ATTRIBUTE = "openinference.project.name"
 """The resource attribute Arize Phoenix files traces under (a project)."""
@@ -105,6 +105,14 @@ class ModelEndpoint:
                          SERVER_ADDRESS: self.server_address, SERVER_PORT: self.server_port})
 
 
+def _trial(row: Mapping[str, Any]) -> int:
+    """The episode's trial (``--trials``); 0 for a row written before trials existed."""
+    try:
+        return int(row["trial"] or 0)
+    except (KeyError, IndexError):
+        return 0
+
+
 def _present(values: Mapping[str, Any]) -> dict[str, Any]:
     """Only the attributes that have a value: a missing value is left out, never written as "null"."""
     return {key: value for key, value in values.items() if value is not None}
@@ -159,8 +167,8 @@ class EpisodeSpans:
     def __init__(self, row: Mapping[str, Any], events: Sequence[Mapping[str, Any]], endpoint: ModelEndpoint,
                  span_resource: Resource):
         self.row, self.events, self.endpoint, self.resource = row, events, endpoint, span_resource
-        self.key = (f"{row['task']}/{row['framework']}@{row['framework_version']}/{row['variant']}/"
-                    f"{row['profile']}/{row['seed']}")
+        self.key = str(EpisodeKey(row["task"], row["framework"], row["framework_version"], row["variant"],
+                                  row["profile"], row["seed"], _trial(row)))
         self.trace_id = _derived_id(16, row["run_id"], self.key)
         end_ns = int(row["finished_at"] * 1e9)
         self.timeline = _Timeline(end_ns - int(row["wall_ms"] * 1e6), end_ns)
@@ -207,6 +215,7 @@ class EpisodeSpans:
             gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: row["completion_tokens"],
             "coordlab.framework": row["framework"], "coordlab.framework.version": row["framework_version"],
             "coordlab.variant": row["variant"], "coordlab.profile": row["profile"], "coordlab.seed": row["seed"],
+            "coordlab.trial": _trial(row),
             "coordlab.status": row["status"], "coordlab.harmful": bool(row["harmful"]),
             "coordlab.termination": row["termination"], "coordlab.run_id": row["run_id"], **counters})
 

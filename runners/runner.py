@@ -92,10 +92,10 @@ def _infra_row(job: EpisodeJob, status: str, termination: str, error: str, wall_
     """A store row for an episode the lab could not finish (timeout or infra error)."""
     counts = dict.fromkeys(COUNT_COLUMNS, 0)
     return {"task": job.key.task, "framework": job.framework, "framework_version": job.key.framework_version,
-            "variant": job.variant.value, "profile": job.key.profile, "seed": job.seed, "status": status,
-            "harmful": 0, "termination": termination, "verdict_json": "{}", **counts, "wall_ms": wall_ms,
-            "construction_ms": 0.0, "execution_ms": wall_ms, "simulator_ms": 0.0, "knobs_json": "{}",
-            "notes_json": "[]", "error": error, "finished_at": time.time()}
+            "variant": job.variant.value, "profile": job.key.profile, "seed": job.seed, "trial": job.key.trial,
+            "status": status, "harmful": 0, "termination": termination, "verdict_json": "{}", **counts,
+            "wall_ms": wall_ms, "construction_ms": 0.0, "execution_ms": wall_ms, "simulator_ms": 0.0,
+            "knobs_json": "{}", "notes_json": "[]", "error": error, "finished_at": time.time()}
 
 
 def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = None,
@@ -113,7 +113,8 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
     options: neither is part of the run's identity.
     """
     workers = check_runtime(workers, time_limit)
-    if sweep.live is not None and os.environ.get(sweep.live.api_key_env) is None:
+    sweep.check_trials()
+    if sweep.live is not None and sweep.live.api_key_env is not None and os.environ.get(sweep.live.api_key_env) is None:
         raise SweepError(f"--api-key-env {sweep.live.api_key_env}: that environment variable is not set; "
                          "export the endpoint's key in it (the key is read by the workers and never stored)")
     jobs = sweep.jobs()

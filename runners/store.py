@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The store schema this coordlab writes; older stores are migrated up, newer ones refused.
 
 1: the first release. 2: ``faults_caught`` became ``faults_recovered`` (a fault whose effect
@@ -31,7 +31,8 @@ did not reach the end state, not one whose step was merely worked on again) and
 ``handoff_failures`` (per request) became ``handoffs_lost`` and ``handoff_model_errors`` (per
 handoff). See :func:`_migrate_1_to_2`. 3: every model request and response body is kept with
 its episode (table ``exchanges``), and fault events are indexed by fault kind, for the episode
-viewer. See :func:`_migrate_2_to_3`.
+viewer. See :func:`_migrate_2_to_3`. 4: an episode's natural key gains its ``trial`` (the same episode repeated
+against a live endpoint, for pass^k; 0 for every episode recorded before). See :func:`_migrate_3_to_4`.
 """
 
 COUNT_COLUMNS = ("model_calls", "tool_calls", "tool_errors", "handoffs", "handoffs_lost", "handoff_model_errors",
@@ -47,10 +48,16 @@ LEGACY_COLUMNS = {"legacy_faults_caught": "faults_caught", "legacy_handoff_failu
 ``faults_caught`` counted a fault whose step was worked on again, ``handoff_failures`` counted issues per request."""
 
 
-def _episodes_table(name: str, extra_columns: tuple[str, ...] = ()) -> str:
-    """The episodes table's definition under ``name`` (a migration builds the new table beside the old)."""
+def _episodes_table(name: str, extra_columns: tuple[str, ...] = (), trial: bool = True) -> str:
+    """The episodes table's definition under ``name`` (a migration builds the new table beside the old).
+
+    ``trial`` False gives the table as schemas 2 and 3 had it (no trial column, a key of seven
+    columns): what the migration from schema 1 builds before the one to 4 adds the trial.
+    """
     counters = ",\n    ".join(f"{c} INTEGER" + ("" if c in MEASURED_SINCE else " NOT NULL") for c in COUNT_COLUMNS)
     extra = "".join(f"\n    {column}," for column in extra_columns)
+    trial_column = "\n    trial INTEGER NOT NULL DEFAULT 0,   -- repeat of the same episode (live endpoints), from 0" \
+        if trial else ""
     return f"""
 CREATE TABLE IF NOT EXISTS {name} (
     episode_id INTEGER PRIMARY KEY,
@@ -60,7 +67,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     framework_version TEXT NOT NULL,
     variant TEXT NOT NULL,
     profile TEXT NOT NULL,
-    seed INTEGER NOT NULL,
+    seed INTEGER NOT NULL,{trial_column}
     status TEXT NOT NULL,            -- success | failed_check | error | timeout | infra_error
     harmful INTEGER NOT NULL,
     termination TEXT NOT NULL,
@@ -74,7 +81,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     notes_json TEXT NOT NULL,
     error TEXT,
     finished_at REAL NOT NULL,{extra}
-    UNIQUE (run_id, task, framework, framework_version, variant, profile, seed)
+    UNIQUE (run_id, task, framework, framework_version, variant, profile, seed{", trial" if trial else ""})
 )"""
 
 
@@ -154,7 +161,7 @@ def unpack_exchanges(blob: bytes) -> list[Exchange]:
 
 @dataclass(frozen=True)
 class EpisodeKey:
-    """The natural key of an episode: (task@version, framework@version, variant, fault profile, seed)."""
+    """The natural key of an episode: (task@version, framework@version, variant, fault profile, seed, trial)."""
 
     task: str
     framework: str
@@ -162,18 +169,34 @@ class EpisodeKey:
     variant: str
     profile: str
     seed: int
+    trial: int = 0
+    """Which repeat of the same episode (``--trials``, live endpoints only), from 0; 0 is left out of ``str()``."""
 
     def __str__(self) -> str:
-        return f"{self.task}/{self.framework}@{self.framework_version}/{self.variant}/{self.profile}/{self.seed}"
+        text = f"{self.task}/{self.framework}@{self.framework_version}/{self.variant}/{self.profile}/{self.seed}"
+        return f"{text}/t{self.trial}" if self.trial else text
 
     @classmethod
     def parse(cls, text: str) -> "EpisodeKey":
-        """Read the ``task/framework@version/variant/profile/seed`` form that ``str()`` writes."""
+        """Read the ``task/framework@version/variant/profile/seed[/tK]`` form that ``str()`` writes."""
         parts = text.split("/")
-        if len(parts) != 5 or "@" not in parts[1] or not parts[4].lstrip("-").isdigit():
-            raise ValueError(f"episode key {text!r}: expected TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED")
+        trial = parse_trial_segment(parts[5]) if len(parts) == 6 else 0
+        if len(parts) not in (5, 6) or "@" not in parts[1] or not parts[4].lstrip("-").isdigit() or trial is None:
+            raise ValueError(f"episode key {text!r}: expected {KEY_FORM}")
         framework, _, version = parts[1].partition("@")
-        return cls(parts[0], framework, version, parts[2], parts[3], int(parts[4]))
+        return cls(parts[0], framework, version, parts[2], parts[3], int(parts[4]), trial)
+
+
+KEY_FORM = "TASK/FRAMEWORK@VERSION/VARIANT/PROFILE/SEED[/tTRIAL] (e.g. .../none/3 or .../none/3/t2)"
+"""How an episode key is written, for error messages."""
+
+
+def parse_trial_segment(segment: str) -> int | None:
+    """The trial of a key's sixth segment (``t2`` -> 2); None when it is not ``t`` and a whole number."""
+    digits = segment[1:]
+    if not segment.startswith("t") or not digits.isdigit() or not digits.isascii():
+        return None
+    return int(digits)
 
 
 def describe_error(exc: sqlite3.Error, path: Path) -> str:
@@ -480,7 +503,7 @@ class Store:
 
     def finished_keys(self, run_id: str) -> set[EpisodeKey]:
         """Keys already recorded in ``run_id`` (infra errors excluded: those are run again)."""
-        rows = self.query("SELECT task, framework, framework_version, variant, profile, seed FROM episodes "
+        rows = self.query("SELECT task, framework, framework_version, variant, profile, seed, trial FROM episodes "
                           "WHERE run_id = ? AND status != 'infra_error'", (run_id,))
         return {EpisodeKey(*row) for row in rows}
 
@@ -493,9 +516,9 @@ class Store:
         def write(connection: sqlite3.Connection) -> int:
             connection.execute(
                 "DELETE FROM episodes WHERE run_id = ? AND task = ? AND framework = ? AND framework_version = ? "
-                "AND variant = ? AND profile = ? AND seed = ? AND status = 'infra_error'",
+                "AND variant = ? AND profile = ? AND seed = ? AND trial = ? AND status = 'infra_error'",
                 (run_id, row["task"], row["framework"], row["framework_version"], row["variant"], row["profile"],
-                 row["seed"]))
+                 row["seed"], row.get("trial", 0)))
             cursor = connection.execute(
                 f"INSERT INTO episodes (run_id, {', '.join(columns)}) VALUES (?, {', '.join('?' * len(columns))})",
                 (run_id, *row.values()))
@@ -521,6 +544,11 @@ class Store:
         query = ("SELECT * FROM episodes WHERE task = ? AND framework = ? AND framework_version = ? AND variant = ? "
                  "AND profile = ? AND seed = ?")
         params: list[Any] = [key.task, key.framework, key.framework_version, key.variant, key.profile, key.seed]
+        if "trial" in self.episode_columns():
+            query += " AND trial = ?"
+            params.append(key.trial)
+        elif key.trial:  # a store before schema 4, read as it is, holds trial 0 only
+            return None
         if run_id is not None:
             query += " AND run_id = ?"
             params.append(run_id)
@@ -563,7 +591,7 @@ def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
     """
     old_columns = [row[1] for row in connection.execute("PRAGMA table_info(episodes)")]
     legacy = {new: old for new, old in LEGACY_COLUMNS.items() if old in old_columns}
-    connection.execute(_episodes_table("episodes_migrating", tuple(f"{new} INTEGER" for new in legacy)))
+    connection.execute(_episodes_table("episodes_migrating", tuple(f"{new} INTEGER" for new in legacy), trial=False))
     kept = [c for c in old_columns if c not in legacy.values()]
     connection.execute(f"INSERT INTO episodes_migrating ({', '.join(kept + list(legacy))}) "
                        f"SELECT {', '.join(kept + list(legacy.values()))} FROM episodes")
@@ -585,7 +613,39 @@ def _migrate_2_to_3(connection: sqlite3.Connection) -> None:
             connection.execute(statement)
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(connection: sqlite3.Connection) -> None:
+    """Schema 3 to 4: ``trial`` joins the episodes table and its natural key; every recorded episode is trial 0.
+
+    SQLite cannot change a UNIQUE constraint in place, so the table is rebuilt the way SQLite
+    documents (https://www.sqlite.org/lang_altertable.html#otheralter): the new table is made
+    beside the old, every row copied with its ``episode_id`` (the trace events and bodies refer
+    to it) and any column the old one had beyond schema 3's (the ``legacy_*`` counters of a
+    store migrated from schema 1), counted across, the old dropped and the new renamed, then
+    the old table's own indexes and triggers made again. :meth:`Store._migrate` runs it with
+    foreign keys off, in the one transaction, and checks the references after.
+    """
+    old = [(row[1], row[2]) for row in connection.execute("PRAGMA table_info(episodes)")]
+    dependants = [row[0] for row in connection.execute(
+        "SELECT sql FROM sqlite_master WHERE tbl_name = 'episodes' AND type IN ('index', 'trigger') "
+        "AND sql IS NOT NULL")]
+    connection.execute(_episodes_table("episodes_migrating"))
+    new = {row[1] for row in connection.execute("PRAGMA table_info(episodes_migrating)")}
+    for column, kind in old:
+        if column not in new:
+            connection.execute(f"ALTER TABLE episodes_migrating ADD COLUMN {column} {kind}")
+    copied = ", ".join(column for column, _ in old)
+    connection.execute(f"INSERT INTO episodes_migrating ({copied}) SELECT {copied} FROM episodes")
+    before = connection.execute("SELECT count(*) FROM episodes").fetchone()[0]
+    after = connection.execute("SELECT count(*) FROM episodes_migrating").fetchone()[0]
+    if before != after:
+        raise StoreError(f"migrating the episodes table copied {after} of {before} rows; nothing was changed")
+    connection.execute("DROP TABLE episodes")
+    connection.execute("ALTER TABLE episodes_migrating RENAME TO episodes")
+    for statement in dependants:
+        connection.execute(statement)
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 """Each schema's step up to the next, by the schema it starts from."""
 
 

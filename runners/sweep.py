@@ -1,9 +1,9 @@
-"""A sweep: the matrix of tasks x frameworks x variants x fault profiles x seeds, and its identity.
+"""A sweep: the matrix of tasks x frameworks x variants x fault profiles x seeds (x trials), and its identity.
 
 A sweep comes from flags or a YAML file and expands into episode jobs keyed by their
 natural key. Its *identity* hashes what decides the outcomes (tasks and their versions,
 framework versions, variants, profiles and their contents, forced faults, seeds, knobs,
-endpoint) and nothing that only decides speed (workers, time limit), so changing those resumes the same
+endpoint, trials) and nothing that only decides speed (workers, time limit), so changing those resumes the same
 run instead of starting another.
 """
 
@@ -22,8 +22,8 @@ from coordlab.tasks.schema import Task
 from coordlab.tasks.yaml_files import read_yaml_file
 
 from . import design
-from .faults import (FaultProfile, ForcedFault, ProfileError, check_forced, forced_faults, forced_profile_key,
-                     load_profile)
+from .faults import (PROXY_CANNOT_ACT, Fault, FaultProfile, ForcedFault, ProfileError, check_forced, forced_faults,
+                     forced_profile_key, load_profile)
 from .store import EpisodeKey
 
 DEFAULT_FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
@@ -36,7 +36,10 @@ DEFAULT_SEEDS = design.SEEDS
 MAX_SEEDS = 100_000
 """Seeds one sweep may name: far beyond any comparison's need, and small enough to list in memory."""
 MAX_EPISODES = 500_000
-"""Episodes one sweep may expand to (days of running); a typo such as --seeds 100000000 is refused up front."""
+"""Episodes one sweep may expand to, trials counted (days of running); a typo such as --seeds 100000000 is refused
+up front."""
+MAX_TRIALS = 100
+"""Repeats of one episode a sweep may ask for (tau-bench's pass^k uses k up to 8)."""
 
 
 class SweepError(ValueError):
@@ -79,12 +82,22 @@ class TaskRef:
 
 @dataclass(frozen=True)
 class LiveEndpoint:
-    """Any OpenAI-compatible endpoint in place of the simulator (no oracle, no fault injection)."""
+    """Any OpenAI-compatible endpoint in place of the simulated model: no oracle; the lab's faults are acted
+    out in front of it by the fault proxy (:mod:`coordlab.runners.simulator.proxy`)."""
 
     base_url: str
     model: str
-    api_key_env: str
-    """The environment variable holding the key: the key itself is never stored."""
+    api_key_env: str | None
+    """The environment variable holding the key (the key itself is never stored); None: the endpoint needs none."""
+    local: str | None = None
+    """For a model served on this machine for the run (``--local-model``): the model file, which identifies the
+    run instead of the URL (its port is new every run)."""
+
+    def describe(self) -> dict[str, Any]:
+        """The endpoint as a run's spec records it (and its identity hashes it)."""
+        if self.local is not None:
+            return {"local_model": self.local, "model": self.model}
+        return {"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env}
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,8 @@ class EpisodeJob:
     seed: int
     forced: tuple[ForcedFault, ...] = ()
     """Faults pinned on steps of this episode, on top of the profile's draws (already in ``key.profile``)."""
+    trial: int = 0
+    """Which repeat of the same episode this is (``key.trial``), from 0."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,8 @@ class Sweep:
     live: LiveEndpoint | None = None
     forced: tuple[ForcedFault, ...] = ()
     """Faults pinned on steps of every episode (``--force``), on top of each profile's draws."""
+    trials: int = 1
+    """How many times every episode (same seed, hence the same fault schedule) is run: pass^k's trials (live only)."""
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -126,11 +143,13 @@ class Sweep:
               variants: Iterable[str] | None = None, profiles: Iterable[str] | None = None,
               seeds: str | int | Iterable[int] | None = None, knobs: Knobs | None = None,
               live: LiveEndpoint | None = None, forced: Iterable[str | ForcedFault] | None = None,
-              where_forced: str = "--force") -> "Sweep":
+              where_forced: str = "--force", trials: int | None = None) -> "Sweep":
         """A sweep from flag-like values; anything not given keeps the default suite's value.
 
         ``forced`` takes ``STEP:FAULT[@ATTEMPT]`` specs, checked against every task and
-        variant of the sweep (``where_forced`` names them in errors).
+        variant of the sweep (``where_forced`` names them in errors). ``trials`` (1..100)
+        repeats every episode; more than 1 needs ``live`` by the time the sweep runs (see
+        :meth:`check_trials`).
         """
         sweep = cls.default()
         changes: dict[str, Any] = {}
@@ -153,6 +172,8 @@ class Sweep:
             changes["seeds"] = parse_seeds(seeds)
         if knobs is not None:
             changes["knobs"] = knobs
+        if trials is not None:
+            changes["trials"] = parse_trials(trials)
         if live is not None:
             changes["live"] = live
         if forced:
@@ -165,7 +186,8 @@ class Sweep:
                 raise SweepError(str(exc)) from None
         built = replace(sweep, **changes)
         built.check_forced(where=where_forced)
-        size = len(built.tasks) * len(built.frameworks) * len(built.variants) * len(built.profiles) * len(built.seeds)
+        size = (len(built.tasks) * len(built.frameworks) * len(built.variants) * len(built.profiles)
+                * len(built.seeds) * built.trials)
         if size > MAX_EPISODES:
             raise SweepError(f"the sweep expands to {size:,} episodes, more than the {MAX_EPISODES:,} one run may hold; "
                              "split it into smaller sweeps")
@@ -173,11 +195,12 @@ class Sweep:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Sweep":
-        """A sweep from YAML with the fields of the flags: tasks, frameworks, variants, profiles, seeds, knobs, force."""
+        """A sweep from YAML with the fields of the flags: tasks, frameworks, variants, profiles, seeds, trials, knobs,
+        force."""
         data = read_yaml_file(path, SweepError) or {}
         if not isinstance(data, dict):
             raise SweepError(f"{path}: a sweep file is a mapping")
-        allowed = {"tasks", "frameworks", "variants", "profiles", "seeds", "knobs", "force"}
+        allowed = {"tasks", "frameworks", "variants", "profiles", "seeds", "trials", "knobs", "force"}
         for key in data:
             if key not in allowed:
                 raise SweepError(f"{path}: unknown field {key!r}; {did_you_mean(str(key), allowed)}")
@@ -189,9 +212,10 @@ class Sweep:
             if key not in knob_fields:
                 raise SweepError(f"{path}: knobs.{key}: unknown knob; {did_you_mean(str(key), knob_fields)}")
         try:
+            trials = None if data.get("trials") is None else parse_trials(data["trials"], "trials")
             return cls.build(data.get("tasks"), data.get("frameworks"), data.get("variants"),
                              data.get("profiles"), data.get("seeds"), Knobs(**knobs) if knobs else None,
-                             forced=data.get("force"), where_forced="force")
+                             forced=data.get("force"), where_forced="force", trials=trials)
         except (SweepError, ProfileError, ValueError) as exc:
             raise SweepError(f"{path}: {exc}") from None
 
@@ -205,13 +229,17 @@ class Sweep:
         return {name: adapter_version(name) for name in self.frameworks}
 
     def check_forced(self, tasks: list[tuple[TaskRef, Task]] | None = None, where: str = "--force") -> None:
-        """Refuse forced faults that would do nothing: with a live endpoint (no fault injection), on a step
-        missing from one of the tasks, or that the step cannot meet (see :func:`faults.check_forced`)."""
+        """Refuse forced faults that would do nothing: on a step missing from one of the tasks, that the step
+        cannot meet (see :func:`faults.check_forced`), or, with a live endpoint, that the fault proxy cannot act
+        out on a real answer."""
         if not self.forced:
             return
         if self.live is not None:
-            raise SweepError(f"{where} cannot be used with a live endpoint (--base-url): a live endpoint gets no "
-                             "fault injection")
+            for item in self.forced:
+                if item.fault in PROXY_CANNOT_ACT:
+                    raise SweepError(f"{where} {item}: the fault proxy in front of a live endpoint cannot act "
+                                     f"{item.fault.value} out (it would have to write the model's decision for it); "
+                                     f"faults it can: {', '.join(sorted(f.value for f in set(Fault) - PROXY_CANNOT_ACT))}")
         routed = Variant.DELEGATED in self.variants
         for _, task in tasks if tasks is not None else self.loaded_tasks():
             try:
@@ -219,8 +247,22 @@ class Sweep:
             except ProfileError as exc:
                 raise SweepError(str(exc)) from None
 
+    def check_trials(self) -> None:
+        """Refuse repeated trials against the simulator, where every trial of a seed would be the same episode.
+
+        Checked when the sweep runs, not only when built: ``--sweep FILE --base-url`` sets the
+        live endpoint after the file is read.
+        """
+        if self.trials > 1 and self.live is None:
+            raise SweepError(f"--trials {self.trials} (or trials: in a sweep file) needs a live endpoint (--base-url): "
+                             f"the simulated model answers a seed the same way every time, so every trial of a seed "
+                             f"would be the same episode; against the simulator use more seeds instead "
+                             f"(e.g. --seeds {self.trials * len(self.seeds)}), each of which draws its own faults")
+
     def jobs(self) -> list[EpisodeJob]:
-        """Every episode of the matrix, grouped by framework so workers rarely switch frameworks."""
+        """Every episode of the matrix, grouped by framework so workers rarely switch frameworks; each seed's
+        trials follow one another."""
+        self.check_trials()
         versions = self.versions()
         tasks = self.loaded_tasks()
         self.check_forced(tasks)
@@ -232,9 +274,11 @@ class Sweep:
                 for variant in self.variants:
                     for profile in self.profiles:
                         for seed in seeds[profile]:
-                            key = EpisodeKey(task.key, framework, versions[framework], variant.value,
-                                             profile_keys[profile], seed)
-                            jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed, self.forced))
+                            for trial in range(self.trials):
+                                key = EpisodeKey(task.key, framework, versions[framework], variant.value,
+                                                 profile_keys[profile], seed, trial)
+                                jobs.append(EpisodeJob(key, ref, framework, variant, profile, seed, self.forced,
+                                                       trial))
         return jobs
 
     def seeds_for(self, profile: str) -> tuple[int, ...]:
@@ -252,6 +296,21 @@ class Sweep:
         """The profiles whose seeds :meth:`seeds_for` collapses to one (for a note to the user)."""
         return [p for p in self.profiles if len(self.seeds_for(p)) < len(self.seeds)]
 
+    def live_notes(self) -> list[str]:
+        """What a live run of this sweep does not do that a simulated one would (for notes to the user)."""
+        notes = []
+        for name in self.profiles:
+            profile = load_profile(name)
+            if profile.mechanisms.active:
+                notes.append(f"{name}'s request-dependent mechanisms ({', '.join(profile.mechanisms.to_dict())}) are the "
+                             "simulated model's; a live model brings its own, so only the profile's faults are "
+                             "acted out in front of it")
+            lapsing = sorted(f.value for f, weight in profile.weights.items() if weight > 0 and f in PROXY_CANNOT_ACT)
+            if profile.rate > 0 and lapsing:
+                notes.append(f"{name}: {', '.join(lapsing)} cannot be acted out on a real answer; where the schedule "
+                             "draws one it lapses, and the episode's notes say so")
+        return notes
+
     def profile_keys(self) -> dict[str, str]:
         """Each profile as the sweep names it (a name or a file) -> its own key (episode keys add any forced faults)."""
         return {name: load_profile(name).key for name in self.profiles}
@@ -261,10 +320,10 @@ class Sweep:
         described = {"tasks": [str(t) for t in self.tasks], "frameworks": list(self.frameworks),
                      "variants": [v.value for v in self.variants], "profiles": list(self.profiles),
                      "seeds": list(self.seeds), "knobs": self.knobs.to_dict(),
-                     "live": None if self.live is None else {"base_url": self.live.base_url, "model": self.live.model,
-                                                             "api_key_env": self.live.api_key_env}}
+                     "live": None if self.live is None else self.live.describe()}
         if self.forced:  # only when given, so a sweep without forced faults keeps its identity (and resumes)
             described["force"] = sorted(str(f) for f in self.forced)
+        described["trials"] = self.trials
         return described
 
     def identity(self) -> str:
@@ -278,6 +337,8 @@ class Sweep:
         # (or from another folder) is the same run.
         material = {**self.to_dict(), "profiles": list(profiles), "task_keys": [t.key for _, t in self.loaded_tasks()],
                     "versions": self.versions(), "profile_contents": profiles}
+        if self.trials == 1:  # one trial is what every sweep before --trials ran: its runs keep their identity
+            del material["trials"]
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -312,6 +373,15 @@ def _seed(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SweepError(f"--seeds: each seed is a whole number from 0, got {value!r}")
     return value
+
+
+def parse_trials(trials: Any, where: str = "--trials") -> int:
+    """How many times to run each episode: a whole number from 1 to :data:`MAX_TRIALS` (``where`` names the flag)."""
+    if isinstance(trials, str) and trials.strip().isdigit():
+        trials = int(trials)
+    if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
+        raise SweepError(f"{where}: expected a whole number of trials from 1 to {MAX_TRIALS}, got {trials!r}")
+    return trials
 
 
 def parse_seeds(seeds: Any) -> tuple[int, ...]:

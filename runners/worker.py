@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coordlab.adapters.base import Endpoint, Knobs
+from coordlab.adapters.base import Knobs
 from coordlab.tasks.schema import Task
 
 from .netguard import loopback_only, url_address, url_hosts
@@ -33,6 +33,9 @@ from .offline import neutralise_telemetry
 from .redaction import Redactor
 from .store import pack_exchanges
 from .sweep import EpisodeJob, LiveEndpoint, TaskRef
+
+if TYPE_CHECKING:
+    from .simulator.upstream import Upstream
 
 _CONTEXT = multiprocessing.get_context("spawn")  # a clean interpreter: nothing inherited from the parent
 STARTUP_LIMIT_S = 180.0
@@ -118,11 +121,16 @@ def _endpoint_hosts(live: LiveEndpoint | None) -> list[str]:
         raise WorkerFailed(f"--base-url {exc}") from None
 
 
-def _live_endpoint(live: LiveEndpoint, roles: list[str]) -> Endpoint:
+def _upstream(live: LiveEndpoint) -> "Upstream":
+    """The real endpoint behind the worker's fault proxy, with its key read from the environment (None: no key)."""
+    from .simulator.upstream import Upstream
+
+    if live.api_key_env is None:
+        return Upstream(live.base_url, live.model)
     key = os.environ.get(live.api_key_env)
     if key is None:
         raise WorkerFailed(f"--api-key-env {live.api_key_env}: that environment variable is not set")
-    return Endpoint({role: live.base_url for role in roles}, live.model, key)
+    return Upstream(live.base_url, live.model, key)
 
 
 def _warm_up(adapter: Any, simulator: Any) -> None:
@@ -154,7 +162,7 @@ def _identify(row: dict[str, Any], job: EpisodeJob, reported_version: str) -> di
                                                  f"keyed as {key.framework_version}"]
         row["notes_json"] = json.dumps(notes)
     row.update(task=key.task, framework=key.framework, framework_version=key.framework_version,
-               variant=key.variant, profile=key.profile, seed=key.seed)
+               variant=key.variant, profile=key.profile, seed=key.seed, trial=key.trial)
     return row
 
 
@@ -180,7 +188,7 @@ def route_framework_chatter(log_path: Path | None) -> None:
 
 def packed_bodies(exchanges: list[tuple[int, Any, Any]], redact: Redactor) -> tuple[int, bytes] | None:
     """An episode's (seq, request, response) bodies as the store keeps them, secrets scrubbed first:
-    (how many, the compressed blob), or None when there are none (a live endpoint: no simulator saw them)."""
+    (how many, the compressed blob), or None when there are none."""
     if not exchanges:
         return None
     return len(exchanges), pack_exchanges((seq, redact.body(request), redact.body(response))
@@ -198,7 +206,7 @@ def worker_main(framework: str, knobs: Knobs, live: LiveEndpoint | None, connect
     route_framework_chatter(log_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interrupt means
     neutralise_telemetry()
-    redact = Redactor.from_environment([os.environ.get(live.api_key_env, "")] if live else [])
+    redact = Redactor.from_environment([os.environ.get(live.api_key_env, "")] if live and live.api_key_env else [])
     try:
         allowed = _endpoint_hosts(live)
         if tracing is not None:
@@ -230,16 +238,17 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
 
     from .faults import FaultPlan, load_profile
     from .harness import Status, run_episode
-    from .simulator import ROUTER_ROLE, Simulator
+    from .simulator import Simulator
 
     simulator = None
     try:
         if live is not None and (why := endpoint_unreachable(live.base_url)):
             raise WorkerFailed(why)
         adapter = get_adapter(framework)
-        if live is None:
-            simulator = Simulator().start()
-            _warm_up(adapter, simulator)
+        upstream = None if live is None else _upstream(live)
+        # A live run's requests go through this server's fault proxy; the warm-up stays on the simulator.
+        simulator = Simulator().start()
+        _warm_up(adapter, simulator)
         reported_version = adapter.version()
     except Exception as exc:  # noqa: BLE001 - reported to the parent as an infra error
         connection.send(("failed", redact(f"{type(exc).__name__}: {exc}")))
@@ -260,8 +269,7 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
         try:
             task = tasks.get(job.task) or tasks.setdefault(job.task, job.task.load())
             plan = FaultPlan(load_profile(job.profile), job.seed, job.forced)
-            endpoint = None if live is None else _live_endpoint(live, [*task.roles, ROUTER_ROLE])
-            result = run_episode(adapter, task, job.variant, simulator, plan, knobs, endpoint)
+            result = run_episode(adapter, task, job.variant, simulator, plan, knobs, upstream)
             if live is not None and result.status is Status.ERROR and (why := endpoint_unreachable(live.base_url)):
                 connection.send(("infra_error", redact(why)))
             else:
@@ -272,8 +280,7 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
             connection.send(("infra_error", redact(f"{type(exc).__name__}: {exc}")))
         episodes_done += 1
         release_memory(episodes_done)
-    if simulator is not None:
-        simulator.stop()
+    simulator.stop()
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .reading import (
     visible_values,
 )
 from .router import delegation_brief
+from .upstream import UpstreamAnswer
 
 ROUTER_ROLE = "router"
 """The URL role a delegating framework's routing model uses (manager, selector, supervisor)."""
@@ -77,7 +78,10 @@ class Decision:
 
     record: RequestRecord
     reply: Reply | None
+    """The answer to send (for the fault proxy: only when a fault rewrote the real answer)."""
     transport_fault: Fault | None
+    upstream: UpstreamAnswer | None = None
+    """The real endpoint's response, relayed as received unless ``reply`` replaces it (the fault proxy only)."""
 
 
 class EpisodeState:
@@ -144,6 +148,13 @@ class EpisodeState:
                 decision = self._work(role, messages, body, base)
             self.records.append(decision.record)
             return decision
+
+    def close(self) -> None:
+        """Release what serving the episode held (nothing, when simulated)."""
+
+    def notes(self) -> list[str]:
+        """What the episode's record should say about how its requests were served (nothing, when simulated)."""
+        return []
 
     def update_record(self, record: RequestRecord, **changes: Any) -> None:
         """Amend a logged record once the server knows how the exchange ended (status, timing)."""

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
 from urllib.parse import unquote
 
+import httpx
+
 from coordlab.runners.loopback_service import LoopbackService
 from coordlab.runners.faults import Fault, FaultPlan, FaultProfile, forced_faults, load_profile
 from coordlab.tasks.loader import load_suite_task, load_task
@@ -29,11 +31,15 @@ from coordlab.tasks.schema import Task
 from coordlab.tasks.world import World
 
 from .episode import PREMATURE_TEXT, ROUTER_ROLE, Decision, EpisodeState, Reply
+from .proxy import ProxyEpisode
+from .upstream import Upstream, UpstreamAnswer
 
 MODEL_NAME = "coordlab-sim"
 """The model id the simulator lists; any requested model name is accepted and echoed."""
-_COMPLETIONS = re.compile(r"^/episodes/([A-Za-z0-9_-]+)/roles/([A-Za-z0-9_.-]+)/v1/chat/completions$")
-_MODELS = re.compile(r"^(?:/episodes/[A-Za-z0-9_-]+/roles/[A-Za-z0-9_.-]+)?/v1/models$")
+_COMPLETIONS = re.compile(r"^/episodes/([A-Za-z0-9_-]+)(?:/roles/([A-Za-z0-9_.-]+))?/v1/chat/completions$")
+_MODELS = re.compile(r"^(?:/episodes/[A-Za-z0-9_-]+(?:/roles/[A-Za-z0-9_.-]+)?)?/v1/models$")
+ANY_ROLE = ""
+"""The role of a request made to an episode's role-less URL (:meth:`Simulator.endpoint_url`)."""
 _LOG = re.compile(r"^/episodes/([A-Za-z0-9_-]+)/log$")
 
 
@@ -136,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/episodes":
             self._register(body)
         elif (match := _COMPLETIONS.match(path)):
-            self._complete(match.group(1), unquote(match.group(2)), body)
+            self._complete(match.group(1), unquote(match.group(2) or ANY_ROLE), body)
         elif path.endswith("/chat/completions"):
             self._error(404, "no episode in the URL: use the base URL /episodes/<id>/roles/<role>/v1 "
                              "returned by POST /episodes (or Simulator.open_episode)")
@@ -161,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             self._error(400, "a chat completion needs a JSON object with a 'messages' list")
             return
-        if role != ROUTER_ROLE and role not in episode.task.roles:
+        if role not in (ROUTER_ROLE, ANY_ROLE) and role not in episode.task.roles:
             self._error(404, f"task {episode.task.name!r} has no role {role!r}")
             return
         started = time.perf_counter()
@@ -181,6 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _act(self, decision: Decision, profile: FaultProfile, body: Mapping[str, Any]) -> int:
         """Send the reply, or act out the transport fault; return the HTTP status sent (0: none)."""
         fault, record = decision.transport_fault, decision.record
+        if decision.upstream is not None and decision.reply is None:
+            return self._relay(decision.upstream, truncate=fault is Fault.TRUNCATED_BODY)
         if fault is Fault.HTTP_429:
             retry_ms = profile.retry_after_ms
             self._error(429, "Rate limit reached (injected by coordlab)", "rate_limit_error",
@@ -210,28 +218,52 @@ class _Handler(BaseHTTPRequestHandler):
                          truncate=fault is Fault.TRUNCATED_BODY)
         elif fault is Fault.TRUNCATED_BODY:
             payload = json.dumps(_completion_payload(reply, model, response_id, usage)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload[: len(payload) // 2])
-            self._sent = payload[: len(payload) // 2].decode("utf-8", "replace")
-            self.wfile.flush()
-            self._drop()
+            self._write_body(200, {"Content-Type": "application/json"}, payload, truncate=True)
         else:
             self._send_json(200, _completion_payload(reply, model, response_id, usage))
         return 200
 
+    def _relay(self, answer: UpstreamAnswer, truncate: bool) -> int:
+        """Pass the real endpoint's response on as received; with ``truncate``, only its first half."""
+        if answer.stream and answer.status == 200:
+            events = answer.events()
+            chunks = answer.sent_form()
+            self._sent = chunks[: max(1, len(events) // 2)] if truncate else chunks
+            self._write_events(events, truncate)
+            return 200
+        self._write_body(answer.status, answer.headers, answer.raw, truncate)
+        if not truncate:
+            self._sent = answer.sent_form()
+        return answer.status
+
+    def _write_body(self, status: int, headers: Mapping[str, str], payload: bytes, truncate: bool) -> None:
+        """Send a whole body, or (``truncate``) announce it whole, send its first half and drop the connection."""
+        sent = payload[: len(payload) // 2] if truncate else payload
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(sent)
+        if truncate:
+            self._sent = sent.decode("utf-8", "replace")
+            self.wfile.flush()
+            self._drop()
+
     def _stream(self, chunks: list[dict[str, Any]], truncate: bool) -> None:
+        events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
+        self._sent = chunks[: min(len(events) if not truncate else max(1, len(events) // 2), len(chunks))]
+        self._write_events(events, truncate)
+
+    def _write_events(self, events: list[bytes], truncate: bool) -> None:
+        """Send server-sent events in chunked encoding; with ``truncate``, drop the connection halfway."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
         if truncate:
             events = events[: max(1, len(events) // 2)]
-        self._sent = chunks[: min(len(events), len(chunks))]
         for event in events:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
         if truncate:
@@ -296,14 +328,25 @@ class Simulator(LoopbackService):
         """The OpenAI ``base_url`` a client for ``role`` in episode ``episode_id`` must use."""
         return f"{self.url}/episodes/{episode_id}/roles/{role}/v1"
 
+    def endpoint_url(self, episode_id: str) -> str:
+        """One ``base_url`` for every role of an episode, as a real endpoint has: the step is read from the request
+        alone (its marker), so a worker's request is answered whichever role sent it; nothing is routed here.
+        What the fault proxy's tests put behind it, standing in for a real model."""
+        return f"{self.url}/episodes/{episode_id}/v1"
+
     def open_episode(self, task: Task, plan: FaultPlan, episode_id: str | None = None,
-                     world: World | None = None) -> EpisodeState:
+                     world: World | None = None, upstream: Upstream | None = None) -> EpisodeState:
         """Start serving a new episode of ``task`` under ``plan``'s fault schedule.
 
         ``world`` is the episode's world, where faults of the outside system (a tool's
-        response lost after its change) are acted out; without it they are not.
+        response lost after its change) are acted out; without it they are not. With
+        ``upstream`` the episode is answered by that real endpoint, through the fault proxy
+        (:class:`~coordlab.runners.simulator.proxy.ProxyEpisode`), instead of the oracle.
         """
-        episode = EpisodeState(task, plan, episode_id, world)
+        if upstream is None:
+            episode = EpisodeState(task, plan, episode_id, world)
+        else:
+            episode = ProxyEpisode(task, plan, upstream, httpx.Client(), episode_id, world)
         self._episodes[episode.id] = episode
         return episode
 
@@ -330,4 +373,5 @@ class Simulator(LoopbackService):
         """
         state = self._episodes.pop(episode_id)
         state.wait_idle(CLOSE_WAIT_S)
+        state.close()
         return state

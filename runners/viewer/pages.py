@@ -35,7 +35,8 @@ _FAULTS_MET = ("episode_id IN (SELECT episode_id FROM events WHERE kind = 'fault
 """Episodes that met a fault kind; written exactly as the ``events_by_fault`` index is, so SQLite uses it."""
 _LIST_COLUMNS = ("episode_id, run_id, task, framework, framework_version, variant, profile, seed, status, harmful, "
                  "termination, model_calls, faults_injected, wall_ms")
-"""Columns every store schema has (a schema-1 store opened read-only lacks the newer counters)."""
+"""Columns every store schema has (a schema-1 store opened read-only lacks the newer counters); ``trial`` (schema 4)
+is added where the store has it, and reads 0 where it does not."""
 
 
 class BadRequest(ValueError):
@@ -111,7 +112,7 @@ def runs(store: Store) -> list[dict[str, Any]]:
         found.append({"run_id": row["run_id"], "created_at": row["created_at"], "status": row["status"],
                       "episodes": row["episodes"], "tasks": spec.get("tasks") or [],
                       "frameworks": spec.get("frameworks") or [], "variants": spec.get("variants") or [],
-                      "profiles": spec.get("profiles") or [], "seeds": len(seeds),
+                      "profiles": spec.get("profiles") or [], "seeds": len(seeds), "trials": spec.get("trials") or 1,
                       "live": bool(spec.get("live")), "force": spec.get("force") or []})
     return found
 
@@ -133,7 +134,8 @@ def episodes(store: Store, chosen: EpisodeFilter, page: int = 1, page_size: int 
     total = int(store.query(f"SELECT count(*) FROM episodes{where}", params)[0][0])
     pages = max(1, math.ceil(total / page_size))
     page = min(page, pages)
-    rows = store.query(f"SELECT {_LIST_COLUMNS} FROM episodes{where} ORDER BY episode_id LIMIT ? OFFSET ?",
+    trial = "trial" if "trial" in store.episode_columns() else "0 AS trial"
+    rows = store.query(f"SELECT {_LIST_COLUMNS}, {trial} FROM episodes{where} ORDER BY episode_id LIMIT ? OFFSET ?",
                        [*params, page_size, (page - 1) * page_size])
     found = []
     for row in rows:

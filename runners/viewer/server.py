@@ -23,7 +23,7 @@ from typing import Any
 
 import jinja2
 
-from coordlab.runners.export import find_episode
+from coordlab.runners.export import episode_key, find_episode
 from coordlab.runners.loopback_service import LoopbackService
 from coordlab.runners.store import SCHEMA_VERSION, Store, StoreError, open_readonly
 
@@ -171,15 +171,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _by_key(self, store: Store, query: dict[str, list[str]]) -> None:
         key = (query.get("key") or [""])[-1].strip()
         if not key:
-            raise pages.BadRequest("by-key needs ?key=TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED")
+            raise pages.BadRequest("by-key needs ?key=TASK/FRAMEWORK[@VERSION]/VARIANT/PROFILE/SEED[/tTRIAL]")
         run = (query.get("run") or [""])[-1].strip()
         try:
             row = find_episode(store, key)
             if run and row["run_id"] != run:
-                rows = store.query("SELECT * FROM episodes WHERE run_id = ? AND task = ? AND framework = ? AND "
-                                   "framework_version = ? AND variant = ? AND profile = ? AND seed = ?",
-                                   (run, row["task"], row["framework"], row["framework_version"], row["variant"],
-                                    row["profile"], row["seed"]))
+                found = episode_key(row)
+                sql = ("SELECT * FROM episodes WHERE run_id = ? AND task = ? AND framework = ? AND "
+                       "framework_version = ? AND variant = ? AND profile = ? AND seed = ?")
+                params: list[Any] = [run, found.task, found.framework, found.framework_version, found.variant,
+                                     found.profile, found.seed]
+                if "trial" in row.keys():  # a store before schema 4 has trial 0 only
+                    sql += " AND trial = ?"
+                    params.append(found.trial)
+                rows = store.query(sql, params)
                 if not rows:
                     raise StoreError(f"no episode {key} in run {run} of {store.path}")
                 row = rows[0]

@@ -103,8 +103,8 @@ MATRIX = ("run", "--tasks", "appointment_rebooking", "--frameworks", "plain", "-
     (("--force", "send:wrong_handoff_target"), ["only acts where a model routes", "delegated variant"]),
     (("--tasks", "appointment_rebooking", "chain:n=2", "--force", "send:http_429"),
      ["task chain", "has no step 'send'", "must exist in every task of the sweep"]),
-    (("--force", "send:http_429", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"),
-     ["--force cannot be used with --base-url", "no fault injection"]),
+    (("--force", "send:skipped_tool", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"),
+     ["fault proxy in front of a live endpoint cannot act skipped_tool out"]),
 ])
 def test_refusals_exit_2_with_a_clear_message(capsys, tmp_path: Path, extra: tuple[str, ...],
                                               messages: list[str]) -> None:
@@ -121,18 +121,20 @@ def test_wrong_handoff_target_is_taken_where_a_model_routes() -> None:
     assert {job.key.profile for job in sweep.jobs()} == {"none+force(send:wrong_handoff_target@0)"}
 
 
-def test_a_live_endpoint_refuses_forced_faults_from_a_file_and_from_the_api(capsys, tmp_path: Path) -> None:
+def test_a_live_endpoint_refuses_forced_faults_the_proxy_cannot_act_out_from_a_file_and_from_the_api(
+        capsys, tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
-    path.write_text("tasks: [appointment_rebooking]\nforce: [send:http_429]\n")
+    path.write_text("tasks: [appointment_rebooking]\nforce: [send:skipped_tool]\n")
     code, _, err = run(capsys, "run", "--sweep", str(path), "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
                        "--store", str(tmp_path / "r.sqlite"))
-    assert code == 2 and "no fault injection" in err
+    assert code == 2 and "s.yaml: force send:skipped_tool@0: the fault proxy" in err
     code, _, err = run(capsys, "run", "--sweep", str(path), "--force", "send:http_500", "--store",
                        str(tmp_path / "r.sqlite"))
     assert code == 2 and "force: field" in err
     live = LiveEndpoint("http://127.0.0.1:9/v1", "m", "OPENAI_API_KEY")
-    with pytest.raises(SweepError, match="no fault injection"):
-        Sweep.build(**ONE_CELL, live=live, forced=["send:http_429"])
+    with pytest.raises(SweepError, match="cannot act wrong_handoff_target out"):
+        Sweep.build(**{**ONE_CELL, "variants": ["delegated"]}, live=live, forced=["send:wrong_handoff_target"])
+    assert Sweep.build(**ONE_CELL, live=live, forced=["send:http_429"]).forced
 
 
 # -- end to end --------------------------------------------------------------------------------------

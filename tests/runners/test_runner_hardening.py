@@ -268,7 +268,7 @@ def test_a_dead_endpoint_is_an_infra_error_not_a_framework_error(tmp_path: Path,
     monkeypatch.setenv("COORDLAB_LIVE_VALUE", "anything-at-all")
     store = tmp_path / "dead.sqlite"
     code, out, err = _run(capsys, "--tasks", "chain:n=1", "--frameworks", "plain", "--variants", "linear",
-                          "--seeds", "3", "--store", str(store), "--base-url",
+                          "--faults", "none", "--seeds", "3", "--store", str(store), "--base-url",
                           f"http://127.0.0.1:{unused_port()}/v1", "--model", "m", "--api-key-env",
                           "COORDLAB_LIVE_VALUE", "--workers", "1")
     assert code == EXIT_INFRA and "run the same command again" in err

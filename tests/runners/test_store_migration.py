@@ -69,7 +69,7 @@ def test_an_old_store_migrates_keeping_every_row_and_value(old_store: Path) -> N
 
     Store(old_store).close()
 
-    assert schema_version(old_store) == SCHEMA_VERSION == 3
+    assert schema_version(old_store) == SCHEMA_VERSION == 4
     episodes_after = rows(old_store, "episodes", "episode_id")
     assert len(episodes_after) == len(episodes_before)
     for before, after in zip(episodes_before, episodes_after):
@@ -191,7 +191,7 @@ def test_a_schema_2_store_gains_the_bodies_table_and_keeps_everything(tmp_path: 
         assert store.exchanges(1) == []  # recorded before bodies were kept
         second = store.record_episode("run-v2", new_row(1), [], (len(bodies), pack_exchanges(bodies)))
         stored = store.exchanges(second)
-    assert schema_version(path) == 3 and {"exchanges", "events_by_fault"} <= tables_and_indexes(path)
+    assert schema_version(path) == SCHEMA_VERSION and {"exchanges", "events_by_fault"} <= tables_and_indexes(path)
     assert [(e.seq, e.request, e.response) for e in stored or []] == bodies
     assert rows(path, "episodes", "episode_id")[:1] == episodes_before
     assert rows(path, "events", "episode_id, seq") == events_before
