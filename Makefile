@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCAL_STAMP := $(VENV)/.local-installed
 
-.PHONY: demo test bench baseline env clean constraints local test-live
+.PHONY: demo test bench baseline env clean constraints local test-live live-report
 
 demo: $(STAMP)  ## run the default comparison suite on the simulated model and write a report
 	$(BIN)/coordlab demo
@@ -53,3 +53,8 @@ clean:
 
 constraints: $(STAMP)  ## re-pin constraints.txt from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^coordlab' > constraints.txt
+
+live-report: local  ## regenerate docs/live: the suite on SmolLM2-135M through the fault proxy, 3 trials (about 40 minutes)
+	rm -f out/live.sqlite out/live.sqlite-wal out/live.sqlite-shm  # a published report starts from nothing
+	$(BIN)/coordlab run --local-model --faults none --seeds 1 --trials 3 --workers 2 --time-limit 300 --store out/live.sqlite --fresh
+	$(BIN)/coordlab report --store out/live.sqlite --out docs/live --command "make live-report"

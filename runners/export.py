@@ -142,8 +142,7 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
              f"status {row['status']}{' (harmful)' if row['harmful'] else ''}; termination {row['termination']}; "
              f"wall {row['wall_ms']:.0f} ms",
              f"model calls {row['model_calls']}, tool calls {row['tool_calls']}, handoffs {row['handoffs']}, "
-             f"handoffs failed {_counter(row, 'handoffs_lost')} lost / "
-             f"{_counter(row, 'handoff_model_errors')} model error, "
+             f"{_handoffs_failed(store, row)}, "
              f"gate rejections {row['gate_rejections']}, "
              f"retries {row['framework_retries']} framework / {row['transport_retries']} transport, "
              f"faults {_counter(row, 'faults_recovered')}/{row['faults_injected']} recovered, "
@@ -170,6 +169,14 @@ def render_episode(store: Store, row: sqlite3.Row) -> str:
 def _column(row: sqlite3.Row, name: str) -> Any:
     """``row[name]``, or None when the row comes from a store whose schema lacks the column."""
     return row[name] if name in row.keys() else None
+
+
+def _handoffs_failed(store: Store, row: sqlite3.Row) -> str:
+    """The failed handoffs by cause, or why they were not judged (a live model: no oracle knows what it meant)."""
+    spec = store.query("SELECT spec_json FROM runs WHERE run_id = ?", (row["run_id"],))
+    if spec and (json.loads(spec[0]["spec_json"] or "{}") or {}).get("live"):
+        return "handoffs failed: not judged (a live model has no oracle)"
+    return f"handoffs failed {_counter(row, 'handoffs_lost')} lost / {_counter(row, 'handoff_model_errors')} model error"
 
 
 def _counter(row: sqlite3.Row, name: str) -> str:

@@ -565,8 +565,8 @@ class Store:
     def exchanges(self, episode_id: int) -> list[Exchange] | None:
         """An episode's model exchanges in arrival order; None when the store's schema (before 3) kept none.
 
-        An empty list means the episode was recorded without them (``--no-bodies``, a live
-        endpoint, or an episode the lab could not finish).
+        An empty list means the episode was recorded without them (``--no-bodies``, or an
+        episode the lab could not finish).
         """
         if "exchanges" not in self.tables():
             return None
@@ -595,6 +595,11 @@ def _migrate_1_to_2(connection: sqlite3.Connection) -> None:
     kept = [c for c in old_columns if c not in legacy.values()]
     connection.execute(f"INSERT INTO episodes_migrating ({', '.join(kept + list(legacy))}) "
                        f"SELECT {', '.join(kept + list(legacy.values()))} FROM episodes")
+    _swap_in_migrated_episodes(connection)
+
+
+def _swap_in_migrated_episodes(connection: sqlite3.Connection) -> None:
+    """Replace ``episodes`` with the rebuilt ``episodes_migrating``, once every row is known to have been copied."""
     before = connection.execute("SELECT count(*) FROM episodes").fetchone()[0]
     after = connection.execute("SELECT count(*) FROM episodes_migrating").fetchone()[0]
     if before != after:
@@ -635,12 +640,7 @@ def _migrate_3_to_4(connection: sqlite3.Connection) -> None:
             connection.execute(f"ALTER TABLE episodes_migrating ADD COLUMN {column} {kind}")
     copied = ", ".join(column for column, _ in old)
     connection.execute(f"INSERT INTO episodes_migrating ({copied}) SELECT {copied} FROM episodes")
-    before = connection.execute("SELECT count(*) FROM episodes").fetchone()[0]
-    after = connection.execute("SELECT count(*) FROM episodes_migrating").fetchone()[0]
-    if before != after:
-        raise StoreError(f"migrating the episodes table copied {after} of {before} rows; nothing was changed")
-    connection.execute("DROP TABLE episodes")
-    connection.execute("ALTER TABLE episodes_migrating RENAME TO episodes")
+    _swap_in_migrated_episodes(connection)
     for statement in dependants:
         connection.execute(statement)
 

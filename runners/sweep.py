@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from coordlab.adapters.base import Knobs, Variant
 from coordlab.adapters.registry import adapter_names, adapter_version

@@ -432,7 +432,7 @@ def episode_view(store: Store, row: sqlite3.Row) -> EpisodeView:
         bodies_note = "The lab could not finish this episode, so nothing of it beyond this row was recorded."
     elif row["model_calls"]:
         bodies_note = ("This episode was recorded without its model request and response bodies: its run used "
-                       "`coordlab run --no-bodies`, or a live endpoint, which no simulator sees.")
+                       "`coordlab run --no-bodies`, or a coordlab from before live runs went through the fault proxy.")
     else:
         bodies_note = ""
     entries = timeline(store, row, exchanges)

@@ -66,6 +66,29 @@ def test_the_server_sees_none_of_the_callers_settings() -> None:
     assert command[command.index("--host") + 1] == "127.0.0.1"
 
 
+def test_run_names_a_bad_model_file_and_a_clashing_endpoint_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coordlab.runners.cli import main
+
+    store = tmp_path / "r.sqlite"
+    assert main(["run", "--local-model", str(tmp_path / "none.gguf"), "--tasks", "chain", "--store", str(store)]) == 2
+    assert "--local-model: " in (err := capsys.readouterr().err) and "none.gguf: model file not found" in err
+    assert main(["run", "--local-model", "--base-url", "http://127.0.0.1:9/v1", "--store", str(store)]) == 2
+    assert "leave out --base-url and --model" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_a_local_run_is_identified_by_its_model_file_not_its_port(tmp_path: Path) -> None:
+    from coordlab.runners.local_model import model_identity
+    from coordlab.runners.sweep import LiveEndpoint, Sweep
+
+    weights = tmp_path / "m.gguf"
+    weights.write_bytes(b"GGUF" + bytes(60))
+    identities = {Sweep.build(tasks=["chain"], frameworks=["plain"], seeds=1, live=LiveEndpoint(
+        f"http://127.0.0.1:{port}/v1", "m", None, local=model_identity(weights))).identity() for port in (8001, 8002)}
+    assert len(identities) == 1
+
+
 def gone(pid: int) -> bool:
     """True once ``pid`` no longer runs (a zombie waiting for a reaper counts as gone)."""
     try:

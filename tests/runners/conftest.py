@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import socket
 import threading
@@ -76,3 +77,32 @@ def unused_port() -> Callable[[], int]:
             return probe.getsockname()[1]
 
     return port
+
+
+class _EchoingKeyHandler(http.server.BaseHTTPRequestHandler):
+    """An endpoint that rejects every request and, carelessly, quotes the key it was sent."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
+                                     "code": "invalid_api_key"}}).encode()
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_endpoint() -> Iterator[str]:
+    """A careless live endpoint on 127.0.0.1 (its base URL) that quotes back the key it was sent."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingKeyHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()

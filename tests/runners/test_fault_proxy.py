@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,44 +140,20 @@ def test_a_streamed_answer_is_cut_short_then_relayed_whole(simulator: Simulator,
     assert 0 < len(cut) < len(whole)  # the chunks sent before the cut, then every chunk
 
 
-class _EchoingEndpoint(BaseHTTPRequestHandler):
-    """A hostile endpoint: it answers every completion with the Authorization header it was sent."""
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server naming
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        echoed = self.headers.get("Authorization", "")
-        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
-            {"index": 0, "finish_reason": "stop",
-             "message": {"role": "assistant", "content": f"your header was {echoed}"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_the_key_reaches_only_the_endpoint_and_an_echo_of_it_is_stored_nowhere(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingEndpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def test_the_proxy_logs_live_calls_and_keeps_the_key_out_of_every_store_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, echoing_endpoint: str) -> None:
+    """The endpoint quotes the key back; the proxy replaced it before the framework saw the answer."""
     monkeypatch.setenv("COORDLAB_PROXY_KEY", KEY)
-    try:
-        live = LiveEndpoint(f"http://127.0.0.1:{server.server_port}/v1", "m", "COORDLAB_PROXY_KEY")
-        sweep = Sweep.build(tasks=["chain:n=1"], frameworks=["plain"], variants=["linear"], profiles=["none"],
-                            seeds=1, live=live)
-        summary = run_sweep(sweep, tmp_path / "live.sqlite", workers=1)
-    finally:
-        server.shutdown()
-    assert summary.ran == 1
+    live = LiveEndpoint(echoing_endpoint, "m", "COORDLAB_PROXY_KEY")
+    sweep = Sweep.build(tasks=["chain:n=1"], frameworks=["plain"], variants=["linear"], profiles=["none"],
+                        seeds=1, live=live)
+    assert run_sweep(sweep, tmp_path / "live.sqlite", workers=1).ran == 1
     for path in tmp_path.glob("live.sqlite*"):
         assert KEY.encode() not in path.read_bytes()
     with sqlite3.connect(tmp_path / "live.sqlite") as connection:
-        (calls,) = connection.execute("SELECT model_calls FROM episodes").fetchone()
-        (exchanges,) = connection.execute("SELECT COUNT(*) FROM exchanges").fetchone()
-    assert calls >= 1 and exchanges == 1  # the proxy logged the live calls, and kept their bodies
+        calls, error = connection.execute("SELECT model_calls, error FROM episodes").fetchone()
+        (requests,) = connection.execute("SELECT requests FROM exchanges").fetchone()
+    assert calls == requests == 1 and "Incorrect API key provided: [REDACTED]" in error
 
 
 def test_a_live_sweep_takes_forced_faults_the_proxy_can_act_out_and_refuses_the_others() -> None:

@@ -91,6 +91,8 @@ EXPENSIVE = ("run", "demo", "experiment")
 PARSE_ONLY: dict[str, str] = {
     "--otlp-endpoint": "sends traces to an OTLP receiver, which must be listening (test_otel.py runs one)",
     "view": "serves the viewer until Ctrl-C (the viewer's own tests run it)",
+    "--base-url": "needs a live endpoint listening there (test_fault_proxy.py runs one)",
+    "--local-model": "starts llama.cpp, an opt-in extra (make local; tests/live runs it with make test-live)",
 }
 """A flag or subcommand -> why a command with it is parsed and not run."""
 

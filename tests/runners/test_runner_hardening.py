@@ -7,8 +7,6 @@ scripted by plug-in adapters, and time bounds carry seconds of slack.
 
 from __future__ import annotations
 
-import http.server
-import json
 import multiprocessing
 import os
 import signal
@@ -16,12 +14,10 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -275,34 +271,6 @@ def test_a_dead_endpoint_is_an_infra_error_not_a_framework_error(tmp_path: Path,
     assert _statuses(store) == Counter({"infra_error": 3})
     with sqlite3.connect(store) as connection:
         assert "cannot be reached" in connection.execute("SELECT error FROM episodes").fetchone()[0]
-
-
-class _EchoingKeyHandler(http.server.BaseHTTPRequestHandler):
-    """An endpoint that rejects every request and, carelessly, quotes the key it was sent."""
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-        body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
-                                     "code": "invalid_api_key"}}).encode()
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def echoing_endpoint() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingKeyHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
 
 
 def test_a_key_echoed_by_the_endpoint_is_never_stored_or_printed(tmp_path: Path, capsys, monkeypatch,

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_support import check_a_failed_migration_changes_nothing, rows, schema_version
 
 from coordlab.reports.build import notes
 from coordlab.reports.data import load_prices, load_store
 from coordlab.reports.tables import coordination_table, faults_table
 from coordlab.runners import store as store_module
 from coordlab.runners.export import render_episode
-from coordlab.runners.store import (COUNT_COLUMNS, SCHEMA_VERSION, Store, StoreError, open_readonly,
+from coordlab.runners.store import (COUNT_COLUMNS, SCHEMA_VERSION, Store, open_readonly,
                                    pack_exchanges)
 
 OLD_DUMP = Path(__file__).parents[1] / "data" / "store_schema_1.sql"
@@ -36,21 +37,6 @@ def old_store(tmp_path: Path) -> Path:
         connection.executescript(OLD_DUMP.read_text())
     connection.close()
     return path
-
-
-def rows(path: Path, table: str, order: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as connection:
-        connection.row_factory = sqlite3.Row
-        found = [dict(r) for r in connection.execute(f"SELECT * FROM {table} ORDER BY {order}")]
-    connection.close()
-    return found
-
-
-def schema_version(path: Path) -> int:
-    with sqlite3.connect(path) as connection:
-        version = int(connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-    connection.close()
-    return version
 
 
 def new_row(seed: int) -> dict[str, Any]:
@@ -129,19 +115,7 @@ def test_an_old_store_read_only_is_reported_unchanged_and_unmigrated(old_store: 
 
 def test_a_migration_that_fails_half_way_leaves_the_old_store_as_it_was(old_store: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    episodes_before = rows(old_store, "episodes", "episode_id")
-    events_before = rows(old_store, "events", "episode_id, seq")
-
-    def migrate_then_fail(connection: sqlite3.Connection) -> None:
-        store_module._migrate_1_to_2(connection)  # the old table is already dropped when this fails
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setitem(store_module._MIGRATIONS, 1, migrate_then_fail)
-    with pytest.raises(StoreError, match="disk I/O error"):
-        Store(old_store)
-    assert schema_version(old_store) == 1
-    assert rows(old_store, "episodes", "episode_id") == episodes_before
-    assert rows(old_store, "events", "episode_id, seq") == events_before
+    check_a_failed_migration_changes_nothing(old_store, 1, store_module._migrate_1_to_2, monkeypatch)
 
 
 def test_a_fault_event_records_recovered_not_caught(old_store: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_support import check_a_failed_migration_changes_nothing, rows, schema_version
 
 from coordlab.reports.data import load_store
 from coordlab.reports.tables import pass_k_table
@@ -69,21 +70,6 @@ def episode_row(seed: int, trial: int | None = None, status: str = "success") ->
     if trial is not None:
         row["trial"] = trial
     return row
-
-
-def rows(path: Path, table: str, order: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as connection:
-        connection.row_factory = sqlite3.Row
-        found = [dict(r) for r in connection.execute(f"SELECT * FROM {table} ORDER BY {order}")]
-    connection.close()
-    return found
-
-
-def schema_version(path: Path) -> int:
-    with sqlite3.connect(path) as connection:
-        version = int(connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-    connection.close()
-    return version
 
 
 def schema_3_store(path: Path) -> Path:
@@ -166,19 +152,8 @@ def test_an_infra_error_is_replaced_by_its_own_trial_only(tmp_path: Path) -> Non
 
 def test_a_migration_to_4_that_fails_half_way_leaves_the_schema_3_store_as_it_was(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = schema_3_store(tmp_path / "v3.sqlite")
-    episodes_before, events_before = rows(path, "episodes", "episode_id"), rows(path, "events", "episode_id, seq")
-
-    def migrate_then_fail(connection: sqlite3.Connection) -> None:
-        store_module._migrate_3_to_4(connection)  # the old table is already dropped when this fails
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setitem(store_module._MIGRATIONS, 3, migrate_then_fail)
-    with pytest.raises(StoreError, match="disk I/O error"):
-        Store(path)
-    assert schema_version(path) == 3
-    assert rows(path, "episodes", "episode_id") == episodes_before
-    assert rows(path, "events", "episode_id, seq") == events_before
+    check_a_failed_migration_changes_nothing(schema_3_store(tmp_path / "v3.sqlite"), 3,
+                                             store_module._migrate_3_to_4, monkeypatch)
 
 
 def test_a_schema_3_store_read_only_reads_every_episode_as_trial_0(tmp_path: Path) -> None:
