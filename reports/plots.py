@@ -300,7 +300,7 @@ def gate_effect(episodes: Sequence[EpisodeRecord]) -> Figure | None:
 def cost_vs_reliability(episodes: Sequence[EpisodeRecord], prices: PriceTable) -> Figure | None:
     """Cost per successful episode against success rate, one point per framework x variant, per profile."""
     points: dict[str, list[tuple[str, str, float, float, float, float]]] = defaultdict(list)
-    for (system, variant, profile), cell in _by([e for e in episodes if not e.live],
+    for (system, variant, profile), cell in _by(list(episodes),
                                                 "system", "variant", "profile").items():
         successes = sum(e.success for e in cell)
         cost = episode_costs(cell, prices)

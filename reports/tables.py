@@ -328,7 +328,7 @@ def coordination_table(episodes: Sequence[EpisodeRecord], by_task: bool = False)
     dims = dimensions(by_task)
     rows = []
     for key, group_episodes in group(episodes, dims):
-        measured = [e for e in group_episodes if not e.live]
+        measured = list(group_episodes)
         per_episode = [_known_mean(measured, name) for name in
                        ("handoffs", "handoffs_lost", "handoff_model_errors", "framework_retries", "transport_retries",
                         "gate_rejections")]
@@ -340,7 +340,8 @@ def coordination_table(episodes: Sequence[EpisodeRecord], by_task: bool = False)
                       "many requests of that attempt showed it. Lost: the producing model emitted the value right and "
                       "the framework did not deliver it intact (dropped, truncated, altered). Model error: the "
                       "producing model emitted it wrong or left it out, or a routing model sent the work to the wrong "
-                      "agent and nothing made it good. The simulator sees both ends, so it can tell them apart. "
+                      "agent and nothing made it good. The simulator sees both ends, so it can tell them apart; behind a live "
+                      "model nobody knows what it meant, so live episodes are left out of those two columns. "
                       "Transport retries are requests re-sent after a failed HTTP exchange. Episodes recorded before "
                       "handoffs were split by cause (store schema 1) are left out of those two columns, not counted "
                       "as zero.")
@@ -351,7 +352,7 @@ def faults_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> Ta
     dims = dimensions(by_task)
     rows = []
     for key, group_episodes in group(episodes, dims):
-        measured = [e for e in group_episodes if not e.live]
+        measured = list(group_episodes)
         injected = sum(e.faults_injected for e in measured)
         known = [e for e in measured if e.faults_recovered is not None]
         recovered = sum(e.faults_recovered or 0 for e in known) if known else None
@@ -423,7 +424,7 @@ def usage_table(episodes: Sequence[EpisodeRecord], prices: PriceTable, by_task: 
     rows = []
     missing: set[str] = set()
     for key, group_episodes in group(episodes, dims):
-        measured = [e for e in group_episodes if not e.live]
+        measured = list(group_episodes)
         n = len(measured)
         calls = sum(e.model_calls for e in measured)
         prompt = sum(e.prompt_tokens for e in measured)
@@ -434,7 +435,8 @@ def usage_table(episodes: Sequence[EpisodeRecord], prices: PriceTable, by_task: 
                      number(completion / n if n else None, 1), number(prompt / calls if calls else None, 1),
                      money(cost / n if cost is not None and n else None, prices.currency),
                      money(cost / successes if cost is not None and successes else None, prices.currency)])
-    note = ("Token counts are the simulator's estimate (4 characters a token; no tokenizer is downloaded). Cost per "
+    note = ("Token counts are the simulator's estimate (4 characters a token; no tokenizer is downloaded), or a live "
+            "endpoint's own counts where it reports them. Cost per "
             "successful episode divides everything spent, failures included, by the successes; prices come from "
             f"{prices.source}" + (f" ({prices.note})" if prices.note else "") + ".")
     if missing:
@@ -474,7 +476,7 @@ def latency_table(episodes: Sequence[EpisodeRecord], by_task: bool = False) -> T
 
 def overhead_per_call(episode: EpisodeRecord) -> float | None:
     """(execution time - simulator time) / model calls: what the framework itself spends per model call."""
-    if episode.live or episode.model_calls <= 0:
+    if episode.model_calls <= 0:
         return None
     return (episode.execution_ms - episode.simulator_ms) / episode.model_calls
 

@@ -8,10 +8,9 @@ import os
 import shlex
 import sys
 import threading
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from tabulate import tabulate
 
@@ -30,6 +29,9 @@ from .store import StoreError, open_readonly
 from .sweep import LiveEndpoint, Sweep, SweepError
 from .viewer.links import VIEWER_PORT
 from .worker import FrameworkTracing
+
+if TYPE_CHECKING:
+    from .local_model import LocalModelServer
 
 DEFAULT_STORE = Path("out/results.sqlite")
 FALLBACK_STORES = (str(DEMO_FOLDER / STORE_NAME), str(EXPERIMENTS_FOLDER / "*" / STORE_NAME))
@@ -162,24 +164,24 @@ def cmd_simulate_run(args: argparse.Namespace) -> int:
     return 0 if result.verdict.success else 1
 
 
-@contextmanager
-def _local_model(args: argparse.Namespace) -> Iterator[LiveEndpoint | None]:
-    """With ``--local-model``, llama.cpp serving the model for the duration of the run, as the live endpoint."""
+def _local_model(args: argparse.Namespace) -> tuple["LocalModelServer", LiveEndpoint] | None:
+    """With ``--local-model``: llama.cpp's server for the model file (not started yet), and the endpoint it will be.
+
+    The file and the installation are checked here, and the sweep after, so a mistake is named
+    before the model is loaded. The endpoint's URL is known only once the server runs.
+    """
     if args.local_model is None:
-        yield None
-        return
+        return None
     if args.base_url or args.model:
         raise UsageError("--local-model serves its own endpoint and model: leave out --base-url and --model")
     from .local_model import LocalModelError, LocalModelServer, model_identity
 
     try:
         server = LocalModelServer(args.local_model or None)
-        with server:
-            print(f"coordlab: llama.cpp serves {server.model} on {server.base_url} for this run "
-                  f"(started in {server.start_seconds:.1f} s; log {server.log_path})", file=sys.stderr)
-            yield LiveEndpoint(server.base_url, server.model, None, local=model_identity(server.model_path))
     except LocalModelError as exc:
         raise UsageError(f"--local-model: {exc}") from None
+    return server, LiveEndpoint("http://127.0.0.1/v1", server.model_path.stem, None,
+                                local=model_identity(server.model_path))
 
 
 def _sweep_from_args(args: argparse.Namespace, local: LiveEndpoint | None = None) -> Sweep:
@@ -207,8 +209,22 @@ def _sweep_from_args(args: argparse.Namespace, local: LiveEndpoint | None = None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    with _local_model(args) as local:
-        return _run_sweep(args, _sweep_from_args(args, local))
+    local = _local_model(args)
+    sweep = _sweep_from_args(args, local[1] if local else None)
+    if local is None:
+        return _run_sweep(args, sweep)
+    from .local_model import LocalModelError
+
+    server, endpoint = local
+    try:
+        server.start()
+    except LocalModelError as exc:
+        print(f"coordlab: --local-model: {exc}", file=sys.stderr)
+        return 1
+    with server:
+        print(f"coordlab: llama.cpp serves {server.model} on {server.base_url} for this run "
+              f"(started in {server.start_seconds:.1f} s; log {server.log_path})", file=sys.stderr)
+        return _run_sweep(args, replace(sweep, live=replace(endpoint, base_url=server.base_url, model=server.model)))
 
 
 def _run_sweep(args: argparse.Namespace, sweep: Sweep) -> int:

@@ -94,6 +94,9 @@ class EpisodeResult:
     records: list[RequestRecord] = field(default_factory=list)
     started_at: float | None = None
     """``time.perf_counter()`` when the episode started (before construction): the origin of event times."""
+    unreachable: str | None = None
+    """Why the live endpoint did not answer one of the episode's requests: then the episode measured the
+    endpoint, not the framework, and the worker records it as an infra error."""
 
     @property
     def simulator_ms(self) -> float:
@@ -223,6 +226,8 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     # The plan learns whether a model routes (only then can a handoff target be wrong), and the
     # episode gets the world, where a tool's response lost after its change is acted out.
     plan = replace(plan, routed=variant is Variant.DELEGATED)
+    if upstream is not None and knobs.client_timeout is not None:  # nobody waits for an answer longer than that
+        upstream = replace(upstream, timeout_s=min(upstream.timeout_s, knobs.client_timeout))
     episode = simulator.open_episode(task, plan, world=world, upstream=upstream)
     endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
                         upstream.model if upstream else MODEL_NAME, API_KEY)
@@ -254,4 +259,4 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
         termination=outcome.termination, verdict=verdict, counts=count(trace, records),
         wall_ms=(time.perf_counter() - started) * 1000, construction_ms=outcome.construction_ms,
         execution_ms=outcome.execution_ms, knobs=knobs.to_dict(), notes=notes, error=outcome.error,
-        trace=trace, records=records, started_at=started)
+        trace=trace, records=records, started_at=started, unreachable=served.unreachable)

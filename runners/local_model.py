@@ -292,7 +292,8 @@ class LocalModelServer:
                                       f"({self.model_path}); the end of its log {self.log_path}:\n"
                                       f"{log_tail(self.log_path)}")
             model = served_model(self.base_url)
-            if model is not None:
+            # Only our child's answer counts: another server may have taken the port between free_port and bind.
+            if model == self.model_path.stem and self._process.poll() is None:
                 self._model = model
                 self.start_seconds = time.monotonic() - started
                 return

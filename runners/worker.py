@@ -270,7 +270,9 @@ def _serve(framework: str, knobs: Knobs, live: LiveEndpoint | None, connection: 
             task = tasks.get(job.task) or tasks.setdefault(job.task, job.task.load())
             plan = FaultPlan(load_profile(job.profile), job.seed, job.forced)
             result = run_episode(adapter, task, job.variant, simulator, plan, knobs, upstream)
-            if live is not None and result.status is Status.ERROR and (why := endpoint_unreachable(live.base_url)):
+            if result.unreachable is not None:
+                connection.send(("infra_error", redact(result.unreachable)))
+            elif live is not None and result.status is Status.ERROR and (why := endpoint_unreachable(live.base_url)):
                 connection.send(("infra_error", redact(why)))
             else:
                 row = _identify(result.to_row(), job, reported_version)

@@ -105,6 +105,8 @@ class EpisodeState:
         self.omitted: set[str] = set()
         """Fields a producing step's last answer left out."""
         self._fired: dict[tuple[str, int], int] = {}
+        self.unreachable: str | None = None
+        """Why a real model behind the episode did not answer, if it ever did not (the fault proxy sets it)."""
         self._lock = threading.Lock()
         self._call_counter = 0
         self._idle = threading.Condition()
@@ -162,21 +164,24 @@ class EpisodeState:
             self.records[record.seq] = replace(self.records[record.seq], **changes)
 
     # -- faults ----------------------------------------------------------------------------
-    def _pending_fault(self, step: Step) -> Fault | None:
-        """The step attempt's scheduled fault, until it has acted (a transport fault ``burst`` times)."""
-        attempt = self.attempts[step.id]
+    def _pending_fault(self, step: Step, attempt: int | None = None) -> Fault | None:
+        """The step attempt's scheduled fault, until it has acted (a transport fault ``burst`` times).
+
+        ``attempt`` defaults to the step's current one.
+        """
+        attempt = self.attempts[step.id] if attempt is None else attempt
         fault = self.plan.fault_for(self.task.release, step, attempt)
         acted = self._fired.get((step.id, attempt), 0)
         if fault is None or acted >= (self.plan.profile.burst if fault.is_transport else 1):
             return None
         return fault
 
-    def _fire(self, step: Step) -> None:
-        key = (step.id, self.attempts[step.id])
+    def _fire(self, step: Step, attempt: int | None = None) -> None:
+        key = (step.id, self.attempts[step.id] if attempt is None else attempt)
         self._fired[key] = self._fired.get(key, 0) + 1
 
-    def _draws(self, step: Step) -> Draws:
-        return Draws(self.plan.seed, self.task.release, step.id, self.attempts[step.id])
+    def _draws(self, step: Step, attempt: int | None = None) -> Draws:
+        return Draws(self.plan.seed, self.task.release, step.id, self.attempts[step.id] if attempt is None else attempt)
 
     # -- workers ---------------------------------------------------------------------------
     def _work(self, role: str, messages: list[Mapping[str, Any]], body: Mapping[str, Any],

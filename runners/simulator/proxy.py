@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from json import JSONDecoder
 from typing import Any, Mapping
 
 import httpx
 
 from coordlab.runners.faults import Fault, FaultPlan
-from coordlab.tasks.oracle import corrupt_value
+from coordlab.tasks.oracle import corrupt_value, step_namespace, walk_plan
 from coordlab.tasks.schema import Step, Task
 from coordlab.tasks.world import World
 
@@ -58,6 +58,25 @@ from .upstream import ParsedAnswer, Upstream, UpstreamAnswer, forward
 _DECODER = JSONDecoder()
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One request as the proxy read it on arrival: its placeholder record and where it belongs."""
+
+    pending: RequestRecord
+    role: str
+    step: Step | None
+    attempt: int | None
+    marker: int
+    """The index of the message holding the step's marker (-1: none)."""
+    body: Mapping[str, Any]
+    messages: list[Mapping[str, Any]]
+
+    @property
+    def worker_step(self) -> Step | None:
+        """The step, for a worker's request (a router's request is only labelled with one)."""
+        return self.step if self.role != ROUTER_ROLE else None
+
+
 class ProxyEpisode(EpisodeState):
     """One episode served by forwarding to a real endpoint, with the episode's faults acted out on the way."""
 
@@ -67,17 +86,42 @@ class ProxyEpisode(EpisodeState):
         self.upstream = upstream
         self._client = client
         self._seen: set[tuple[str, int]] = set()
-        """Every (step, attempt) a request was made for: where a scheduled fault had its chance."""
+        """Every (step, attempt) a worker's request was made for: where a scheduled fault had its chance."""
 
     # -- entry point ---------------------------------------------------------------------
     def decide(self, role: str, body: Mapping[str, Any], retry_count: int) -> Decision:
-        """Act out a transport fault, or forward the request and act a model fault out on the real answer."""
+        """Act out a transport fault, or forward the request and act a model fault out on the real answer.
+
+        The lock is not held while the endpoint answers: a framework's roles may ask at once.
+        Whatever a request met is keyed by the step attempt read on its arrival.
+        """
+        request = self._arrive(role, body, retry_count)
+        step, fault = request.worker_step, None
+        with self._lock:
+            if step is not None and request.attempt is not None:
+                fault = self._pending_fault(step, request.attempt)
+                if fault is not None and fault.is_transport and fault is not Fault.TRUNCATED_BODY:
+                    self._fire(step, request.attempt)
+                    return self._settle(request, kind="transport_fault", fault=fault.value, status=0)
+        answer = forward(self.upstream, body, self._client)
+        with self._lock:
+            if answer.error is not None:
+                self.unreachable = answer.error
+                return self._settle(request, answer, kind="upstream_unreachable", status=answer.status)
+            if step is not None and fault is Fault.TRUNCATED_BODY and answer.parsed is not None \
+                    and self._pending_fault(step, request.attempt) is fault:
+                self._fire(step, request.attempt)
+                decision = self._settle(request, answer, kind="transport_fault", fault=fault.value)
+                return replace(decision, transport_fault=fault)
+            return self._answered(request, answer)
+
+    def _arrive(self, role: str, body: Mapping[str, Any], retry_count: int) -> _Request:
+        """Log the request as pending, tied to the step attempt it is for (as the simulator reads it)."""
         messages = [m for m in body.get("messages") or [] if isinstance(m, Mapping)]
         with self._lock:
-            step, marker = self._step_of(role, messages)
+            step, marker = self._step_of(role, messages, body)
             attempt = self.attempts[step.id] if step is not None else None
-            fault = self._pending_fault(step) if step is not None and role != ROUTER_ROLE else None
-            if step is not None and attempt is not None:
+            if step is not None and attempt is not None and role != ROUTER_ROLE:
                 self._seen.add((step.id, attempt))
             pending = RequestRecord(
                 seq=len(self.records), episode_id=self.id, role=role, step=step.id if step else None,
@@ -86,68 +130,70 @@ class ProxyEpisode(EpisodeState):
                 estimate_tokens(json.dumps(body.get("tools") or [], default=str)),
                 stream=bool(body.get("stream")), status=200, received_at=time.perf_counter())
             self.records.append(pending)
-            if step is not None and fault is not None and fault.is_transport and fault is not Fault.TRUNCATED_BODY:
-                self._fire(step)
-                record = replace(pending, kind="transport_fault", fault=fault.value, status=0)
-                self.records[pending.seq] = record
-                return Decision(record, None, fault)
-        answer = forward(self.upstream, body, self._client)
-        with self._lock:
-            return self._answered(pending, step, marker, fault, role, body, messages, answer)
+        return _Request(pending, role, step, attempt, marker, body, messages)
 
-    def _step_of(self, role: str, messages: list[Mapping[str, Any]]) -> tuple[Step | None, int]:
-        """The step a request is for: a worker's by its marker, a router's the first without visible results."""
+    def _step_of(self, role: str, messages: list[Mapping[str, Any]],
+                 body: Mapping[str, Any]) -> tuple[Step | None, int]:
+        """The step a request is for: a worker's by its marker, a router's the first without visible results.
+
+        As in the simulator, a request naming no step of its own that asks for structured output
+        only asks to restate values as JSON: it belongs to no step.
+        """
         if role == ROUTER_ROLE:
             values = visible_values(messages, self.kinds)
             return next((s for s in self.task.steps if any(o not in values for o in s.output_names)), None), -1
-        return find_step(self.task, role, messages, self.kinds)
+        step, marker = find_step(self.task, role, messages, self.kinds)
+        if step is not None and marker < 0 and requested_fields(body) is not None:
+            return None, -1
+        return step, marker
 
-    def _answered(self, pending: RequestRecord, step: Step | None, marker: int, fault: Fault | None, role: str,
-                  body: Mapping[str, Any], messages: list[Mapping[str, Any]], answer: UpstreamAnswer) -> Decision:
+    def _settle(self, request: _Request, answer: UpstreamAnswer | None = None, **changes: Any) -> Decision:
+        """Replace the request's placeholder record; the decision relays ``answer`` (or acts a fault out)."""
+        record = replace(request.pending, **changes)
+        self.records[record.seq] = record
+        fault = Fault(record.fault) if record.fault and answer is None else None
+        return Decision(record, None, fault, upstream=answer)
+
+    def _answered(self, request: _Request, answer: UpstreamAnswer) -> Decision:
         """Record the real answer (and the fault acted on it) and decide what the framework gets."""
         parsed = answer.parsed
-        changes: dict[str, Any] = {"status": answer.status}
-        if parsed is not None and parsed.usage:
-            changes["prompt_tokens"] = int(parsed.usage.get("prompt_tokens") or pending.prompt_tokens)
-        if step is not None and fault is Fault.TRUNCATED_BODY and parsed is not None:
-            self._fire(step)
-            record = replace(pending, kind="transport_fault", fault=fault.value, **changes)
-            self.records[pending.seq] = record
-            return Decision(record, None, fault, upstream=answer)
         if parsed is None:
-            record = replace(pending, kind="error", **changes)
-            self.records[pending.seq] = record
-            return Decision(record, None, None, upstream=answer)
+            return self._settle(request, answer, kind="error", status=answer.status)
+        step, attempt = request.worker_step, request.attempt
         reply = None
-        if step is not None and role != ROUTER_ROLE and fault is not None and not fault.is_transport:
-            reply = self._acted(fault, step, marker, parsed, body, messages)
-            if reply is not None:
-                self._fire(step)
+        if step is not None and attempt is not None:
+            fault = self._pending_fault(step, attempt)
+            if fault is not None and not fault.is_transport:
+                reply = self._acted(fault, request, parsed)
+                if reply is not None:
+                    self._fire(step, attempt)
         said = reply or Reply("final", content=parsed.content, tool_calls=parsed.tool_calls)
-        kind = "route" if role == ROUTER_ROLE else "unidentified" if step is None else \
+        kind = "route" if request.role == ROUTER_ROLE else "unidentified" if request.step is None else \
             "tool_call" if said.tool_calls else "final"
-        if kind == "final" and step is not None:
+        if kind == "final" and step is not None and attempt == self.attempts[step.id]:
             self.attempts[step.id] += 1
         usage = parsed.usage or {}
         record = replace(
-            pending, kind=kind, fault=reply.fault.value if reply and reply.fault else None,
-            completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(said.completion_text())),
+            request.pending, kind=kind, fault=reply.fault.value if reply and reply.fault else None,
+            status=answer.status, prompt_tokens=_count(usage, "prompt_tokens", request.pending.prompt_tokens),
+            completion_tokens=_count(usage, "completion_tokens", estimate_tokens(said.completion_text())),
             tool_calls=tuple(c["name"] for c in said.tool_calls),
             tool_call_ids=tuple(c["id"] for c in said.tool_calls),
-            outputs=_outputs(step, said.content) if kind == "final" and step is not None else None, **changes)
-        self.records[pending.seq] = record
+            outputs=_outputs(step, said.content) if kind == "final" and step is not None else None)
+        self.records[record.seq] = record
         return Decision(record, reply, None, upstream=answer)
 
     # -- model faults on a real answer ---------------------------------------------------------
-    def _acted(self, fault: Fault, step: Step, marker: int, parsed: ParsedAnswer, body: Mapping[str, Any],
-               messages: list[Mapping[str, Any]]) -> Reply | None:
+    def _acted(self, fault: Fault, request: _Request, parsed: ParsedAnswer) -> Reply | None:
         """The real answer with ``fault`` acted out on it, or None when the fault cannot act on this answer."""
+        step, body = request.step, request.body
+        assert step is not None and request.attempt is not None
         calls = [dict(c) for c in parsed.tool_calls]
         content = parsed.content or ""
         if calls:
             first = calls[0]
-            if fault is Fault.MALFORMED_TOOL_ARGS:
-                first["arguments"] = first["arguments"][: max(1, len(first["arguments"]) // 2)]
+            if fault is Fault.MALFORMED_TOOL_ARGS and len(first["arguments"]) > 1:
+                first["arguments"] = first["arguments"][: len(first["arguments"]) // 2]
             elif fault is Fault.UNKNOWN_TOOL:
                 first["name"] = f"{first['name']}_v2"
             elif fault is Fault.TOOL_ERROR_AFTER_EFFECT and self.world is not None \
@@ -156,12 +202,14 @@ class ProxyEpisode(EpisodeState):
             else:
                 return None
             return Reply("tool_call", content=parsed.content, tool_calls=calls, fault=fault)
+        transcript = step_transcript(request.messages, request.marker)
         if fault is Fault.REPEATED_SIDE_EFFECT:
-            made = [e for e in step_transcript(messages, marker).exchanges if e.name in _mutating_tools(step)]
+            made = [e for e in transcript.exchanges if e.name in _mutating_tools(step)]
             if not made:
                 return None
-            return Reply("tool_call", tool_calls=[self._call(made[-1].name, json.dumps(made[-1].arguments))],
-                         fault=fault)
+            arguments = made[-1].arguments
+            return Reply("tool_call", fault=fault, tool_calls=[
+                self._call(made[-1].name, arguments if isinstance(arguments, str) else json.dumps(arguments))])
         required = strictly_required(body)
         if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):
             if required:
@@ -169,15 +217,22 @@ class ProxyEpisode(EpisodeState):
                              fault=fault)
             return Reply("final", content=PREMATURE_TEXT if fault is Fault.PREMATURE_STOP else "", fault=fault)
         if fault is Fault.FORMAT_DRIFT and requested_fields(body) is None and content.strip():
-            return Reply("final", content=drifted(content, self._draws(step)("format_drift")), fault=fault)
+            draw = self._draws(step, request.attempt)("format_drift")
+            return Reply("final", content=drifted(content, draw), fault=fault)
         if fault in (Fault.WRONG_VALUE, Fault.OMITTED_FIELD):
-            altered = self._altered_field(fault, step, content, messages, required)
+            values = visible_values(request.messages, self.kinds)
+            results, _ = walk_plan(step, values, lambda plan, arguments: transcript.result_for(plan.tool, arguments))
+            altered = self._altered_field(fault, step, content, step_namespace(step, values, results), required)
             return None if altered is None else Reply("final", content=altered, fault=fault)
         return None
 
-    def _altered_field(self, fault: Fault, step: Step, content: str, messages: list[Mapping[str, Any]],
+    def _altered_field(self, fault: Fault, step: Step, content: str, namespace: Mapping[str, Any],
                        required: frozenset[str]) -> str | None:
-        """``content`` with the targeted field of its JSON answer corrupted or removed (None: no such field)."""
+        """``content`` with the targeted field of its JSON answer corrupted or removed (None: no such field).
+
+        ``namespace`` is what the step's expressions see, so a task's own ``wrong`` value is computed
+        as the simulator computes it.
+        """
         target = self._fault_target(step)
         for start, value in json_objects_at(content):
             if target is None or target not in value:
@@ -188,14 +243,21 @@ class ProxyEpisode(EpisodeState):
                     {k: v for k, v in value.items() if k != target}
             else:
                 output = next(o for o in step.produces if o.name == target)
-                value = {**value, target: corrupt_value(output, value[target], visible_values(messages, self.kinds))}
+                value = {**value, target: corrupt_value(output, value[target], namespace)}
             return content[:start] + json.dumps(value) + content[end:]
         return None
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the connections to the real endpoint."""
+        """Close the connections to the real endpoint; a request still waiting for it was abandoned.
+
+        The framework gave up on it (its client timed out) and the episode is over: its record
+        says so (no status) instead of staying a pending model call.
+        """
         self._client.close()
+        with self._lock:
+            self.records[:] = [replace(r, kind="abandoned", status=0) if r.kind == "pending" else r
+                               for r in self.records]
 
     def notes(self) -> list[str]:
         """One note per scheduled fault that never acted: the real answers gave it nothing to act on."""
@@ -218,6 +280,12 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+def _count(usage: Mapping[str, Any], name: str, estimate: int) -> int:
+    """A token count from the endpoint's usage, or the lab's estimate where it gives none (or nonsense)."""
+    value = usage.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else estimate
 
 
 def _outputs(step: Step, content: str | None) -> dict[str, Any] | None:

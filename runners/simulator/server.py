@@ -174,7 +174,11 @@ class _Handler(BaseHTTPRequestHandler):
         retry_count = int(self.headers.get("x-stainless-retry-count") or 0)
         episode.begin_exchange()
         try:
-            decision = episode.decide(role, body, retry_count)
+            try:
+                decision = episode.decide(role, body, retry_count)
+            except Exception as exc:  # noqa: BLE001 - a lab bug must fail this request, not hang the framework
+                self._error(500, f"coordlab could not serve this request ({type(exc).__name__}: {exc})", "server_error")
+                raise
             # The request body is kept before acting, so a stalled request still has it if the episode ends first.
             episode.update_record(decision.record, request_body=body)
             self._sent = None

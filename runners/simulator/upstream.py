@@ -92,21 +92,35 @@ def _events(raw: bytes) -> list[Any]:
 
 
 def _call_form(call: Mapping[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments")
+    function = _mapping(call.get("function"))
     return {"id": str(call.get("id") or ""), "name": str(function.get("name") or ""),
-            "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments or {})}
+            "arguments": _text(function.get("arguments") if function.get("arguments") is not None else {})}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a real endpoint's answer is read, never trusted."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str:
+    """Text as sent, or JSON for anything else (an endpoint that sends a tool call's arguments as an object)."""
+    return value if isinstance(value, str) else json.dumps(value) if value is not None else ""
 
 
 def parse_completion(payload: Any) -> ParsedAnswer | None:
     """A non-streamed chat completion's first choice, or None when the body is not one."""
-    if not isinstance(payload, Mapping) or not payload.get("choices"):
+    choices = _mapping(payload).get("choices")
+    if not isinstance(choices, list) or not choices:
         return None
-    message = (payload["choices"][0] or {}).get("message") or {}
+    message = _mapping(choices[0]).get("message")
+    if not isinstance(message, Mapping):
+        return None
     content = message.get("content")
+    calls = message.get("tool_calls")
+    usage = _mapping(payload).get("usage")
     return ParsedAnswer(content if isinstance(content, str) else None,
-                        [_call_form(c) for c in message.get("tool_calls") or [] if isinstance(c, Mapping)],
-                        payload.get("usage") if isinstance(payload.get("usage"), Mapping) else None)
+                        [_call_form(c) for c in calls if isinstance(c, Mapping)] if isinstance(calls, list) else [],
+                        usage if isinstance(usage, Mapping) else None)
 
 
 def parse_stream(chunks: list[Any]) -> ParsedAnswer | None:
@@ -117,17 +131,21 @@ def parse_stream(chunks: list[Any]) -> ParsedAnswer | None:
             continue
         if isinstance(chunk.get("usage"), Mapping):
             usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
             seen = True
-            delta = (choice or {}).get("delta") or {}
+            delta = _mapping(_mapping(choice).get("delta"))
             if isinstance(delta.get("content"), str):
                 content.append(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                slot = calls.setdefault(call.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
-                function = call.get("function") or {}
-                slot["id"] = call.get("id") or slot["id"]
-                slot["name"] += function.get("name") or ""
-                slot["arguments"] += function.get("arguments") or ""
+            deltas = delta.get("tool_calls")
+            for call in deltas if isinstance(deltas, list) else []:
+                call = _mapping(call)
+                index = call.get("index") if isinstance(call.get("index"), int) else len(calls)
+                slot = calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+                function = _mapping(call.get("function"))
+                slot["id"] = str(call.get("id") or slot["id"])
+                slot["name"] += _text(function.get("name"))
+                slot["arguments"] += _text(function.get("arguments"))
     if not seen:
         return None
     return ParsedAnswer("".join(content) if content else None, [calls[i] for i in sorted(calls)], usage)
@@ -142,7 +160,7 @@ def forward(upstream: Upstream, body: Mapping[str, Any], client: httpx.Client) -
     try:
         response = client.post(upstream.completions_url, content=json.dumps(body).encode(), headers=headers,
                                timeout=upstream.timeout_s)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         why = f"the model endpoint did not answer ({type(exc).__name__}: {exc})"
         payload = json.dumps({"error": {"message": why, "type": "upstream_error", "code": 502}}).encode()
         return UpstreamAnswer(502, {"content-type": "application/json"}, payload, False, None, why)
@@ -151,13 +169,10 @@ def forward(upstream: Upstream, body: Mapping[str, Any], client: httpx.Client) -
     raw = scrubbed(response.content, upstream.api_key)
     parsed = None
     if response.status_code == 200:
-        if is_stream:
-            parsed = parse_stream(_events(raw))
-        else:
-            try:
-                parsed = parse_completion(json.loads(raw))
-            except ValueError:
-                parsed = None
+        try:
+            parsed = parse_stream(_events(raw)) if is_stream else parse_completion(json.loads(raw))
+        except (ValueError, TypeError, RecursionError):  # not a chat completion: relayed as it came, unread
+            parsed = None
     return UpstreamAnswer(response.status_code, relayed, raw, is_stream and stream, parsed)
 
 

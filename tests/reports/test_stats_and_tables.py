@@ -400,14 +400,18 @@ def test_a_newer_episode_of_the_same_key_replaces_the_older_one(tmp_path: Path, 
     assert any("1 recorded episode(s) were superseded" in note for note in report.notes)
 
 
-def test_live_runs_are_scored_but_not_costed(tmp_path: Path, prices: Path) -> None:
+def test_live_runs_are_counted_from_the_proxy_log_but_not_costed_at_an_unknown_price_nor_judged_on_handoffs(
+        tmp_path: Path, prices: Path) -> None:
     path = write_store(tmp_path / "live.sqlite", [episode_row(T2, "plain", "linear", "none", 0, S)],
                        spec={"live": {"base_url": "http://127.0.0.1:1/v1", "model": "local-model"}})
     report = build_report(path, prices_path=prices)
     assert table(report, "success").values()[0]["successes"] == 1
     usage = table(report, "usage").values()[0]
-    assert usage["episodes"] == 0 and usage["cost / successful ep"] is None
-    assert any("live endpoint" in note for note in report.notes)
+    assert usage["episodes"] == 1 and usage["model calls / ep"] is not None  # the fault proxy logged its calls
+    assert usage["cost / successful ep"] is None  # local-model is in no price table
+    coordination = table(report, "coordination").values()[0]
+    assert coordination["handoffs lost / ep"] is None and coordination["handoff model errors / ep"] is None
+    assert any("live endpoint behind the fault proxy" in note for note in report.notes)
 
 
 # -- (c) errors a user can meet ---------------------------------------------------------------------

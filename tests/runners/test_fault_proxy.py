@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -164,3 +167,92 @@ def test_a_live_sweep_takes_forced_faults_the_proxy_can_act_out_and_refuses_the_
         Sweep.build(**cell, forced=["send:skipped_tool"])
     notes = Sweep.build(**{**cell, "profiles": ["realistic_3pct"]}).live_notes()
     assert any("mechanisms" in n for n in notes) and any("wrong_handoff_target" in n for n in notes)
+
+
+# -- a real endpoint misbehaving --------------------------------------------------------------------
+
+class _OddEndpoint(BaseHTTPRequestHandler):
+    """Answers every completion with ``body`` (after ``delay`` seconds): whatever a broken server might send."""
+
+    body: bytes = b"{}"
+    delay: float = 0.0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(self.delay)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def odd_endpoint() -> Iterator[type[_OddEndpoint]]:
+    handler = type("Odd", (_OddEndpoint,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handler.url = f"http://127.0.0.1:{server.server_port}/v1"  # type: ignore[attr-defined]
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("payload, kind", [
+    ({"choices": {"not": "a list"}}, "error"), ({"choices": ["text"]}, "error"),
+    ({"choices": [{"message": "text"}]}, "error"), ([1, 2], "error"), ("hello", "error"),
+    ({"choices": [{"message": {"tool_calls": ["call", {"function": "f"}], "content": 3}}]}, "tool_call"),
+])
+def test_an_answer_that_is_not_a_chat_completion_is_relayed_as_it_came(
+        simulator: Simulator, odd_endpoint: type[_OddEndpoint], payload: Any, kind: str) -> None:
+    odd_endpoint.body = json.dumps(payload).encode()
+    task = load_suite_task(TASK)
+    episode = simulator.open_episode(task, FaultPlan(load_profile("none"), 0, forced_faults(["find_slot:wrong_value"])),
+                                     upstream=Upstream(odd_endpoint.url, "m"))  # type: ignore[attr-defined]
+    response = httpx.post(f"{simulator.base_url(episode.id, 'scheduler')}/chat/completions", timeout=10, json={
+        "model": "m", "messages": [{"role": "user", "content": "[coordlab:step=find_slot] go"}]})
+    state = simulator.close_episode(episode.id)
+    assert response.status_code == 200 and response.content == odd_endpoint.body
+    assert [(r.kind, r.fault) for r in state.records] == [(kind, None)]  # read as far as it can be, never crashing
+
+
+def test_a_request_only_asking_to_restate_values_as_json_belongs_to_no_step(
+        simulator: Simulator, stand_in: Simulator) -> None:
+    """As in the simulator: no step marker and a structured-output request, so no step's fault meets it."""
+    task = load_suite_task(TASK)
+    upstream, _ = _upstream(stand_in, task)
+    plan = FaultPlan(load_profile("none"), 0, forced_faults(["find_slot:http_500"]))
+    episode = simulator.open_episode(task, plan, upstream=upstream)
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {
+        "type": "object", "properties": {"slot": {"type": "string"}}}}}
+    response = httpx.post(f"{simulator.base_url(episode.id, 'scheduler')}/chat/completions", timeout=10, json={
+        "model": "m", "messages": [{"role": "user", "content": "Give the slot as JSON."}], "response_format": schema})
+    state = simulator.close_episode(episode.id)
+    assert response.status_code == 200
+    assert [(r.step, r.kind, r.fault) for r in state.records] == [(None, "unidentified", None)]
+
+
+def test_a_request_the_framework_gave_up_on_is_recorded_as_abandoned(
+        simulator: Simulator, odd_endpoint: type[_OddEndpoint]) -> None:
+    odd_endpoint.delay = 3.0
+    task = load_suite_task(TASK)
+    episode = simulator.open_episode(task, FaultPlan(load_profile("none"), 0),
+                                     upstream=Upstream(odd_endpoint.url, "m"))  # type: ignore[attr-defined]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{simulator.base_url(episode.id, 'scheduler')}/chat/completions", timeout=0.3, json={
+            "model": "m", "messages": [{"role": "user", "content": "[coordlab:step=find_slot] go"}]})
+    state = simulator.close_episode(episode.id)
+    assert [(r.kind, r.status) for r in state.records] == [("abandoned", 0)]
+
+
+def test_an_endpoint_that_stops_answering_makes_the_episode_say_so(simulator: Simulator, unused_port: Any) -> None:
+    """The worker turns this into an infra error: the episode measured the endpoint, not the framework."""
+    task = load_suite_task(TASK)
+    dead = Upstream(f"http://127.0.0.1:{unused_port()}/v1", "m")
+    result = run_episode(get_adapter("plain"), task, Variant.LINEAR, simulator, FaultPlan(load_profile("none"), 0),
+                         None, dead)
+    assert result.unreachable is not None and "did not answer" in result.unreachable
+    assert result.records and all(r.kind == "upstream_unreachable" and r.status == 502 for r in result.records)
