@@ -54,7 +54,7 @@ clean:
 constraints: $(STAMP)  ## re-pin constraints.txt from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^coordlab' > constraints.txt
 
-live-report: local  ## regenerate docs/live: the suite on SmolLM2-135M through the fault proxy, 3 trials (about 40 minutes)
+live-report: local  ## regenerate docs/live: the suite on SmolLM2-135M through the fault proxy, 3 trials (about 50 minutes)
 	rm -f out/live.sqlite out/live.sqlite-wal out/live.sqlite-shm  # a published report starts from nothing
 	$(BIN)/coordlab run --local-model --faults none --seeds 1 --trials 3 --workers 2 --time-limit 300 --store out/live.sqlite --fresh
 	$(BIN)/coordlab report --store out/live.sqlite --out docs/live --command "make live-report"
