@@ -51,7 +51,7 @@ def test_a_missing_llama_cpp_says_what_to_install(tmp_path: Path, monkeypatch: p
     model = tmp_path / "tiny.gguf"
     model.write_bytes(b"GGUF" + bytes(16))
     monkeypatch.setattr(local_model, "find_spec", find_nothing_for("llama_cpp"))
-    with pytest.raises(LocalModelError, match=r"missing: llama_cpp\).*coordlab\[local\]"):
+    with pytest.raises(LocalModelError, match=r"missing: llama_cpp[,)].*coordlab\[local\]"):
         LocalModelServer(model)
 
 
