@@ -49,6 +49,17 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
+def request_messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The request's messages that are JSON objects (anything else in the list is ignored, as a model would)."""
+    return [m for m in body.get("messages") or [] if isinstance(m, Mapping)]
+
+
+def request_tokens(messages: list[Mapping[str, Any]], body: Mapping[str, Any]) -> int:
+    """The prompt-token estimate of a request: its messages and the tools it offers."""
+    return estimate_tokens(json.dumps(messages, default=str)) + \
+        estimate_tokens(json.dumps(body.get("tools") or [], default=str))
+
+
 @dataclass
 class Reply:
     """What the simulated model says: text, tool calls, or both."""
@@ -138,10 +149,9 @@ class EpisodeState:
     def decide(self, role: str, body: Mapping[str, Any], retry_count: int) -> Decision:
         """Answer one chat-completions request made by ``role``'s client."""
         with self._lock:
-            messages = [m for m in body.get("messages") or [] if isinstance(m, Mapping)]
-            prompt_tokens = estimate_tokens(json.dumps(messages, default=str)) + \
-                estimate_tokens(json.dumps(body.get("tools") or [], default=str))
-            base = dict(seq=len(self.records), episode_id=self.id, role=role, prompt_tokens=prompt_tokens,
+            messages = request_messages(body)
+            base = dict(seq=len(self.records), episode_id=self.id, role=role,
+                        prompt_tokens=request_tokens(messages, body),
                         received_at=time.perf_counter(),
                         retry_count=retry_count, stream=bool(body.get("stream")), status=200)
             if role == ROUTER_ROLE:
@@ -186,9 +196,9 @@ class EpisodeState:
     # -- workers ---------------------------------------------------------------------------
     def _work(self, role: str, messages: list[Mapping[str, Any]], body: Mapping[str, Any],
               base: dict[str, Any]) -> Decision:
-        step, marker_index = find_step(self.task, role, messages, self.kinds)
+        step, marker_index = self._step_of(role, messages, body)
         fields = requested_fields(body)
-        if step is None or (marker_index < 0 and fields is not None):
+        if step is None:
             return self._decision(base, None, None, "unidentified", self._unidentified(role, messages, fields))
         attempt = self.attempts[step.id]
         fault = self._pending_fault(step)
@@ -217,6 +227,18 @@ class EpisodeState:
         if reply.kind == "final":
             self.attempts[step.id] += 1
         return self._decision(base, step.id, attempt, reply.kind, reply, issues)
+
+    def _step_of(self, role: str, messages: list[Mapping[str, Any]],
+                 body: Mapping[str, Any]) -> tuple[Step | None, int]:
+        """The step a worker's request is for, and the index of the message holding its marker (-1: none).
+
+        A request naming no step of its own that asks for structured output only asks to restate
+        values as JSON: it belongs to no step.
+        """
+        step, marker_index = find_step(self.task, role, messages, self.kinds)
+        if step is not None and marker_index < 0 and requested_fields(body) is not None:
+            return None, -1
+        return step, marker_index
 
     def _unidentified(self, role: str, messages: list[Mapping[str, Any]], fields: tuple[str, ...] | None) -> Reply:
         """A request that names no step the model can work on (or only asks to restate values as JSON)."""
@@ -371,7 +393,7 @@ class EpisodeState:
     def _route(self, messages: list[Mapping[str, Any]], body: Mapping[str, Any], base: dict[str, Any]) -> Decision:
         """Route by reading: the next step is the first whose results the router's request does not show."""
         values = visible_values(messages, self.kinds)
-        step = next((s for s in self.task.steps if any(o not in values for o in s.output_names)), None)
+        step = self._next_step(values)
         target, fault = FINISH, None
         if step is not None:
             target = step.role
@@ -384,6 +406,10 @@ class EpisodeState:
         reply.fault = fault
         attempt = self.attempts[step.id] if step else None
         return self._decision(base, step.id if step else None, attempt, "route", reply, route_target=target)
+
+    def _next_step(self, values: Mapping[str, Any]) -> Step | None:
+        """The step a router is deciding about: the first whose results ``values`` (what it sees) lack."""
+        return next((s for s in self.task.steps if any(o not in values for o in s.output_names)), None)
 
     def _route_reply(self, step: Step | None, target: str, messages: list[Mapping[str, Any]],
                      values: Mapping[str, Any], tools: Mapping[str, Mapping[str, Any]]) -> Reply:

@@ -48,11 +48,11 @@ from coordlab.tasks.schema import Step, Task
 from coordlab.tasks.world import World
 
 from .answers import drifted
-from .episode import PREMATURE_TEXT, ROUTER_ROLE, Decision, EpisodeState, Reply, estimate_tokens
-from .log import RequestRecord
-from .reading import (
-    find_step, json_objects_at, requested_fields, step_transcript, strictly_required, visible_values,
+from .episode import (
+    PREMATURE_TEXT, ROUTER_ROLE, Decision, EpisodeState, Reply, estimate_tokens, request_messages, request_tokens,
 )
+from .log import RequestRecord
+from .reading import json_objects_at, requested_fields, step_transcript, strictly_required, visible_values
 from .upstream import ParsedAnswer, Upstream, UpstreamAnswer, forward
 
 _DECODER = JSONDecoder()
@@ -117,35 +117,20 @@ class ProxyEpisode(EpisodeState):
 
     def _arrive(self, role: str, body: Mapping[str, Any], retry_count: int) -> _Request:
         """Log the request as pending, tied to the step attempt it is for (as the simulator reads it)."""
-        messages = [m for m in body.get("messages") or [] if isinstance(m, Mapping)]
+        messages = request_messages(body)
         with self._lock:
-            step, marker = self._step_of(role, messages, body)
+            step, marker = (self._next_step(visible_values(messages, self.kinds)), -1) if role == ROUTER_ROLE \
+                else self._step_of(role, messages, body)
             attempt = self.attempts[step.id] if step is not None else None
             if step is not None and attempt is not None and role != ROUTER_ROLE:
                 self._seen.add((step.id, attempt))
             pending = RequestRecord(
                 seq=len(self.records), episode_id=self.id, role=role, step=step.id if step else None,
                 attempt=attempt, kind="pending", fault=None, completion_tokens=0, retry_count=retry_count,
-                prompt_tokens=estimate_tokens(json.dumps(messages, default=str)) +
-                estimate_tokens(json.dumps(body.get("tools") or [], default=str)),
+                prompt_tokens=request_tokens(messages, body),
                 stream=bool(body.get("stream")), status=200, received_at=time.perf_counter())
             self.records.append(pending)
         return _Request(pending, role, step, attempt, marker, body, messages)
-
-    def _step_of(self, role: str, messages: list[Mapping[str, Any]],
-                 body: Mapping[str, Any]) -> tuple[Step | None, int]:
-        """The step a request is for: a worker's by its marker, a router's the first without visible results.
-
-        As in the simulator, a request naming no step of its own that asks for structured output
-        only asks to restate values as JSON: it belongs to no step.
-        """
-        if role == ROUTER_ROLE:
-            values = visible_values(messages, self.kinds)
-            return next((s for s in self.task.steps if any(o not in values for o in s.output_names)), None), -1
-        step, marker = find_step(self.task, role, messages, self.kinds)
-        if step is not None and marker < 0 and requested_fields(body) is not None:
-            return None, -1
-        return step, marker
 
     def _settle(self, request: _Request, answer: UpstreamAnswer | None = None, **changes: Any) -> Decision:
         """Replace the request's placeholder record; the decision relays ``answer`` (or acts a fault out)."""
