@@ -113,7 +113,6 @@ def run_sweep(sweep: Sweep, store_path: str | Path, *, workers: int | None = Non
     options: neither is part of the run's identity.
     """
     workers = check_runtime(workers, time_limit)
-    sweep.check_trials()
     if sweep.live is not None and sweep.live.api_key_env is not None and os.environ.get(sweep.live.api_key_env) is None:
         raise SweepError(f"--api-key-env {sweep.live.api_key_env}: that environment variable is not set; "
                          "export the endpoint's key in it (the key is read by the workers and never stored)")
