@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from importlib.metadata import version as installed_version
+from pathlib import Path
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from coordlab.tasks.schema import Task
@@ -67,6 +68,10 @@ class Knobs:
     """HTTP retries of the model client; None keeps the client's default (openai SDK: 2)."""
     client_timeout: float | None = None
     """Seconds before the model client gives up on a request; None keeps the client's default."""
+    idempotency_keys: bool = False
+    """Whether mutating tools carry an idempotency key (derived from the tool and its arguments) that the
+    outside system honours: a repeated call returns the first result and changes nothing. A tool contract,
+    the same for every framework; off by default, as most tools are written."""
 
     def __post_init__(self) -> None:
         problems = knob_problems(self)
@@ -109,6 +114,7 @@ def knob_problems(knobs: Knobs) -> list[str]:
         ("max_routing_turns", _is_int(knobs.max_routing_turns) and 1 <= knobs.max_routing_turns <= 200,
          "an integer in [1, 200]"),
         ("tool_reflection", isinstance(knobs.tool_reflection, bool), "true or false"),
+        ("idempotency_keys", isinstance(knobs.idempotency_keys, bool), "true or false"),
         ("client_max_retries", knobs.client_max_retries is None
          or (_is_int(knobs.client_max_retries) and 0 <= knobs.client_max_retries <= 20),
          "an integer in [0, 20] (or unset for the client's default)"),
@@ -132,6 +138,26 @@ class Endpoint:
         return self.base_urls[role]
 
 
+@dataclass(frozen=True)
+class Durability:
+    """Where an episode keeps the state its framework saves, and whether this run resumes from it.
+
+    Set only by the durability experiment (:mod:`coordlab.runners.durability`). The first
+    run saves the framework's own durable state under :attr:`folder` the way the
+    framework's users would (a checkpointer, a saved team state, a journal); the lab then
+    SIGKILLs the process at a scheduled point, and a fresh process runs the same episode
+    again with :attr:`resume` set, reading that state back through the framework's own
+    API. A framework with no resume path simply runs again from the start.
+    """
+
+    folder: Path
+    """A directory that outlives the process: the framework's saved state goes here, and nothing else."""
+    resume: bool
+    """False for the first run; True for the run in a fresh process after the crash."""
+    thread_id: str
+    """A stable name for the episode (LangGraph's ``thread_id``, a file stem...), the same in both runs."""
+
+
 @dataclass
 class EpisodeSpec:
     """Everything an adapter needs to run one episode."""
@@ -142,6 +168,8 @@ class EpisodeSpec:
     knobs: Knobs
     world: World
     trace: TraceRecorder
+    durability: Durability | None = None
+    """Set when the episode may crash and be resumed (the durability experiment); None otherwise."""
 
     @property
     def router_role(self) -> str:
@@ -160,6 +188,10 @@ class AdapterOutcome:
     """Where the variant departs from the ideal in this framework, said plainly."""
     construction_ms: float = 0.0
     execution_ms: float = 0.0
+    resumed_from: str | None = None
+    """With :attr:`EpisodeSpec.durability` resuming: what the run read back, in words
+    ("checkpoint after step draft", "saved team state, 7 messages"), or None when it found
+    nothing to resume from and started over."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +212,9 @@ class FrameworkAdapter:
     distribution: str
     """The package whose installed version is part of the episode key."""
     variant_support: Mapping[Variant, VariantSupport]
+    resume_path: str = ""
+    """How a crashed episode resumes in this framework (its own mechanism, as its docs recommend);
+    empty when it has none and a resumed run starts over from the beginning."""
 
     def version(self) -> str:
         """The framework's installed version, read from package metadata."""

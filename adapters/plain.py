@@ -22,6 +22,7 @@ import openai
 from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
 from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
+from .step_journal import StepJournal
 from .toolkit import (
     check_gate, execute_tool, parse_output, role_prompt, routed_role, routing_messages, routing_tools, step_prompt,
     tool_specs,
@@ -39,6 +40,7 @@ class PlainAdapter(FrameworkAdapter):
     """Plain Python + the official openai client."""
 
     name = "plain"
+    resume_path = "a step journal (one fsynced JSON line per finished step); a restart replays it and goes on"
 
     distribution = "openai"  # the SDK is the only moving part besides the lab
     variant_support = _SUPPORT
@@ -59,7 +61,7 @@ class PlainAdapter(FrameworkAdapter):
         finally:
             episode.close()
         return AdapterOutcome(termination, episode.final_output(), error, [],
-                              (built - started) * 1000, (time.perf_counter() - built) * 1000)
+                              (built - started) * 1000, (time.perf_counter() - built) * 1000, episode.resumed_from)
 
 
 class PlainEpisode:
@@ -79,6 +81,25 @@ class PlainEpisode:
         self.values: dict[str, Any] = dict(self.task.inputs)
         self.outputs: dict[str, dict[str, Any]] = {}
         self.previous_role: str | None = None
+        self.journal = StepJournal(spec.durability.folder) if spec.durability else None
+        """Where finished steps are written when the episode may crash (None otherwise)."""
+        self.resumed_from: str | None = None
+        self.start = self.replay_journal() if spec.durability and spec.durability.resume else 0
+        """The step index the flow starts at: after the last finished one on a resumed run."""
+
+    def replay_journal(self) -> int:
+        """Restore the values of every journaled step; the index to go on from (0 when nothing was journaled)."""
+        assert self.journal is not None
+        entries = self.journal.entries()
+        for entry in entries:
+            self.outputs[entry.step] = entry.outputs
+            self.merge(entry.outputs)
+        if not entries:
+            return 0
+        last = entries[-1]
+        self.previous_role = self.task.step(last.step).role
+        self.resumed_from = f"step journal: {len(entries)} finished steps, the last {last.step!r}"
+        return last.index + 1
 
     def close(self) -> None:
         """Release every client's connection pool."""
@@ -104,6 +125,8 @@ class PlainEpisode:
                            self.knobs.max_iterations, temperature=self.knobs.temperature)
         self.outputs[step.id] = parse_output(answer)
         self.merge(self.outputs[step.id])
+        if self.journal is not None:
+            self.journal.append(index, step.id, self.outputs[step.id])
         trace.step_output(step.role, step.id, self.outputs[step.id])
 
     def handed_on(self, index: int) -> dict[str, Any]:
@@ -123,13 +146,13 @@ class PlainEpisode:
         return Termination.GATE_EXHAUSTED
 
     def linear(self) -> Termination:
-        for index in range(len(self.task.steps)):
+        for index in range(self.start, len(self.task.steps)):
             self.run_step(index)
         return Termination.COMPLETED
 
     def gated(self) -> Termination:
         position = {s.id: i for i, s in enumerate(self.task.steps)}
-        index = 0
+        index = self.start
         while index < len(self.task.steps):
             step = self.task.steps[index]
             gate = self.task.gate_before(step.id)

@@ -222,6 +222,7 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     knobs = knobs or Knobs()
     started = time.perf_counter()
     world = World.for_task(task)
+    world.idempotency_keys = knobs.idempotency_keys
     recorder = TraceRecorder()
     # The plan learns whether a model routes (only then can a handoff target be wrong), and the
     # episode gets the world, where a tool's response lost after its change is acted out.

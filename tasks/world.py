@@ -12,7 +12,7 @@ import copy
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .budget import charge_size
 
@@ -54,6 +54,11 @@ class World:
     final_output: dict[str, Any] = field(default_factory=dict)
     tools: Mapping[str, Tool] = field(default_factory=dict, repr=False)
     """The tools that act on this world (its task's), by name: what a model's tool call can reach."""
+    idempotency_keys: bool = False
+    """The outside system honours an idempotency key on every mutating call (the ``idempotency_keys``
+    knob): a call repeating an earlier one's tool and arguments gets the earlier result and changes nothing."""
+    effect_listeners: list[Callable[["World"], None]] = field(default_factory=list, repr=False)
+    """Called (under the lock) after every side effect is logged: how a durable copy of the world is kept."""
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _counters: dict[str, int] = field(default_factory=dict, repr=False)
     _failing_after_effect: list[str] = field(default_factory=list, repr=False)
@@ -90,6 +95,30 @@ class World:
         """Log a mutating tool call; scoring reads this log."""
         with self._lock:
             self.side_effects.append(SideEffect(tool, copy.deepcopy(dict(arguments)), copy.deepcopy(result)))
+            for listener in self.effect_listeners:
+                listener(self)
+
+    def earlier_result(self, tool: str, arguments: Mapping[str, Any]) -> Any | None:
+        """With :attr:`idempotency_keys`, the result of an earlier call with this tool and these arguments
+        (the key is derived from them); None when there was none or keys are off."""
+        if not self.idempotency_keys:
+            return None
+        signature = effect_signature(tool, arguments)
+        with self._lock:
+            for effect in self.side_effects:
+                if effect.signature == signature:
+                    return copy.deepcopy(effect.result)
+        return None
+
+    def counters(self) -> dict[str, int]:
+        """The identifier counters (:meth:`next_id`), for a durable copy of the world."""
+        with self._lock:
+            return dict(self._counters)
+
+    def restore_counters(self, counters: Mapping[str, int]) -> None:
+        """Continue numbering where a durable copy of the world left off."""
+        with self._lock:
+            self._counters = dict(counters)
 
     def fail_after_effect(self, tool: str, arguments: Mapping[str, Any]) -> None:
         """Arm a fault of the outside system: the next such call applies its change, then its response is lost."""

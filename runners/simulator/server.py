@@ -348,9 +348,11 @@ class Simulator(LoopbackService):
         (:class:`~coordlab.runners.simulator.proxy.ProxyEpisode`), instead of the oracle.
         """
         if upstream is None:
-            episode = EpisodeState(task, plan, episode_id, world)
-        else:
-            episode = ProxyEpisode(task, plan, upstream, httpx.Client(), episode_id, world)
+            return self.serve(EpisodeState(task, plan, episode_id, world))
+        return self.serve(ProxyEpisode(task, plan, upstream, httpx.Client(), episode_id, world))
+
+    def serve(self, episode: EpisodeState) -> EpisodeState:
+        """Start serving an episode built elsewhere (a subclass that adds to how requests are answered)."""
         self._episodes[episode.id] = episode
         return episode
 
