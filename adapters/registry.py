@@ -51,6 +51,11 @@ def adapter_names() -> list[str]:
     return sorted({*_BUILTIN_MODULES, *_FACTORIES, *_plugin_factories()})
 
 
+def adapter_module(name: str) -> str | None:
+    """The module a built-in adapter lives in (None for a plug-in): what a process imports to have it ready."""
+    return _BUILTIN_MODULES[name][0] if name in _BUILTIN_MODULES else None
+
+
 def get_adapter(name: str) -> Adapter:
     """A fresh adapter by name; a clear error for a typo or a missing framework."""
     if name not in _FACTORIES and name in _BUILTIN_MODULES:

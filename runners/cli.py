@@ -19,6 +19,8 @@ from coordlab.tasks.skeleton import SkeletonError, write_skeleton
 
 from coordlab.adapters.base import Knobs
 
+from .durability.experiment import NAME as DURABILITY
+from .durability.experiment import QUESTION as DURABILITY_QUESTION
 from .experiments import DEMO_FOLDER, EXPERIMENTS, EXPERIMENTS_FOLDER, STORE_NAME, default_folder, run_experiment
 from .export import EXPORT_FORMATS, ExportError, export_episodes, find_episode, render_episode
 from .faults import FaultPlan, ProfileError, check_forced, forced_faults, load_profile, profile_names
@@ -61,6 +63,7 @@ EPILOG = """examples:
   coordlab experiment compounding        # chain n=1..12 at 3% per step, linear: measured vs 0.97^n
   coordlab experiment gate               # every task, linear vs gated, at 3% and 10%
   coordlab experiment context            # each mechanism's strength from 0 up, per framework, paired with plain
+  coordlab experiment durability         # crash mid-run, resume each framework's way: exactly once, twice, never?
   coordlab demo                          # the default comparison, then its report
 """
 
@@ -389,7 +392,37 @@ def _experiment(name: str, args: argparse.Namespace, out: Path) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.name == DURABILITY:
+        return _durability(args, Path(args.out) if args.out else EXPERIMENTS_FOLDER / DURABILITY)
     return _experiment(args.name, args, Path(args.out) if args.out else default_folder(args.name))
+
+
+def _durability(args: argparse.Namespace, out: Path) -> int:
+    """``coordlab experiment durability``: crash, resume, score; then the report."""
+    from coordlab.reports.durability import write_durability_report
+
+    from .durability.experiment import STORE_NAME as DURABILITY_STORE
+    from .durability.experiment import DurabilityFailed, run_durability
+
+    words = ["coordlab", "experiment", DURABILITY]
+    if out != EXPERIMENTS_FOLDER / DURABILITY:
+        words += ["--out", str(out)]
+    words += (["--seeds", str(args.seeds)] if args.seeds else []) + \
+        (["--frameworks", *args.frameworks] if args.frameworks else [])
+    try:
+        total, ran, elapsed = run_durability(out, seeds=args.seeds, frameworks=args.frameworks, workers=args.workers,
+                                             time_limit_s=args.time_limit, fresh=args.fresh)
+    except DurabilityFailed as exc:
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"coordlab: interrupted; what was recorded is kept in {out / DURABILITY_STORE} "
+              "(run the same command to go on)", file=sys.stderr)
+        return 130
+    print(f"{DURABILITY}: {total} durable episodes ({total - ran} already recorded, {ran} run) in {elapsed:.1f} s; "
+          f"store {out / DURABILITY_STORE}")
+    print(f"report written: {write_durability_report(out / DURABILITY_STORE, out / 'report', shlex.join(words))}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -536,8 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--fresh", action="store_true", help="start a new run instead of resuming")
 
     experiment = commands.add_parser("experiment", help="run a headline experiment and write its report")
-    experiment.add_argument("name", choices=[n for n in EXPERIMENTS if n != "default"],
-                            help="; ".join(f"{e.name}: {e.question}" for e in EXPERIMENTS.values() if e.name != "default"))
+    experiment.add_argument("name", choices=[*(n for n in EXPERIMENTS if n != "default"), DURABILITY],
+                            help="; ".join([*(f"{e.name}: {e.question}" for e in EXPERIMENTS.values()
+                                              if e.name != "default"), f"{DURABILITY}: {DURABILITY_QUESTION}"]))
     experiment.add_argument("--out", help=f"output folder (default {EXPERIMENTS_FOLDER}/NAME)")
     experiment_flags(experiment)
     experiment.set_defaults(handler=cmd_experiment)

@@ -1,0 +1,311 @@
+"""The durability experiment's report: after a crash and a resume, did each side effect happen exactly once?
+
+Rates are over the episodes whose first run died at the crash point (a run that ended
+before reaching it has nothing to resume and is only counted). Intervals are Wilson 95%.
+Frameworks are compared with ``plain`` on the same (task, variant, seed, crash point):
+exact McNemar tests on exactly-once and on harm (a duplicated side effect), Holm-adjusted
+over every comparison in the report; where a difference is not significant, the table
+says what difference the pairs could have detected with 80% power.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+from collections import Counter, defaultdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from coordlab.runners.durability.experiment import QUESTION
+
+from .model import Cell, Figure, Finding, Report, Table
+from .plots import _export, _new_figure, colour
+from .stats import holm_adjust, mcnemar_exact, median, minimum_detectable_difference, wilson_interval
+from .tables import framework_sort_key, variant_sort_key
+
+Row = Mapping[str, Any]
+REFERENCE = "plain"
+ALPHA = 0.05
+
+
+def load_rows(store: Path) -> list[dict[str, Any]]:
+    """Every durable episode in the store, as dicts."""
+    if not Path(store).is_file():
+        raise FileNotFoundError(f"{store}: no durability store here (run `coordlab experiment durability` first)")
+    connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    connection.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in connection.execute("SELECT * FROM durable_episodes")]
+    finally:
+        connection.close()
+
+
+def _keys(row: Row) -> str:
+    return "on" if row["idempotency_keys"] else "off"
+
+
+def _rate(rows: Sequence[Row], test: Callable[[Row], bool]) -> tuple[int, int]:
+    return sum(1 for r in rows if test(r)), len(rows)
+
+
+def _rate_cell(hits: int, n: int) -> Cell:
+    if not n:
+        return Cell(None, "—")
+    low, high = wilson_interval(hits, n)
+    return Cell(hits / n, f"{hits / n:.0%} [{low:.0%}, {high:.0%}]")
+
+
+def _cells(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
+    cells: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        cells[(row["framework"], row["variant"], _keys(row))].append(row)
+    return dict(sorted(cells.items(), key=lambda item: (framework_sort_key(item[0][0]),
+                                                        variant_sort_key(item[0][1]), item[0][2])))
+
+
+def crashed(rows: Iterable[Row]) -> list[Row]:
+    """The episodes whose first run died at the crash point (the ones a rate is over)."""
+    return [r for r in rows if r["crashed"]]
+
+
+def outcome_table(rows: Sequence[Row]) -> Table:
+    """Per framework, variant and idempotency setting: how crashed episodes ended."""
+    table_rows = []
+    for (framework, variant, keys), cell in _cells(rows).items():
+        hit = crashed(cell)
+        resumed = sum(1 for r in hit if r["resumed_from"])
+        recover = [r["recover_s"] for r in hit if r["recover_s"] is not None]
+        table_rows.append([
+            Cell.of(framework), Cell.of(variant), Cell.of(keys), Cell(len(hit), f"{len(hit)} of {len(cell)}"),
+            Cell(resumed / len(hit) if hit else None, f"{resumed} of {len(hit)}"),
+            _rate_cell(*_rate(hit, lambda r: r["status"] == "success")),
+            _rate_cell(*_rate(hit, lambda r: bool(r["exactly_once"]))),
+            _rate_cell(*_rate(hit, lambda r: r["duplicated"] > 0)),
+            _rate_cell(*_rate(hit, lambda r: r["lost"] > 0)),
+            Cell.of(sum(r["redone_calls"] for r in hit) / len(hit) if hit else None, "{:.2f}"),
+            Cell.of(median(recover) if recover else None, "{:.2f}"),
+        ])
+    return Table("durability", "After a crash: completed, exactly once, duplicated, lost (95% intervals)",
+                 ["framework", "variant", "idempotency keys", "crashed", "resumed from saved state", "completed",
+                  "exactly once", "duplicated (harmful)", "lost", "model calls redone per crash",
+                  "recovery p50 (s)"], table_rows,
+                 "Rates are over the episodes whose first run died at the crash point. Exactly once: every side "
+                 "effect of the correct run happened once, none twice, none missing. Recovery: from the kill to the "
+                 "resumed run's first model call that is not a repeat.")
+
+
+def _pairs(rows: Sequence[Row], framework: str, variant: str, keys: str,
+           outcome: Callable[[Row], bool]) -> tuple[int, int, int, int]:
+    """(pairs, framework only, plain only, both) on ``outcome`` over episodes both crashed."""
+    def index(name: str) -> dict[tuple[str, int], Row]:
+        return {(r["task"], r["seed"]): r for r in crashed(rows)
+                if r["framework"] == name and r["variant"] == variant and _keys(r) == keys}
+    mine, reference = index(framework), index(REFERENCE)
+    shared = mine.keys() & reference.keys()
+    only_mine = sum(1 for k in shared if outcome(mine[k]) and not outcome(reference[k]))
+    only_reference = sum(1 for k in shared if outcome(reference[k]) and not outcome(mine[k]))
+    both = sum(1 for k in shared if outcome(mine[k]) and outcome(reference[k]))
+    return len(shared), only_mine, only_reference, both
+
+
+OUTCOMES: dict[str, Callable[[Row], bool]] = {
+    "exactly once": lambda r: bool(r["exactly_once"]),
+    "duplicated (harm)": lambda r: r["duplicated"] > 0,
+}
+
+
+def paired_table(rows: Sequence[Row]) -> Table:
+    """Each framework against plain on the same crashes, on exactly-once and on harm, Holm-adjusted."""
+    tests = []
+    frameworks = sorted({r["framework"] for r in rows} - {REFERENCE}, key=framework_sort_key)
+    if REFERENCE in {r["framework"] for r in rows}:
+        for variant in sorted({r["variant"] for r in rows}, key=variant_sort_key):
+            for keys in ("off", "on"):
+                for framework in frameworks:
+                    for name, outcome in OUTCOMES.items():
+                        pairs, only_mine, only_reference, _ = _pairs(rows, framework, variant, keys, outcome)
+                        if pairs:
+                            tests.append((framework, variant, keys, name, pairs, only_mine, only_reference,
+                                          mcnemar_exact(only_mine, only_reference)))
+    adjusted = holm_adjust([t[-1] for t in tests]) if tests else []
+    table_rows = []
+    for (framework, variant, keys, name, pairs, only_mine, only_reference, p), p_holm in zip(tests, adjusted):
+        difference = (only_mine - only_reference) / pairs
+        detectable = None
+        if p_holm >= ALPHA:
+            detectable = minimum_detectable_difference(pairs, min(only_mine, only_reference) / pairs, ALPHA)
+        table_rows.append([Cell.of(framework), Cell.of(variant), Cell.of(keys), Cell.of(name), Cell.of(pairs),
+                           Cell(difference, f"{difference:+.0%}"), Cell(only_mine, str(only_mine)),
+                           Cell(only_reference, str(only_reference)), Cell.of(p_holm, "{:.3g}"),
+                           Cell(p_holm < ALPHA, "yes" if p_holm < ALPHA else "no"),
+                           Cell.of(detectable, "{:.0%}")])
+    return Table("durability_paired", f"Against {REFERENCE} on the same crashes (exact McNemar, Holm-adjusted)",
+                 ["framework", "variant", "idempotency keys", "outcome", "pairs", "difference", "only framework",
+                  f"only {REFERENCE}", "p (Holm)", "significant", "detectable difference (80% power)"], table_rows,
+                 f"A pair is one (task, seed) both {REFERENCE} and the framework crashed at, at the same point. "
+                 "Difference: the framework's rate minus plain's. Where nothing is significant, the last column says "
+                 "what difference these pairs could have detected.")
+
+
+def kind_table(rows: Sequence[Row]) -> Table:
+    """Exactly-once by where the crash fell, without idempotency keys."""
+    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in crashed(rows):
+        if not row["idempotency_keys"]:
+            groups[(row["framework"], row["variant"], row["crash_kind"])].append(row)
+    table_rows = []
+    for (framework, variant, kind), cell in sorted(groups.items(), key=lambda item: (
+            framework_sort_key(item[0][0]), variant_sort_key(item[0][1]), item[0][2])):
+        table_rows.append([Cell.of(framework), Cell.of(variant), Cell.of(kind), Cell.of(len(cell)),
+                           _rate_cell(*_rate(cell, lambda r: bool(r["exactly_once"]))),
+                           _rate_cell(*_rate(cell, lambda r: r["duplicated"] > 0)),
+                           Cell.of(sum(r["redone_calls"] for r in cell) / len(cell), "{:.2f}")])
+    return Table("durability_by_crash", "Where the crash fell (idempotency keys off)",
+                 ["framework", "variant", "crash", "crashes", "exactly once", "duplicated", "calls redone per crash"],
+                 table_rows, "after_effect: killed right after a change to the world, before the framework could "
+                             "record the step as done; before_step: killed between two steps.")
+
+
+def resume_table(rows: Sequence[Row]) -> Table:
+    """Each framework's resume path, and what its resumed runs actually read back."""
+    table_rows = []
+    for framework in sorted({r["framework"] for r in rows}, key=framework_sort_key):
+        hit = [r for r in crashed(rows) if r["framework"] == framework]
+        path = next((r["resume_path"] for r in rows if r["framework"] == framework), "")
+        read = Counter(_shape(r["resumed_from"]) for r in hit if r["resumed_from"])
+        scratch = sum(1 for r in hit if not r["resumed_from"])
+        table_rows.append([Cell.of(framework), Cell.of(path or "none: a restart runs from the beginning"),
+                           Cell(scratch, f"{scratch} of {len(hit)}"),
+                           Cell.of("; ".join(f"{text} ({n})" for text, n in read.most_common(3)) or None)])
+    return Table("resume_paths", "How each framework resumed",
+                 ["framework", "resume path", "restarted from scratch", "what resumed runs read back (most common)"],
+                 table_rows, "Read back: the adapter's own words for the saved state it found, with step names "
+                             "and counts kept.")
+
+
+def _shape(text: str) -> str:
+    """``resumed_from`` with numbers and quoted names folded, so the same kind of resume groups across tasks."""
+    return re.sub(r"'[^']*'", "'…'", re.sub(r"\d+", "N", text))[:90]
+
+
+def exactly_once_figure(rows: Sequence[Row]) -> Figure | None:
+    """Exactly-once rate with its 95% interval, per framework and variant, keys off and on."""
+    cells = _cells(crashed(rows))
+    if not cells:
+        return None
+    frameworks = sorted({k[0] for k in cells}, key=framework_sort_key)
+    variants = sorted({k[1] for k in cells}, key=variant_sort_key)
+    figure, axes = _new_figure(2, width=5.0)
+    for panel, keys in zip(axes, ("off", "on")):
+        width = 0.8 / len(frameworks)
+        for index, framework in enumerate(frameworks):
+            xs, ys, low, high = [], [], [], []
+            for position, variant in enumerate(variants):
+                cell = cells.get((framework, variant, keys))
+                if not cell:
+                    continue
+                hits = sum(1 for r in cell if r["exactly_once"])
+                lo, hi = wilson_interval(hits, len(cell))
+                rate = hits / len(cell)
+                xs.append(position - 0.4 + width * (index + 0.5))
+                ys.append(rate)
+                low.append(rate - lo)
+                high.append(hi - rate)
+            panel.bar(xs, ys, width * 0.9, color=colour(framework), label=framework,
+                      yerr=[low, high], capsize=2, error_kw={"linewidth": 0.8})
+        panel.set_xticks(range(len(variants)), variants)
+        panel.set_ylim(0, 1.05)
+        panel.set_title(f"idempotency keys {keys}")
+        panel.set_ylabel("exactly once after a crash")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(frameworks), frameon=False)
+    return _export(figure, "durability_exactly_once", "Exactly once after a crash and a resume",
+                   "Share of crashed episodes in which every side effect happened exactly once (95% Wilson interval).")
+
+
+def redone_figure(rows: Sequence[Row]) -> Figure | None:
+    """Model calls the resumed run repeated, per crash, by framework and variant (keys off)."""
+    cells = {k: v for k, v in _cells(crashed(rows)).items() if k[2] == "off"}
+    if not cells:
+        return None
+    frameworks = sorted({k[0] for k in cells}, key=framework_sort_key)
+    variants = sorted({k[1] for k in cells}, key=variant_sort_key)
+    figure, axes = _new_figure(1, width=6.0)
+    width = 0.8 / len(frameworks)
+    for index, framework in enumerate(frameworks):
+        xs, ys = [], []
+        for position, variant in enumerate(variants):
+            cell = cells.get((framework, variant, "off"))
+            if cell:
+                xs.append(position - 0.4 + width * (index + 0.5))
+                ys.append(sum(r["redone_calls"] for r in cell) / len(cell))
+        axes[0].bar(xs, ys, width * 0.9, color=colour(framework), label=framework)
+    axes[0].set_xticks(range(len(variants)), variants)
+    axes[0].set_ylabel("model calls redone per crash")
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(frameworks),
+                  frameon=False)
+    return _export(figure, "durability_redone", "Work redone after a resume",
+                   "Mean model calls per crashed episode that repeat one the killed run had already made.")
+
+
+def findings(rows: Sequence[Row]) -> list[Finding]:
+    """One line per idempotency setting: each framework's exactly-once rate over all variants."""
+    result = []
+    for keys in ("off", "on"):
+        parts = []
+        for framework in sorted({r["framework"] for r in rows}, key=framework_sort_key):
+            hit = [r for r in crashed(rows) if r["framework"] == framework and _keys(r) == keys]
+            if hit:
+                once = sum(1 for r in hit if r["exactly_once"])
+                twice = sum(1 for r in hit if r["duplicated"] > 0)
+                parts.append(f"**{framework}** {once / len(hit):.0%} exactly once, {twice / len(hit):.0%} "
+                             f"duplicated ({len(hit)} crashes)")
+        if parts:
+            result.append(Finding(f"Idempotency keys {keys}", ("; ".join(parts) + ".",)))
+    return result
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def durability_report(store: Path, command: str) -> Report:
+    """The whole report from a durability store."""
+    rows = load_rows(store)
+    versions = {f"{r['framework']}": r["framework_version"] for r in rows}
+    report = Report("coordlab — durability", {
+        "question": QUESTION,
+        "command": command, "store": str(store), "episodes": len(rows), "crashed": len(crashed(rows)),
+        "framework versions": versions, "coordlab commit": _commit(), "coordlab version": version("coordlab"),
+    })
+    report.verdict = findings(rows)
+    report.verdict_intro = ("Exactly once over the crashed episodes of every task and variant; per-cell rates, "
+                            "paired tests against plain and the resume paths follow.")
+    report.tables = [outcome_table(rows), paired_table(rows), kind_table(rows), resume_table(rows)]
+    report.figures = [f for f in (exactly_once_figure(rows), redone_figure(rows)) if f is not None]
+    not_reached = len(rows) - len(crashed(rows))
+    report.notes += [
+        "The crash point is a pure function of (seed, task): every framework is killed at the same logical moment "
+        "(right after the N-th change to the world, or when the first request of a step arrives). The world is the "
+        "outside system: its changes are journaled before the tool returns and survive the kill.",
+        "No other fault is injected (profile none): every failure here comes from the crash and the resume.",
+        "Each run is a fresh process forked from a server that has the framework imported; the resumed run reads "
+        "only what the framework (or plain's journal) saved on disk.",
+        f"{not_reached} episodes ended before reaching their crash point (nothing to resume); they are counted in "
+        "'crashed' as the difference and left out of every rate.",
+    ]
+    return report
+
+
+def write_durability_report(store: Path, out: Path, command: str) -> Path:
+    """Build and write the report (Markdown, HTML, summary.json, figures) into ``out``."""
+    from .render import write_report
+
+    return write_report(durability_report(store, command), out)
+

@@ -1,0 +1,158 @@
+"""``coordlab experiment durability``: every framework and variant, crashed and resumed on every task that changes the world.
+
+The design is paired: for a seed, every framework meets the same crash point of the same
+task (:func:`~.crash.crash_point`), with and without idempotency keys on the mutating tools.
+Each framework's episodes run in a worker process of their own (frameworks are never mixed
+in one process); inside it, a fork server with the framework already imported makes the
+fresh processes that are killed and resumed, so a resumed run's clock measures the resume,
+not the import. Workers write each result to the store as it ends; the parent shows progress.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from coordlab.adapters.base import Knobs, Variant
+from coordlab.tasks.loader import load_suite_task, suite_names
+
+from ..progress import Progress
+from ..sweep import TaskRef
+from .crash import has_side_effects
+from .episode import DEFAULT_TIME_LIMIT_S
+from .store import DurabilityStore
+
+NAME = "durability"
+QUESTION = ("After a crash mid-run and a restart, does each side effect happen exactly once, twice or never, in each "
+            "framework's own resume path?")
+FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
+VARIANTS = (Variant.LINEAR, Variant.GATED, Variant.DELEGATED)
+DEFAULT_SEEDS = 10
+"""Seeds per task: with the five suite tasks that change the world, 50 crashes per cell (the issue asks for 40)."""
+STORE_NAME = "durability.sqlite"
+SCRATCH = "episodes"
+"""Where each episode's folder (world journal, the framework's saved state) lives while it runs."""
+
+
+def durability_tasks() -> list[str]:
+    """The suite tasks whose correct run changes the world: only there can a crash duplicate or lose a change."""
+    return [name for name in suite_names() if has_side_effects(load_suite_task(name))]
+
+
+@dataclass(frozen=True)
+class DurableJob:
+    """One durable episode to run."""
+
+    task: TaskRef
+    variant: Variant
+    seed: int
+    idempotency_keys: bool
+
+
+@dataclass(frozen=True)
+class Share:
+    """A framework's episodes for one worker process."""
+
+    framework: str
+    jobs: tuple[DurableJob, ...]
+
+
+def plan(seeds: int, frameworks: list[str]) -> list[Share]:
+    """Every durable episode of the design, as one share per framework and idempotency setting."""
+    tasks = [TaskRef(name) for name in durability_tasks()]
+    shares = []
+    for framework in frameworks:
+        for keys in (False, True):
+            jobs = tuple(DurableJob(task, variant, seed, keys)
+                         for task in tasks for variant in VARIANTS for seed in range(seeds))
+            shares.append(Share(framework, jobs))
+    return shares
+
+
+def fork_server(framework: str) -> multiprocessing.context.BaseContext:
+    """A fork-server context whose server has the framework's adapter imported: fresh processes, warm imports."""
+    from coordlab.adapters.registry import adapter_module
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([m for m in (adapter_module(framework), "coordlab.runners.durability.attempt") if m])
+    return context
+
+
+def run_share(share: Share, store_path: Path, scratch: Path, time_limit_s: float) -> int:
+    """Run a share's episodes not yet recorded (in a worker process of its own); how many it ran."""
+    from coordlab.runners.netguard import loopback_only
+    from coordlab.runners.offline import neutralise_telemetry
+    from coordlab.runners.simulator import Simulator
+    from coordlab.runners.worker import route_framework_chatter
+
+    from .episode import run_durable_episode
+
+    from coordlab.runners.worker import die_with_parent
+
+    die_with_parent(os.getppid())
+    neutralise_telemetry()  # before the fork server starts: it inherits this environment
+    scratch.mkdir(parents=True, exist_ok=True)
+    route_framework_chatter(scratch / f"{share.framework}.log")
+    context = fork_server(share.framework)
+    ran = 0
+    with loopback_only(), Simulator() as simulator, DurabilityStore(store_path) as store:
+        from coordlab.adapters.registry import adapter_version
+
+        version = adapter_version(share.framework)
+        for job in share.jobs:
+            task = job.task.load()
+            key = (task.key, share.framework, version, job.variant.value, job.seed, int(job.idempotency_keys))
+            if store.has(key):
+                continue
+            folder = scratch / f"{share.framework}-{job.task.name}-{job.variant.value}-{job.seed}-{int(job.idempotency_keys)}"
+            shutil.rmtree(folder, ignore_errors=True)
+            result = run_durable_episode(share.framework, job.task, job.variant, job.seed, folder,
+                                         knobs=Knobs(idempotency_keys=job.idempotency_keys),
+                                         time_limit_s=time_limit_s, simulator=simulator, context=context)
+            store.add(result)
+            shutil.rmtree(folder, ignore_errors=True)
+            ran += 1
+    return ran
+
+
+class DurabilityFailed(RuntimeError):
+    """A worker of the durability experiment died; what it recorded before is kept."""
+
+
+def run_durability(out: Path, *, seeds: int | None = None, frameworks: list[str] | None = None,
+                   workers: int | None = None, time_limit_s: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
+                   progress_stream: TextIO | None = None) -> tuple[int, int, float]:
+    """Run the design into ``out``'s store (resuming by default); (episodes in the design, run now, seconds)."""
+    started = time.monotonic()
+    store_path = out / STORE_NAME
+    if fresh and store_path.exists():
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    shares = plan(seeds or DEFAULT_SEEDS, frameworks or list(FRAMEWORKS))
+    total = sum(len(s.jobs) for s in shares)
+    with DurabilityStore(store_path) as store:
+        seen = max((row["rowid"] for row in store.rows()), default=0)
+        progress = Progress(total, already_done=sum(1 for _ in store.rows()), stream=progress_stream)
+        context = multiprocessing.get_context("spawn")
+        slots = workers or os.cpu_count() or 1
+        with ProcessPoolExecutor(max_workers=slots, mp_context=context, max_tasks_per_child=1) as pool:
+            pending: set[Future[int]] = {pool.submit(run_share, share, store_path, out / SCRATCH, time_limit_s)
+                                         for share in shares}
+            failures = []
+            while pending:
+                finished, pending = wait(pending, timeout=2, return_when=FIRST_COMPLETED)
+                failures += [f.exception() for f in finished if f.exception() is not None]
+                for row in store.rows(seen):
+                    seen = row["rowid"]
+                    progress.update(row["framework"], "success" if row["exactly_once"] else row["status"])
+        progress.close()
+    if failures:
+        raise DurabilityFailed(f"{len(failures)} durability worker(s) failed; what they recorded is kept in "
+                               f"{store_path}: {failures[0]!r}")
+    return total, progress.ran, time.monotonic() - started
