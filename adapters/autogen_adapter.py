@@ -23,6 +23,17 @@ AutoGen's own group-chat broadcast, so a value an agent failed to say is really 
   the routing model is a participant. The task message lists every step; each role agent
   works out from the conversation which of its steps is next.
 
+Durability (``spec.durability``, the crash experiment): AutoGen's own resume path, the team's
+``save_state()`` written as JSON after every team run and ``load_state()`` into the same team
+built afresh ("Managing State" in its docs). ``save_state`` warns that a running team's
+state may be inconsistent, so state is saved only between runs: in linear and gated after
+each step's run and each gate redo; in delegated the team stops after every turn
+(``max_turns=1``) and ``run_stream()`` without a task continues it, AutoGen's documented way
+to resume a stopped team, so it is saved after every turn. The same file holds the
+adapter's loop position (next step, gate rejections, redo position) and the values its
+gates read. A resumed run loads the state and goes on from the next step or turn; the run
+in flight at the crash runs again, tool calls included (nothing here prevents that).
+
 AutoGen has no agent-level retry: after the openai SDK gives up, and whenever AutoGen's
 structured output fails to validate an answer, the team's ``run_stream`` raises
 ``RuntimeError`` and the episode ends in ``ERROR``. The trace is read off ``run_stream``
@@ -37,9 +48,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
+import os
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, Iterator, Mapping, Sequence
 
 from autogen_agentchat.agents import AssistantAgent
@@ -86,6 +101,8 @@ MODEL_INFO: ModelInfo = {"vision": False, "function_calling": True, "json_output
 
 FINISH = "FINISH"
 """What the routing model says when every step is done; the delegated team's termination text."""
+_STATE_FORMAT = "coordlab.autogen.team_state/1"
+"""The saved file's format tag: AutoGen's ``save_state()`` plus the adapter's loop position."""
 _JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool,
                                "object": dict[str, Any]}
 _SELF_GATE_NOTE = ("gated: the gate before '{step}' names '{step}' itself as its retry step; nothing before it can "
@@ -116,6 +133,9 @@ class AutoGenAdapter(FrameworkAdapter):
     """AutoGen AgentChat (``SelectorGroupChat`` of role ``AssistantAgent``s) on ``OpenAIChatCompletionClient``."""
 
     name = "autogen"
+    resume_path = ("team.save_state() as JSON after every team run (each step and gate redo; delegated: one turn "
+                   "per run); a fresh process builds the same team, load_state() and runs the next step "
+                   "(delegated: run_stream() with no task)")
 
     distribution = "autogen-agentchat"
     variant_support = _SUPPORT
@@ -128,7 +148,28 @@ class AutoGenAdapter(FrameworkAdapter):
         episode = self.episode_class(spec)
         termination, error, built = asyncio.run(episode.run())
         return AdapterOutcome(termination, episode.final_output(), error, list(episode.notes),
-                              (built - started) * 1000, (time.perf_counter() - built) * 1000)
+                              (built - started) * 1000, (time.perf_counter() - built) * 1000,
+                              resumed_from=episode.resumed_from)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so a crash leaves the old file or the new one: temp file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 def _annotation(schema: Mapping[str, Any]) -> Any:
@@ -145,8 +186,9 @@ class AutoGenEpisode:
     ``function_tool``, ``output_model``, ``role_agent``, ``router_agent``, ``pipeline_team``,
     ``delegation_team``, ``step_task``, ``delegation_task``) make one AutoGen object each;
     ``run_linear`` / ``run_gated`` / ``run_delegated`` drive a variant; ``observe`` sees
-    every ``run_stream`` item and ``answered`` every role answer. Override one and keep
-    :meth:`run`, which times construction, maps errors and closes the clients.
+    every ``run_stream`` item and ``answered`` every role answer; ``checkpoint`` saves and
+    ``restore`` loads the durable state. Override one and keep :meth:`run`, which times
+    construction, maps errors and closes the clients.
     """
 
     def __init__(self, spec: EpisodeSpec):
@@ -161,6 +203,8 @@ class AutoGenEpisode:
         self.current: Step | None = None
         """The step the running team run is about (linear and gated); None in delegated."""
         self.last_role: str | None = None
+        self.last_speaker: str | None = None
+        """Who said the last chat message."""
         self.turns = 0
         """Chat messages the participants have said (task messages excluded)."""
         self.finished = False
@@ -169,6 +213,9 @@ class AutoGenEpisode:
         """When the team was built (construction ends, execution starts)."""
         self.answer_models: dict[str, type[RoleAnswer]] = {}
         """Each role agent's ``output_content_type``, registered with the team as a message type."""
+        self.durability = spec.durability
+        self.resumed_from: str | None = None
+        """With a resumed run: what :meth:`restore` read back, in words; None when nothing was saved."""
 
     # -- running -----------------------------------------------------------------------------------------
     async def run(self) -> tuple[Termination, str | None, float]:
@@ -186,21 +233,29 @@ class AutoGenEpisode:
                 await client.close()
 
     async def run_linear(self) -> Termination:
-        """Every step in order, one team run each."""
+        """Every step in order, one team run each (from the saved position when resuming)."""
         team = self.pipeline_team()
+        saved = await self.restore(team)
         self.built = time.perf_counter()
-        for step in self.task.steps:
+        for index in range(saved["next"] if saved else 0, len(self.task.steps)):
+            step = self.task.steps[index]
             await self.run_step(team, step)
+            await self.checkpoint(team, f"step '{step.id}'", next=index + 1)
         return Termination.COMPLETED
 
     async def run_gated(self) -> Termination:
         """The linear runs, with each gate checked on the agents' values before its guarded step."""
         team = self.pipeline_team()
+        saved = await self.restore(team)
         self.built = time.perf_counter()
         position = {s.id: i for i, s in enumerate(self.task.steps)}
-        for index, step in enumerate(self.task.steps):
+        start = saved["next"] if saved else 0
+        for index in range(start, len(self.task.steps)):
+            step = self.task.steps[index]
             gate = self.task.gate_before(step.id)
-            rejections = 0
+            rejections, redo_from = (saved["rejections"], saved["redo"]) if saved and index == start else (0, None)
+            if gate is not None and redo_from is not None:  # resumed inside a redo: finish it, then the gate
+                await self._redo(team, step, index, redo_from, rejections, "")
             while gate is not None:
                 verdict = check_gate(self.task, self.spec.world, self.spec.trace, step.id, self.values)
                 if verdict.passed:
@@ -212,32 +267,59 @@ class AutoGenEpisode:
                     return Termination.GATE_EXHAUSTED
                 rejections += 1
                 self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
-                for redo in range(position[gate.retry], index):
-                    await self.run_step(team, self.task.steps[redo],
-                                        verdict.message if redo == position[gate.retry] else "")
+                await self._redo(team, step, index, position[gate.retry], rejections, verdict.message)
             await self.run_step(team, step)
+            await self.checkpoint(team, f"step '{step.id}'", next=index + 1)
         return Termination.COMPLETED
+
+    async def _redo(self, team: SelectorGroupChat, guarded: Step, index: int, first: int, rejections: int,
+                    feedback: str) -> None:
+        """Redo the steps from position ``first`` up to the guarded step; ``feedback`` opens the first redo."""
+        for redo in range(first, index):
+            await self.run_step(team, self.task.steps[redo], feedback if redo == first else "")
+            await self.checkpoint(team, f"redo of step '{self.task.steps[redo].id}' (rejection {rejections} by the "
+                                        f"gate before '{guarded.id}')",
+                                  next=index, rejections=rejections, redo=redo + 1)
 
     async def run_delegated(self) -> Termination:
         """One run of the delegation team on the whole task; the routing model ends it with FINISH."""
         team = self.delegation_team()
+        saved = await self.restore(team)
         self.built = time.perf_counter()
         self.notes.append(_DELEGATED_NOTE)
-        result = await self._stream(team, self.delegation_task())
+        if self.durability is None:
+            result: TaskResult | None = await self._stream(team, self.delegation_task())
+        else:
+            result = await self._run_turn_by_turn(team, resumed=saved is not None)
         if self.finished:
             done = all(s.id in self.outputs for s in self.task.steps)
             return Termination.COMPLETED if done else Termination.ROUTED_OUT
         if self.turns >= 2 * self.knobs.max_routing_turns:
             return Termination.MAX_TURNS
-        raise RuntimeError(f"the team stopped before the routing model said {FINISH}: {result.stop_reason}")
+        stop = result.stop_reason if result is not None else "nothing left to run in the saved state"
+        raise RuntimeError(f"the team stopped before the routing model said {FINISH}: {stop}")
+
+    async def _run_turn_by_turn(self, team: SelectorGroupChat, resumed: bool) -> TaskResult | None:
+        """The durable delegated chat: one turn per team run (the team stops after each), saved after each;
+        ``run_stream()`` without a task continues the stopped team. Same turns, speakers and bound as one run."""
+        result: TaskResult | None = None
+        task: str | None = None if resumed else self.delegation_task()
+        while not self.finished and self.turns < 2 * self.knobs.max_routing_turns:
+            said = self.turns
+            result = await self._stream(team, task)
+            task = None
+            await self.checkpoint(team, f"turn {self.turns} of the chat ('{self.last_speaker}' spoke)")
+            if self.turns == said:  # the run ended without a turn: the team stopped for another reason
+                break
+        return result
 
     async def run_step(self, team: SelectorGroupChat, step: Step, feedback: str = "") -> None:
         """One team run: the step's task message (after ``feedback``, if any); its role agent answers it."""
         self.current = step
         await self._stream(team, self.step_task(step, feedback))
 
-    async def _stream(self, team: SelectorGroupChat, task: str) -> TaskResult:
-        """Consume one team run, handing every item to :meth:`observe`."""
+    async def _stream(self, team: SelectorGroupChat, task: str | None) -> TaskResult:
+        """Consume one team run (``task`` None: continue the stopped team), handing every item to :meth:`observe`."""
         result: TaskResult | None = None
         async for item in team.run_stream(task=task, output_task_messages=False):
             if isinstance(item, TaskResult):
@@ -246,6 +328,47 @@ class AutoGenEpisode:
                 self.observe(item)
         assert result is not None, "run_stream ended without a TaskResult"
         return result
+
+    # -- durable state --------------------------------------------------------------------------------------
+    def state_path(self) -> Path:
+        """The JSON file holding the saved team state and the loop position (one per episode)."""
+        assert self.durability is not None
+        return Path(self.durability.folder) / f"{self.durability.thread_id}.autogen_team.json"
+
+    async def checkpoint(self, team: SelectorGroupChat, after: str, **position: Any) -> None:
+        """With durability: save the stopped team's state (``team.save_state()``) and where the loop is,
+        atomically, as one JSON file. ``after`` says what the state follows, for :attr:`resumed_from`."""
+        if self.durability is None:
+            return
+        state = {"format": _STATE_FORMAT, "after": after, "team": await team.save_state(),
+                 "progress": {"next": 0, "rejections": 0, "redo": None, **position},
+                 "adapter": {"values": self.values, "outputs": self.outputs, "last_role": self.last_role,
+                             "last_speaker": self.last_speaker, "turns": self.turns, "finished": self.finished}}
+        _write_atomically(self.state_path(), json.dumps(state))
+
+    async def restore(self, team: SelectorGroupChat) -> dict[str, Any] | None:
+        """With a resuming run and a saved state: ``team.load_state()`` it and restore the loop's bookkeeping;
+        return the saved loop position. None (a run from the start) otherwise; a first run drops stale state."""
+        if self.durability is None:
+            return None
+        path = self.state_path()
+        if not self.durability.resume:
+            path.unlink(missing_ok=True)
+            return None
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if saved.get("format") != _STATE_FORMAT:
+            raise ValueError(f"{path}: not a saved AutoGen episode state ({_STATE_FORMAT})")
+        await team.load_state(saved["team"])
+        mine = saved["adapter"]
+        self.values, self.outputs = dict(mine["values"]), {k: dict(v) for k, v in mine["outputs"].items()}
+        self.last_role, self.last_speaker = mine["last_role"], mine["last_speaker"]
+        self.turns, self.finished = int(mine["turns"]), bool(mine["finished"])
+        thread = next((agent["message_thread"] for agent in saved["team"]["agent_states"].values()
+                       if isinstance(agent, Mapping) and "message_thread" in agent), [])
+        self.resumed_from = f"saved team state after {saved['after']} ({len(thread)} messages in the team's thread)"
+        return dict(saved["progress"])
 
     # -- what the stream shows -----------------------------------------------------------------------------
     def observe(self, item: BaseAgentEvent | BaseChatMessage) -> None:
@@ -264,6 +387,7 @@ class AutoGenEpisode:
             self._rejected_tool_calls(item)
         elif isinstance(item, BaseChatMessage):
             self.turns += 1
+            self.last_speaker = item.source
             if item.source == self.router_name:
                 self.finished |= FINISH in item.to_model_text()
             elif item.source in self.task.roles:
@@ -426,7 +550,8 @@ class AutoGenEpisode:
         """Delegated: the routing model speaks after every worker; the selector model picks the worker.
 
         ``allow_repeated_speaker``: a role may do two steps in a row. ``max_turns``: one router
-        turn and one worker turn per routing decision.
+        turn and one worker turn per routing decision; with durability 1, so the team stops (and
+        is saved) after every turn and :meth:`run_delegated` keeps the same bound across runs.
         """
         router = self.router_agent()
 
@@ -440,7 +565,8 @@ class AutoGenEpisode:
             custom_message_types=self._answer_types(),
             selector_func=router_after_worker, allow_repeated_speaker=True,
             termination_condition=TextMentionTermination(FINISH, sources=[router.name]),
-            max_turns=2 * self.knobs.max_routing_turns, emit_team_events=True)
+            max_turns=1 if self.durability is not None else 2 * self.knobs.max_routing_turns,
+            emit_team_events=True)
 
     def step_task(self, step: Step, feedback: str = "") -> str:
         """A step's task message: its instruction with the marker (task inputs only), after any gate feedback."""

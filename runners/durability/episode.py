@@ -120,6 +120,8 @@ class DurableResult:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
+    effects_at_crash: int | None = None
+    """The world's changes when the first run died (read from the journal before the resumed run started)."""
     traces: tuple[list[TraceEvent], list[TraceEvent]] = field(default_factory=lambda: ([], []))
 
     @property
@@ -248,13 +250,16 @@ def run_durable_episode(framework: str, task: Task | TaskRef, variant: Variant, 
 
         first = _run_once(context, job(False), episode, time_limit_s)
         crashed = first.killed and not first.timed_out
+        effects_at_crash = len(WorldJournal(folder).load(task).side_effects) if crashed else None
         second = _run_once(context, job(True), None, time_limit_s) if crashed else None
     finally:
         served = simulator.close_episode(episode.id)
         if own_simulator:
             simulator.stop()
-    return _score(adapter, task, variant, seed, crash, knobs, folder, first, second, list(served.records),
-                  time.perf_counter() - started)
+    result = _score(adapter, task, variant, seed, crash, knobs, folder, first, second, list(served.records),
+                    time.perf_counter() - started)
+    result.effects_at_crash = effects_at_crash
+    return result
 
 
 def _score(adapter: Any, task: Task, variant: Variant, seed: int, crash: CrashPoint, knobs: Knobs, folder: Path,

@@ -63,14 +63,15 @@ class Share:
     jobs: tuple[DurableJob, ...]
 
 
-def plan(seeds: int, frameworks: list[str]) -> list[Share]:
-    """Every durable episode of the design, as one share per framework and idempotency setting."""
-    tasks = [TaskRef(name) for name in durability_tasks()]
+def plan(seeds: int, frameworks: list[str], tasks: list[str] | None = None) -> list[Share]:
+    """Every durable episode of the design (on ``tasks``, default :func:`durability_tasks`), as one share per
+    framework and idempotency setting."""
+    refs = [TaskRef.parse(name) for name in (tasks or durability_tasks())]
     shares = []
     for framework in frameworks:
         for keys in (False, True):
             jobs = tuple(DurableJob(task, variant, seed, keys)
-                         for task in tasks for variant in VARIANTS for seed in range(seeds))
+                         for task in refs for variant in VARIANTS for seed in range(seeds))
             shares.append(Share(framework, jobs))
     return shares
 
@@ -110,7 +111,8 @@ def run_share(share: Share, store_path: Path, scratch: Path, time_limit_s: float
             key = (task.key, share.framework, version, job.variant.value, job.seed, int(job.idempotency_keys))
             if store.has(key):
                 continue
-            folder = scratch / f"{share.framework}-{job.task.name}-{job.variant.value}-{job.seed}-{int(job.idempotency_keys)}"
+            folder = scratch / (f"{share.framework}-{Path(job.task.name).stem}-{job.variant.value}-{job.seed}-"
+                               f"{int(job.idempotency_keys)}")
             shutil.rmtree(folder, ignore_errors=True)
             result = run_durable_episode(share.framework, job.task, job.variant, job.seed, folder,
                                          knobs=Knobs(idempotency_keys=job.idempotency_keys),
@@ -127,14 +129,14 @@ class DurabilityFailed(RuntimeError):
 
 def run_durability(out: Path, *, seeds: int | None = None, frameworks: list[str] | None = None,
                    workers: int | None = None, time_limit_s: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
-                   progress_stream: TextIO | None = None) -> tuple[int, int, float]:
+                   progress_stream: TextIO | None = None, tasks: list[str] | None = None) -> tuple[int, int, float]:
     """Run the design into ``out``'s store (resuming by default); (episodes in the design, run now, seconds)."""
     started = time.monotonic()
     store_path = out / STORE_NAME
     if fresh and store_path.exists():
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store_path}{suffix}").unlink(missing_ok=True)
-    shares = plan(seeds or DEFAULT_SEEDS, frameworks or list(FRAMEWORKS))
+    shares = plan(seeds or DEFAULT_SEEDS, frameworks or list(FRAMEWORKS), tasks)
     total = sum(len(s.jobs) for s in shares)
     with DurabilityStore(store_path) as store:
         seen = max((row["rowid"] for row in store.rows()), default=0)
