@@ -158,6 +158,28 @@ class Durability:
     """A stable name for the episode (LangGraph's ``thread_id``, a file stem...), the same in both runs."""
 
 
+@dataclass(frozen=True)
+class Review:
+    """A human reviewer's answer to a request for approval."""
+
+    approved: bool
+    reason: str = ""
+    """With a rejection: why, in words the work can be redone from."""
+
+
+@runtime_checkable
+class Approver(Protocol):
+    """A human in the loop, asked before a step that changes the world (the lab's is scripted and seeded)."""
+
+    def review(self, step: str, proposal: Mapping[str, Any]) -> Review:
+        """Approve or reject running ``step`` with ``proposal`` (the values the framework would act on).
+
+        Blocks until the human answers. A human who answers late outlives the process: the
+        lab's reviewer then kills it while it waits, and answers the resumed run.
+        """
+        ...
+
+
 @dataclass
 class EpisodeSpec:
     """Everything an adapter needs to run one episode."""
@@ -170,6 +192,9 @@ class EpisodeSpec:
     trace: TraceRecorder
     durability: Durability | None = None
     """Set when the episode may crash and be resumed (the durability experiment); None otherwise."""
+    approver: Approver | None = None
+    """Set when a human must approve every step that has a gate (the steps that change the world), asked
+    through the framework's own human-in-the-loop mechanism after the gate passes; None otherwise."""
 
     @property
     def router_role(self) -> str:

@@ -145,8 +145,33 @@ class PlainEpisode:
         """A gate before step ``index`` rejected until its retries ran out: stop there (None would go on)."""
         return Termination.GATE_EXHAUSTED
 
+    def human_approval(self, index: int) -> Termination | None:
+        """Ask the human (if any) before gated step ``index``; None once approved.
+
+        A rejection is handled as a gate's: the gate's retry step is redone with the
+        reviewer's reason, and the human is asked again, up to ``knobs.gate_retries`` times.
+        """
+        approver, step = self.spec.approver, self.task.steps[index]
+        gate = self.task.gate_before(step.id)
+        if approver is None or gate is None:
+            return None
+        start = next(i for i, s in enumerate(self.task.steps) if s.id == gate.retry)
+        for ask in range(self.knobs.gate_retries + 1):
+            review = approver.review(step.id, {name: self.values.get(name) for name in step.reads})
+            self.spec.trace.gate(step.id, review.approved, review.reason)
+            if review.approved:
+                return None
+            if ask < self.knobs.gate_retries:
+                self.spec.trace.retry(gate.retry, "framework", "rejected by the reviewer",
+                                      self.task.step(gate.retry).role)
+                for redo in range(start, index):
+                    self.run_step(redo, review.reason if redo == start else "")
+        return self.gate_exhausted(index)
+
     def linear(self) -> Termination:
         for index in range(self.start, len(self.task.steps)):
+            if (stop := self.human_approval(index)) is not None:
+                return stop
             self.run_step(index)
         return Termination.COMPLETED
 
@@ -172,6 +197,8 @@ class PlainEpisode:
                     self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
                     for redo in redo_steps:
                         self.run_step(redo, verdict.message if redo == position[gate.retry] else "")
+            if (stop := self.human_approval(index)) is not None:
+                return stop
             self.run_step(index)
             index += 1
         return Termination.COMPLETED

@@ -25,6 +25,7 @@ from ..netguard import loopback_only
 from ..offline import neutralise_telemetry
 from ..sweep import TaskRef
 from .journal import WorldJournal
+from .review import ScriptedReviewer
 
 FRAMEWORK_LOG = "framework.log"
 """Where a run's framework logging and printing go, in the episode's folder."""
@@ -42,6 +43,9 @@ class AttemptJob:
     durability: Durability
     crash_after_effect: int | None = None
     """Kill this process right after the world's N-th change (the first run of an ``after_effect`` crash)."""
+    seed: int = 0
+    review: bool = False
+    """Whether a scripted human approves every gated step (:mod:`.review`), through the framework's own mechanism."""
 
 
 def crash_after(effect: int) -> "Any":
@@ -73,12 +77,16 @@ def attempt_main(job: AttemptJob, connection: Connection) -> None:
         world.idempotency_keys = job.knobs.idempotency_keys
         if job.crash_after_effect is not None:
             world.effect_listeners.append(crash_after(job.crash_after_effect))
+        approver = None
+        if job.review:
+            approver = ScriptedReviewer(job.durability.folder, task, job.seed)
+            approver.watch(world)
         adapter = get_adapter(job.framework)
         connection.send(("ready", os.getpid()))
         if connection.recv() != "go":
             return
         recorder = TraceRecorder()
-        spec = EpisodeSpec(task, job.variant, job.endpoint, job.knobs, world, recorder, job.durability)
+        spec = EpisodeSpec(task, job.variant, job.endpoint, job.knobs, world, recorder, job.durability, approver)
         try:
             outcome = adapter.run(spec)
         except Exception as exc:  # noqa: BLE001 - a crashing framework is an outcome, not a lab failure

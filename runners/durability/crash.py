@@ -9,6 +9,8 @@ same episode. There are two kinds, as production deaths come:
   the tool call, once the change is durable in the world's journal.
 * ``before_step`` — between two steps: the first model request of a step (other than the
   first) arrives at the simulator, which kills the process before answering it.
+* ``awaiting_review`` — in the human-in-the-loop episodes, the process dies while it waits
+  for a reviewer who answers late (:mod:`.review`); ``step`` is None when no answer is late.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from coordlab.runners.draws import uniform
 from coordlab.tasks.oracle import solve
 from coordlab.tasks.schema import Task
 
-CrashKind = Literal["after_effect", "before_step"]
+CrashKind = Literal["after_effect", "before_step", "awaiting_review"]
 
 AFTER_EFFECT_SHARE = 0.5
 """The share of scheduled crashes that follow a side effect (the rest fall between two steps)."""
@@ -42,13 +44,15 @@ class CrashPoint:
             raise ValueError("an after_effect crash needs effect >= 1 (the N-th change to the world)")
         if self.kind == "before_step" and not self.step:
             raise ValueError("a before_step crash needs the step it comes before")
-        if self.kind not in ("after_effect", "before_step"):
+        if self.kind not in ("after_effect", "before_step", "awaiting_review"):
             raise ValueError(f"unknown crash kind {self.kind!r}: after_effect or before_step")
 
     def describe(self) -> str:
         """``after change 2 (step send)`` or ``before step send``."""
         if self.kind == "after_effect":
             return f"after change {self.effect}" + (f" (step {self.step})" if self.step else "")
+        if self.kind == "awaiting_review":
+            return f"awaiting a late review of step {self.step}" if self.step else "no review comes late"
         return f"before step {self.step}"
 
 

@@ -35,6 +35,7 @@ from ..sweep import TaskRef
 from .attempt import AttemptJob, attempt_main
 from .crash import CrashPoint, crash_point
 from .journal import WorldJournal
+from .review import inbox_summary, late_step
 
 STARTUP_LIMIT_S = 180.0
 """How long a fresh process may take to import its framework and report ready."""
@@ -120,6 +121,8 @@ class DurableResult:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     records: list[RequestRecord] = field(default_factory=list)
+    reviews: dict[str, int] | None = None
+    """With a reviewer: how many approvals, rejections and late answers it gave, and changes made unapproved."""
     effects_at_crash: int | None = None
     """The world's changes when the first run died (read from the journal before the resumed run started)."""
     traces: tuple[list[TraceEvent], list[TraceEvent]] = field(default_factory=lambda: ([], []))
@@ -218,16 +221,22 @@ def _run_once(context: BaseContext, job: AttemptJob, episode: CrashingEpisode | 
 def run_durable_episode(framework: str, task: Task | TaskRef, variant: Variant, seed: int, folder: Path,
                         crash: CrashPoint | None = None, knobs: Knobs | None = None,
                         time_limit_s: float = DEFAULT_TIME_LIMIT_S, simulator: Simulator | None = None,
-                        context: BaseContext | None = None) -> DurableResult:
+                        context: BaseContext | None = None, review: bool = False) -> DurableResult:
     """Run ``task`` in ``framework``, kill it at ``crash`` (default: the seed's scheduled point), resume, score.
 
     ``folder`` must be empty or new: it holds the world's journal and the framework's saved
-    state. ``context`` makes the fresh processes (default: spawned ones).
+    state. ``context`` makes the fresh processes (default: spawned ones). With ``review``, a
+    scripted human approves every gated step instead, and the only crash is a late answer
+    (the first run dies waiting for it; ``crash`` must then be None).
     """
     started = time.perf_counter()
     knobs = knobs or Knobs()
     ref = task_ref(task)
     task = ref.load()
+    if review:
+        if crash is not None:
+            raise ValueError("a reviewed episode crashes only where its reviewer answers late: give no crash point")
+        crash = CrashPoint("awaiting_review", step=late_step(task, seed))
     crash = crash or crash_point(task, seed)
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.iterdir()):
@@ -246,7 +255,7 @@ def run_durable_episode(framework: str, task: Task | TaskRef, variant: Variant, 
 
         def job(resume: bool) -> AttemptJob:
             return AttemptJob(framework, ref, variant, knobs, endpoint, Durability(folder, resume, episode.id),
-                              crash.effect if crash.kind == "after_effect" and not resume else None)
+                              crash.effect if crash.kind == "after_effect" and not resume else None, seed, review)
 
         first = _run_once(context, job(False), episode, time_limit_s)
         crashed = first.killed and not first.timed_out
@@ -259,6 +268,7 @@ def run_durable_episode(framework: str, task: Task | TaskRef, variant: Variant, 
     result = _score(adapter, task, variant, seed, crash, knobs, folder, first, second, list(served.records),
                     time.perf_counter() - started)
     result.effects_at_crash = effects_at_crash
+    result.reviews = inbox_summary(folder) if review else None
     return result
 
 
