@@ -10,6 +10,7 @@ says what difference the pairs could have detected with 80% power.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -98,9 +99,9 @@ def outcome_table(rows: Sequence[Row]) -> Table:
 
 def _pairs(rows: Sequence[Row], framework: str, variant: str, keys: str,
            outcome: Callable[[Row], bool]) -> tuple[int, int, int, int]:
-    """(pairs, framework only, plain only, both) on ``outcome`` over episodes both crashed."""
+    """(pairs, framework only, plain only, both) on ``outcome`` over the episodes of ``rows`` both ran."""
     def index(name: str) -> dict[tuple[str, int], Row]:
-        return {(r["task"], r["seed"]): r for r in crashed(rows)
+        return {(r["task"], r["seed"]): r for r in rows
                 if r["framework"] == name and r["variant"] == variant and _keys(r) == keys}
     mine, reference = index(framework), index(REFERENCE)
     shared = mine.keys() & reference.keys()
@@ -116,8 +117,9 @@ OUTCOMES: dict[str, Callable[[Row], bool]] = {
 }
 
 
-def paired_table(rows: Sequence[Row]) -> Table:
-    """Each framework against plain on the same crashes, on exactly-once and on harm, Holm-adjusted."""
+def paired_table(rows: Sequence[Row], key: str = "durability_paired", what: str = "crashes") -> Table:
+    """Each framework against plain on the same episodes (``rows``: crashed ones, or reviewed ones), on exactly-once
+    and on harm, Holm-adjusted over the table."""
     tests = []
     frameworks = sorted({r["framework"] for r in rows} - {REFERENCE}, key=framework_sort_key)
     if REFERENCE in {r["framework"] for r in rows}:
@@ -141,10 +143,11 @@ def paired_table(rows: Sequence[Row]) -> Table:
                            Cell(only_reference, str(only_reference)), Cell.of(p_holm, "{:.3g}"),
                            Cell(p_holm < ALPHA, "yes" if p_holm < ALPHA else "no"),
                            Cell.of(detectable, "{:.0%}")])
-    return Table("durability_paired", f"Against {REFERENCE} on the same crashes (exact McNemar, Holm-adjusted)",
+    return Table(key, f"Against {REFERENCE} on the same {what} (exact McNemar, Holm-adjusted)",
                  ["framework", "variant", "idempotency keys", "outcome", "pairs", "difference", "only framework",
                   f"only {REFERENCE}", "p (Holm)", "significant", "detectable difference (80% power)"], table_rows,
-                 f"A pair is one (task, seed) both {REFERENCE} and the framework crashed at, at the same point. "
+                 f"A pair is one (task, seed) both {REFERENCE} and the framework ran, with the same crash point or "
+                 "the same reviewer's answers. "
                  "Difference: the framework's rate minus plain's. Where nothing is significant, the last column says "
                  "what difference these pairs could have detected.")
 
@@ -250,8 +253,38 @@ def redone_figure(rows: Sequence[Row]) -> Figure | None:
                    "Mean model calls per crashed episode that repeat one the killed run had already made.")
 
 
-def findings(rows: Sequence[Row]) -> list[Finding]:
-    """One line per idempotency setting: each framework's exactly-once rate over all variants."""
+def review_table(rows: Sequence[Row]) -> Table:
+    """The human-in-the-loop episodes: how the reviewer answered, and how each framework coped."""
+    groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[(row["framework"], row["variant"])].append(row)
+    table_rows = []
+    for (framework, variant), cell in sorted(groups.items(), key=lambda item: (
+            framework_sort_key(item[0][0]), variant_sort_key(item[0][1]))):
+        answers: Counter[str] = Counter()
+        for row in cell:
+            answers.update(json.loads(row["reviews_json"] or "{}"))
+        died = [r for r in cell if r["crashed"]]
+        table_rows.append([
+            Cell.of(framework), Cell.of(variant), Cell.of(len(cell)),
+            Cell(answers["approve"], f"{answers['approve']} / {answers['reject']} / {answers['late']}"),
+            Cell(len(died), f"{len(died)}, {sum(1 for r in died if r['resumed_from'])} resumed from saved state"),
+            _rate_cell(*_rate(cell, lambda r: r["status"] == "success")),
+            _rate_cell(*_rate(cell, lambda r: bool(r["exactly_once"]))),
+            _rate_cell(*_rate(cell, lambda r: r["duplicated"] > 0)),
+            _rate_cell(*_rate(cell, lambda r: (r["unapproved"] or 0) > 0)),
+        ])
+    return Table("review", "A human approves each step that changes the world (scripted, seeded reviewer)",
+                 ["framework", "variant", "episodes", "answers: approve / reject / late", "died waiting",
+                  "completed", "exactly once", "duplicated (harmful)", "changed the world unapproved"], table_rows,
+                 "The reviewer's first answer for each gated step is drawn from (seed, task, step): approve, reject "
+                 "with a reason (the work is redone and submitted again) or late (the asking process is killed while "
+                 "it waits, and the resumed run is answered). Later requests are approved. Unapproved: a change was "
+                 "made for a step the reviewer had not approved.")
+
+
+def findings(rows: Sequence[Row], reviewed: Sequence[Row] = ()) -> list[Finding]:
+    """One line per idempotency setting (each framework's exactly-once rate over all variants), one for review."""
     result = []
     for keys in ("off", "on"):
         parts = []
@@ -263,7 +296,16 @@ def findings(rows: Sequence[Row]) -> list[Finding]:
                 parts.append(f"**{framework}** {once / len(hit):.0%} exactly once, {twice / len(hit):.0%} "
                              f"duplicated ({len(hit)} crashes)")
         if parts:
-            result.append(Finding(f"Idempotency keys {keys}", ("; ".join(parts) + ".",)))
+            result.append(Finding(f"After a crash, idempotency keys {keys}", ("; ".join(parts) + ".",)))
+    parts = []
+    for framework in sorted({r["framework"] for r in reviewed}, key=framework_sort_key):
+        mine = [r for r in reviewed if r["framework"] == framework]
+        once = sum(1 for r in mine if r["exactly_once"])
+        unapproved = sum(1 for r in mine if (r["unapproved"] or 0) > 0)
+        parts.append(f"**{framework}** {once / len(mine):.0%} exactly once, {unapproved / len(mine):.0%} changed the "
+                     f"world unapproved ({len(mine)} episodes)")
+    if parts:
+        result.append(Finding("With a human approving each change", ("; ".join(parts) + ".",)))
     return result
 
 
@@ -277,17 +319,22 @@ def _commit() -> str | None:
 
 def durability_report(store: Path, command: str) -> Report:
     """The whole report from a durability store."""
-    rows = load_rows(store)
-    versions = {f"{r['framework']}": r["framework_version"] for r in rows}
+    every = load_rows(store)
+    rows = [r for r in every if r["scenario"] == "crash"]
+    reviewed = [r for r in every if r["scenario"] == "review"]
+    versions = {f"{r['framework']}": r["framework_version"] for r in every}
     report = Report("coordlab — durability", {
         "question": QUESTION,
-        "command": command, "store": str(store), "episodes": len(rows), "crashed": len(crashed(rows)),
+        "command": command, "store": str(store), "crash episodes": len(rows), "crashed": len(crashed(rows)),
+        "reviewed episodes": len(reviewed),
         "framework versions": versions, "coordlab commit": _commit(), "coordlab version": version("coordlab"),
     })
-    report.verdict = findings(rows)
+    report.verdict = findings(rows, reviewed)
     report.verdict_intro = ("Exactly once over the crashed episodes of every task and variant; per-cell rates, "
                             "paired tests against plain and the resume paths follow.")
-    report.tables = [outcome_table(rows), paired_table(rows), kind_table(rows), resume_table(rows)]
+    report.tables = [outcome_table(rows), paired_table(crashed(rows)), kind_table(rows), resume_table(rows)]
+    if reviewed:
+        report.tables += [review_table(reviewed), paired_table(reviewed, "review_paired", "reviewed episodes")]
     report.figures = [f for f in (exactly_once_figure(rows), redone_figure(rows)) if f is not None]
     not_reached = len(rows) - len(crashed(rows))
     report.notes += [

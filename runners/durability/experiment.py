@@ -33,6 +33,9 @@ QUESTION = ("After a crash mid-run and a restart, does each side effect happen e
             "framework's own resume path?")
 FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
 VARIANTS = (Variant.LINEAR, Variant.GATED, Variant.DELEGATED)
+REVIEWED_VARIANTS = (Variant.LINEAR, Variant.GATED)
+"""Where a human approves each gated step: in delegated, a routing model decides the order of the work, so
+where an approval belongs is the router's decision, not the flow's."""
 DEFAULT_SEEDS = 10
 """Seeds per task: with the five suite tasks that change the world, 50 crashes per cell (the issue asks for 40)."""
 STORE_NAME = "durability.sqlite"
@@ -53,6 +56,8 @@ class DurableJob:
     variant: Variant
     seed: int
     idempotency_keys: bool
+    review: bool = False
+    """A human-in-the-loop episode (the ``review`` scenario) instead of a scheduled crash."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ def plan(seeds: int, frameworks: list[str], tasks: list[str] | None = None) -> l
             jobs = tuple(DurableJob(task, variant, seed, keys)
                          for task in refs for variant in VARIANTS for seed in range(seeds))
             shares.append(Share(framework, jobs))
+        shares.append(Share(framework, tuple(DurableJob(task, variant, seed, False, review=True) for task in refs
+                                             for variant in REVIEWED_VARIANTS for seed in range(seeds))))
     return shares
 
 
@@ -108,15 +115,17 @@ def run_share(share: Share, store_path: Path, scratch: Path, time_limit_s: float
         version = adapter_version(share.framework)
         for job in share.jobs:
             task = job.task.load()
-            key = (task.key, share.framework, version, job.variant.value, job.seed, int(job.idempotency_keys))
+            key = ("review" if job.review else "crash", task.key, share.framework, version, job.variant.value,
+                   job.seed, int(job.idempotency_keys))
             if store.has(key):
                 continue
             folder = scratch / (f"{share.framework}-{Path(job.task.name).stem}-{job.variant.value}-{job.seed}-"
-                               f"{int(job.idempotency_keys)}")
+                               f"{int(job.idempotency_keys)}{'-review' if job.review else ''}")
             shutil.rmtree(folder, ignore_errors=True)
             result = run_durable_episode(share.framework, job.task, job.variant, job.seed, folder,
                                          knobs=Knobs(idempotency_keys=job.idempotency_keys),
-                                         time_limit_s=time_limit_s, simulator=simulator, context=context)
+                                         time_limit_s=time_limit_s, simulator=simulator, context=context,
+                                         review=job.review)
             store.add(result)
             shutil.rmtree(folder, ignore_errors=True)
             ran += 1

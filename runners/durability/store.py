@@ -2,7 +2,7 @@
 
 Its own small store (not the comparison store): a durable episode is two runs around a
 crash, scored by what happened to each side effect, and its columns say so. Rows are
-keyed by (task, framework, version, variant, seed, idempotency keys), so an interrupted
+keyed by (scenario, task, framework, version, variant, seed, idempotency keys), so an interrupted
 experiment resumes where it stopped, and several worker processes may write at once (WAL,
 one short transaction per row): a row once written is never rewritten or lost.
 """
@@ -19,20 +19,23 @@ from .episode import DurableResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS durable_episodes (
-    task TEXT NOT NULL, framework TEXT NOT NULL, framework_version TEXT NOT NULL, variant TEXT NOT NULL,
-    seed INTEGER NOT NULL, idempotency_keys INTEGER NOT NULL,
+    scenario TEXT NOT NULL, task TEXT NOT NULL, framework TEXT NOT NULL, framework_version TEXT NOT NULL,
+    variant TEXT NOT NULL, seed INTEGER NOT NULL, idempotency_keys INTEGER NOT NULL,
     crash_kind TEXT NOT NULL, crash_effect INTEGER, crash_step TEXT,
     crashed INTEGER NOT NULL, resume_path TEXT NOT NULL, resumed_from TEXT,
     status TEXT NOT NULL, termination TEXT NOT NULL, harmful INTEGER NOT NULL, exactly_once INTEGER NOT NULL,
     duplicated INTEGER NOT NULL, lost INTEGER NOT NULL, redone_calls INTEGER NOT NULL,
     calls_before INTEGER NOT NULL, calls_after INTEGER NOT NULL, recover_s REAL, wall_s REAL NOT NULL,
     error TEXT, notes_json TEXT NOT NULL, verdict_json TEXT NOT NULL, requests_json TEXT NOT NULL,
-    knobs_json TEXT NOT NULL,
-    PRIMARY KEY (task, framework, framework_version, variant, seed, idempotency_keys)
+    knobs_json TEXT NOT NULL, reviews_json TEXT, unapproved INTEGER,
+    PRIMARY KEY (scenario, task, framework, framework_version, variant, seed, idempotency_keys)
 )
 """
 
-KEY_COLUMNS = ("task", "framework", "framework_version", "variant", "seed", "idempotency_keys")
+SCENARIOS = ("crash", "review")
+"""``crash``: killed at the scheduled point; ``review``: a scripted human approves each gated step (and may answer late)."""
+
+KEY_COLUMNS = ("scenario", "task", "framework", "framework_version", "variant", "seed", "idempotency_keys")
 
 
 def request_log(result: DurableResult) -> list[dict[str, Any]]:
@@ -46,7 +49,7 @@ def request_log(result: DurableResult) -> list[dict[str, Any]]:
 def row_of(result: DurableResult) -> dict[str, Any]:
     """The result as a row of ``durable_episodes``."""
     return {
-        "task": result.task, "framework": result.framework, "framework_version": result.framework_version,
+        "scenario": "review" if result.reviews is not None else "crash", "task": result.task, "framework": result.framework, "framework_version": result.framework_version,
         "variant": result.variant, "seed": result.seed,
         "idempotency_keys": int(bool(result.knobs.get("idempotency_keys"))),
         "crash_kind": result.crash.kind, "crash_effect": result.crash.effect, "crash_step": result.crash.step,
@@ -57,6 +60,8 @@ def row_of(result: DurableResult) -> dict[str, Any]:
         "recover_s": result.recover_s, "wall_s": result.wall_s, "error": result.error,
         "notes_json": json.dumps(result.notes), "verdict_json": json.dumps(asdict(result.verdict)),
         "requests_json": json.dumps(request_log(result)), "knobs_json": json.dumps(result.knobs),
+        "reviews_json": None if result.reviews is None else json.dumps(result.reviews),
+        "unapproved": None if result.reviews is None else result.reviews["unapproved"],
     }
 
 

@@ -45,9 +45,10 @@ def test_the_crash_point_depends_on_seed_and_task_only_and_covers_both_kinds() -
 def test_only_world_changing_tasks_are_in_the_experiment() -> None:
     assert set(durability_tasks()) == set(suite_names()) - {"chain"}
     shares = plan(2, ["plain", "langgraph"], ["incident_triage"])
-    assert [(s.framework, {j.idempotency_keys for j in s.jobs}) for s in shares] == [
-        ("plain", {False}), ("plain", {True}), ("langgraph", {False}), ("langgraph", {True})]
-    assert all(len(s.jobs) == 2 * 3 for s in shares)
+    assert [(s.framework, {(j.idempotency_keys, j.review) for j in s.jobs}) for s in shares] == [
+        ("plain", {(False, False)}), ("plain", {(True, False)}), ("plain", {(False, True)}),
+        ("langgraph", {(False, False)}), ("langgraph", {(True, False)}), ("langgraph", {(False, True)})]
+    assert [len(s.jobs) for s in shares] == [2 * 3, 2 * 3, 2 * 2] * 2  # delegated is not reviewed
 
 
 def test_the_world_survives_the_kill_and_a_journal_step_resumes(tmp_path: Path) -> None:
@@ -133,12 +134,44 @@ def test_the_journal_is_what_the_world_did(tmp_path: Path) -> None:
 
 def test_the_experiment_records_each_episode_once_resumes_and_reports(tmp_path: Path) -> None:
     total, ran, _ = run_durability(tmp_path, seeds=1, frameworks=["plain"], tasks=["incident_triage"], workers=1)
-    assert (total, ran) == (6, 6)
+    assert (total, ran) == (8, 8)
     again = run_durability(tmp_path, seeds=1, frameworks=["plain"], tasks=["incident_triage"], workers=1)
-    assert again[:2] == (6, 0)  # everything was recorded: nothing runs twice
+    assert again[:2] == (8, 0)  # everything was recorded: nothing runs twice
     rows = load_rows(tmp_path / "durability.sqlite")
-    assert len(rows) == 6 and {r["idempotency_keys"] for r in rows} == {0, 1}
+    assert len(rows) == 8 and {r["idempotency_keys"] for r in rows} == {0, 1}
+    assert sorted(r["scenario"] for r in rows) == ["crash"] * 6 + ["review"] * 2
     report = durability_report(tmp_path / "durability.sqlite", "coordlab experiment durability")
     outcome = next(t for t in report.tables if t.key == "durability")
     assert len(outcome.rows) == 6
-    assert report.figures and report.verdict
+    assert next(t for t in report.tables if t.key == "review").rows
+    assert report.figures and len(report.verdict) == 3
+
+
+def _seed_where(task_name: str, step: str, kind: str) -> int:
+    from coordlab.runners.durability.review import first_answer
+
+    task = load_suite_task(task_name)
+    return next(seed for seed in range(100) if first_answer(seed, task.release, step).value == kind)
+
+
+@pytest.mark.parametrize("kind", ["approve", "reject", "late"])
+def test_a_reviewed_plain_episode_asks_before_each_change_and_honours_every_answer(tmp_path: Path, kind: str) -> None:
+    seed = _seed_where("incident_triage", "page", kind)
+    result = run_durable_episode("plain", load_suite_task("incident_triage"), Variant.LINEAR, seed, tmp_path / "e",
+                                 review=True)
+    assert result.status.value == "success" and result.exactly_once
+    assert result.reviews is not None and result.reviews["unapproved"] == 0
+    assert result.reviews[kind] == 1 and result.reviews["approve"] == 1  # the page is the one reviewed step
+    assert result.crashed is (kind == "late")  # a late answer: the first run died waiting for it
+    if kind == "late":
+        assert result.crash.kind == "awaiting_review" and result.crash.step == "page"
+        assert result.resumed_from is not None  # the journal had every step before the page
+    if kind == "reject":
+        gates = [e for e in result.traces[0] if e.kind.value == "gate"]
+        assert [e.detail["passed"] for e in gates] == [False, True]  # redone with the reason, then approved
+
+
+def test_a_reviewed_episode_takes_no_crash_point(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="answers late"):
+        run_durable_episode("plain", load_suite_task("incident_triage"), Variant.LINEAR, 0, tmp_path / "e",
+                            CrashPoint("before_step", step="page"), review=True)
