@@ -34,6 +34,18 @@ adapter's loop position (next step, gate rejections, redo position) and the valu
 gates read. A resumed run loads the state and goes on from the next step or turn; the run
 in flight at the crash runs again, tool calls included (nothing here prevents that).
 
+Human in the loop (``spec.approver``, linear and gated): AutoGen's documented way for a human
+who may answer slowly ("Human-in-the-loop", and the ``UserProxyAgent`` docstring, which
+steers slow answers away from a blocking ``UserProxyAgent``): the team stops, the
+application saves its state while it waits, and the human's answer is the task of the next
+run. The pipeline team already stops after every run (``max_turns=1``), so before each step
+with a gate (in gated once the gate passes) the state is saved and the approver asked; an
+approval opens the step's run (``APPROVE``), a rejection's reason is the task of a redo of
+the gate's retry step (as a gate rejection is) and the human is asked again, at most
+``knobs.gate_retries`` times, then ``GATE_EXHAUSTED``. A late answer kills the process while
+it waits; the resumed run loads the state saved before the question and asks again.
+delegated does not ask (see ``_DELEGATED_REVIEW_NOTE``).
+
 AutoGen has no agent-level retry: after the openai SDK gives up, and whenever AutoGen's
 structured output fails to validate an answer, the team's ``run_stream`` raises
 ``RuntimeError`` and the episode ends in ``ERROR``. The trace is read off ``run_stream``
@@ -74,7 +86,7 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, creat
 from coordlab.tasks.schema import Step
 from coordlab.tasks.tools import Tool
 
-from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
+from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Review, Termination, Variant, VariantSupport
 from .registry import register
 from .toolkit import check_gate, execute_tool, role_prompt, routing_messages, step_prompt
 
@@ -107,6 +119,15 @@ _JSON_TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "
                                "object": dict[str, Any]}
 _SELF_GATE_NOTE = ("gated: the gate before '{step}' names '{step}' itself as its retry step; nothing before it can "
                    "be redone without running it, so the first rejection stops the flow")
+_DELEGATED_REVIEW_NOTE = (
+    "delegated: the approver is not asked. A world-changing step runs inside a worker's turn that the selector "
+    "model starts; AutoGen's selector-picks-a-UserProxyAgent pattern approves a routing decision, not a step, and "
+    "naming the step it is for would be the adapter's guess, so the world's changes here are made unreviewed")
+_SELF_RETRY_REVIEW_NOTE = ("{variant}: the reviewer rejected '{step}', whose gate names '{step}' itself as its retry "
+                           "step; nothing before it can be redone without running it, so the reviewer is asked "
+                           "again with the same values")
+APPROVE = "APPROVE"
+"""The human's message when the reviewer approves: it opens the approved step's run."""
 _DELEGATED_NOTE = ("delegated: a SelectorGroupChat selector only names participants and cannot end the chat, so the "
                    "routing model is also a participant that speaks after every worker and says FINISH; every "
                    "routing decision is two router calls (the participant, then the selector)")
@@ -237,9 +258,13 @@ class AutoGenEpisode:
         team = self.pipeline_team()
         saved = await self.restore(team)
         self.built = time.perf_counter()
-        for index in range(saved["next"] if saved else 0, len(self.task.steps)):
+        start = saved["next"] if saved else 0
+        for index in range(start, len(self.task.steps)):
             step = self.task.steps[index]
-            await self.run_step(team, step)
+            stop, approval = await self.human_approval(team, index, *self._waiting(saved, index == start))
+            if stop is not None:
+                return stop
+            await self.run_step(team, step, approval)
             await self.checkpoint(team, f"step '{step.id}'", next=index + 1)
         return Termination.COMPLETED
 
@@ -253,10 +278,11 @@ class AutoGenEpisode:
         for index in range(start, len(self.task.steps)):
             step = self.task.steps[index]
             gate = self.task.gate_before(step.id)
+            waiting = self._waiting(saved, index == start)  # resumed waiting for the reviewer: the gate had passed
             rejections, redo_from = (saved["rejections"], saved["redo"]) if saved and index == start else (0, None)
-            if gate is not None and redo_from is not None:  # resumed inside a redo: finish it, then the gate
+            if gate is not None and redo_from is not None and not waiting:  # resumed inside a redo: finish it
                 await self._redo(team, step, index, redo_from, rejections, "")
-            while gate is not None:
+            while gate is not None and not waiting:
                 verdict = check_gate(self.task, self.spec.world, self.spec.trace, step.id, self.values)
                 if verdict.passed:
                     break
@@ -268,18 +294,68 @@ class AutoGenEpisode:
                 rejections += 1
                 self.spec.trace.retry(gate.retry, "framework", "gate rejected", self.task.step(gate.retry).role)
                 await self._redo(team, step, index, position[gate.retry], rejections, verdict.message)
-            await self.run_step(team, step)
+            stop, approval = await self.human_approval(team, index, *waiting)
+            if stop is not None:
+                return stop
+            await self.run_step(team, step, approval)
             await self.checkpoint(team, f"step '{step.id}'", next=index + 1)
         return Termination.COMPLETED
 
+    @staticmethod
+    def _waiting(saved: Mapping[str, Any] | None, resumed_here: bool) -> tuple[int, int | None] | tuple[()]:
+        """The reviewer's rejections and redo position to resume from when ``saved`` was waiting for the human
+        at this step (the arguments :meth:`human_approval` picks up from); empty otherwise."""
+        if saved is None or not resumed_here or not saved.get("review"):
+            return ()
+        return int(saved["review_rejections"]), saved["redo"]
+
+    async def human_approval(self, team: SelectorGroupChat, index: int, rejections: int = 0,
+                             redo_from: int | None = None) -> tuple[Termination | None, str]:
+        """Ask the human (``spec.approver``, if any) before step ``index`` when it has a gate, AutoGen's way.
+
+        The team is stopped between runs; its state is saved while the human is asked (a late
+        answer outlives the process), and the answer is the next run's task: an approval opens
+        the step's run (returned, with None), a rejection's reason opens a redo of the gate's
+        retry step, and the human is asked again, at most ``knobs.gate_retries`` times (then
+        ``GATE_EXHAUSTED``). ``rejections`` and ``redo_from``: where a resumed run picks up.
+        """
+        approver, step = self.spec.approver, self.task.steps[index]
+        gate = self.task.gate_before(step.id)
+        if approver is None or gate is None:
+            return None, ""
+        first = next(i for i, s in enumerate(self.task.steps) if s.id == gate.retry)
+        if redo_from is not None:  # resumed inside a redo after a rejection: finish it, then ask again
+            await self._redo(team, step, index, redo_from, rejections, "", reviewer=True)
+        while True:
+            await self.checkpoint(team, f"the request for approval of step '{step.id}'", next=index, review=True,
+                                  review_rejections=rejections)
+            proposal = {name: self.values.get(name) for name in step.reads}
+            review = await asyncio.to_thread(approver.review, step.id, proposal)  # blocks until the human answers
+            self.spec.trace.gate(step.id, review.approved, review.reason)
+            if review.approved:
+                return None, self.approval_task(review)
+            if rejections >= self.knobs.gate_retries:
+                return Termination.GATE_EXHAUSTED, ""
+            rejections += 1
+            self.spec.trace.retry(gate.retry, "framework", "rejected by the reviewer", self.task.step(gate.retry).role)
+            if first >= index:
+                note = _SELF_RETRY_REVIEW_NOTE.format(variant=self.spec.variant.value, step=step.id)
+                if note not in self.notes:
+                    self.notes.append(note)
+            await self._redo(team, step, index, first, rejections, review.reason, reviewer=True)
+
     async def _redo(self, team: SelectorGroupChat, guarded: Step, index: int, first: int, rejections: int,
-                    feedback: str) -> None:
-        """Redo the steps from position ``first`` up to the guarded step; ``feedback`` opens the first redo."""
+                    feedback: str, reviewer: bool = False) -> None:
+        """Redo the steps from position ``first`` up to the guarded step; ``feedback`` opens the first redo.
+
+        ``reviewer``: the rejection was the human's (the human is asked again after it, not the gate)."""
+        by = "the reviewer" if reviewer else "the gate"
+        counts = {"review": True, "review_rejections": rejections} if reviewer else {"rejections": rejections}
         for redo in range(first, index):
             await self.run_step(team, self.task.steps[redo], feedback if redo == first else "")
-            await self.checkpoint(team, f"redo of step '{self.task.steps[redo].id}' (rejection {rejections} by the "
-                                        f"gate before '{guarded.id}')",
-                                  next=index, rejections=rejections, redo=redo + 1)
+            await self.checkpoint(team, f"redo of step '{self.task.steps[redo].id}' (rejection {rejections} by "
+                                        f"{by} before '{guarded.id}')",
+                                  next=index, redo=redo + 1, **counts)
 
     async def run_delegated(self) -> Termination:
         """One run of the delegation team on the whole task; the routing model ends it with FINISH."""
@@ -287,6 +363,8 @@ class AutoGenEpisode:
         saved = await self.restore(team)
         self.built = time.perf_counter()
         self.notes.append(_DELEGATED_NOTE)
+        if self.spec.approver is not None:
+            self.notes.append(_DELEGATED_REVIEW_NOTE)
         if self.durability is None:
             result: TaskResult | None = await self._stream(team, self.delegation_task())
         else:
@@ -341,7 +419,8 @@ class AutoGenEpisode:
         if self.durability is None:
             return
         state = {"format": _STATE_FORMAT, "after": after, "team": await team.save_state(),
-                 "progress": {"next": 0, "rejections": 0, "redo": None, **position},
+                 "progress": {"next": 0, "rejections": 0, "redo": None, "review": False, "review_rejections": 0,
+                              **position},
                  "adapter": {"values": self.values, "outputs": self.outputs, "last_role": self.last_role,
                              "last_speaker": self.last_speaker, "turns": self.turns, "finished": self.finished}}
         _write_atomically(self.state_path(), json.dumps(state))
@@ -571,6 +650,10 @@ class AutoGenEpisode:
     def step_task(self, step: Step, feedback: str = "") -> str:
         """A step's task message: its instruction with the marker (task inputs only), after any gate feedback."""
         return (f"{feedback}\n" if feedback else "") + step_prompt(self.task, step)
+
+    def approval_task(self, review: Review) -> str:
+        """The human's approval as the start of the approved step's task message (their words, if any)."""
+        return f"{APPROVE}: {review.reason}" if review.reason else APPROVE
 
     def delegation_task(self) -> str:
         """The delegated team's task message: the task and every step's instruction."""
