@@ -14,6 +14,15 @@ answer, which is what the gates check. Model-calling nodes carry a ``RetryPolicy
 transport errors only; an ``InMemorySaver`` is compiled into the team graph (one thread
 per episode); every graph gets an explicit ``recursion_limit``.
 
+Durable episodes (``spec.durability``, the crash experiment) compile the team graph with
+LangGraph's ``SqliteSaver`` on ``<folder>/checkpoints.sqlite`` and the episode's
+``thread_id`` instead. Resuming in a fresh process, a thread with a checkpoint continues as
+LangGraph resumes after a failure, ``invoke(None)`` on the same thread (with none, the run
+starts over). The role agent graphs, compiled without a checkpointer and invoked inside a
+node, inherit the team's under the node task's namespace: a resumed node runs its function
+again, and its agent continues from the agent's own last checkpoint, so a tool call whose
+``ToolNode`` superstep had not been saved runs again.
+
 - linear: one node per step, straight edges; a step node appends the step's instruction
   (with its marker) to the messages and runs the role's agent on them.
 - gated: a gate node before each gated step routes with ``Command``: on to the step, back
@@ -35,6 +44,7 @@ world, evaluates the gate predicate, and turns LangChain callbacks into the lab'
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Sequence
@@ -48,12 +58,13 @@ from langchain_core.tools import BaseTool, StructuredTool
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.runtime import Runtime, get_runtime
-from langgraph.types import Command, RetryPolicy
+from langgraph.types import Command, PregelTask, RetryPolicy
 from pydantic import BaseModel, ConfigDict, create_model
 
 from coordlab.tasks.schema import Gate, Step
@@ -74,6 +85,9 @@ _SUPPORT = {
         True, "StateGraph: supervisor node (ChatOpenAI + transfer_to_<role> tools) routing with Command(goto=...)",
         _CLIENT),
 }
+
+CHECKPOINTS = "checkpoints.sqlite"
+"""The SQLite checkpointer's file in a durable episode's folder."""
 
 SUPERVISOR = "supervisor"
 """The supervisor's node name in ``delegated``; every other node there is named after its role."""
@@ -135,14 +149,21 @@ class LangGraphAdapter(FrameworkAdapter):
     episode_class: type["LangGraphEpisode"]
     """The episode built for each run; replace it (or subclass the adapter) to change one behaviour."""
 
+    resume_path = ("SqliteSaver checkpointer (langgraph-checkpoint-sqlite), same thread_id; "
+                   "invoke(None) continues from the last checkpoint")
+
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
-        """Build the episode's graph, run it to the end, map how it ended."""
+        """Build the episode's graph, run it to the end (or on from its checkpoint), map how it ended."""
         started = time.perf_counter()
         episode = self.episode_class(spec)
-        built = time.perf_counter()
-        termination, error = episode.run()
-        return AdapterOutcome(termination, episode.final_output(), error, episode.notes,
-                              (built - started) * 1000, (time.perf_counter() - built) * 1000)
+        try:
+            built = time.perf_counter()
+            termination, error = episode.run()
+            return AdapterOutcome(termination, episode.final_output(), error, episode.notes,
+                                  (built - started) * 1000, (time.perf_counter() - built) * 1000,
+                                  episode.resumed_from)
+        finally:
+            episode.close()
 
 
 class LangGraphEpisode:
@@ -155,7 +176,11 @@ class LangGraphEpisode:
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs, self.trace = spec, spec.task, spec.knobs, spec.trace
         self.notes: list[str] = []
-        self.thread_id = uuid4().hex
+        self.durability = spec.durability
+        self.thread_id = uuid4().hex if self.durability is None else self.durability.thread_id
+        self.resumed_from: str | None = None
+        """What ``run`` continued from (see :meth:`resume_point`); None for a run from the start."""
+        self._connection: sqlite3.Connection | None = None
         self.callbacks = TraceCallbacks(self)
         self.chat_models = {role: self.make_chat_model(role) for role in self.roles()}
         self.tools = {role: self.make_tools(role) for role in self.task.roles}
@@ -209,8 +234,23 @@ class LangGraphEpisode:
         return RetryPolicy(retry_on=TRANSPORT_ERRORS)
 
     def make_checkpointer(self) -> BaseCheckpointSaver:
-        """Where the team graph checkpoints every superstep (also how a run cut short keeps its last state)."""
-        return InMemorySaver()
+        """Where the team graph checkpoints every superstep (also how a run cut short keeps its last state).
+
+        In memory, unless the episode is durable: then LangGraph's SQLite checkpointer on a file
+        in the episode's durability folder, which a fresh process reads back (:meth:`close`
+        closes its connection).
+        """
+        if self.durability is None:
+            return InMemorySaver()
+        self.durability.folder.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.durability.folder / CHECKPOINTS, check_same_thread=False)
+        return SqliteSaver(self._connection)
+
+    def close(self) -> None:
+        """Release the checkpointer's connection (nothing to do in memory)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def response_format(self, step: Step) -> type[BaseModel]:
         """The pydantic schema of ``step``'s answer: exactly its output fields, all required."""
@@ -295,10 +335,50 @@ class LangGraphEpisode:
                                               f"Inputs: {json.dumps(dict(self.task.inputs))}")]
         return state
 
+    def resume_point(self) -> str | None:
+        """The thread's last checkpoint, in words, or None when the thread has none (the run starts over).
+
+        Read through LangGraph's state API: the checkpoint's superstep, the nodes that ran in
+        it (its parent checkpoint's ``next``) and the tasks due next.
+        """
+        snapshot = self.graph.get_state(self.config())
+        if snapshot.metadata is None:
+            return None
+        step = snapshot.metadata.get("step")
+        ran = self.graph.get_state(snapshot.parent_config).next if snapshot.parent_config is not None else ()
+        if not ran or ran == (START,):
+            after = "the input"
+        else:
+            after = "node " + ", ".join(f"'{node}'" for node in ran)
+        due = ", ".join(map(self._resumed_task, snapshot.tasks)) or "nothing, the run had ended"
+        return f"checkpoint {step} after {after} (next: {due})"
+
+    def _resumed_task(self, task: PregelTask) -> str:
+        """A task due next, and where its role agent picks up when it had checkpointed inside the task.
+
+        The agent graph, invoked inside the node, inherits the team graph's checkpointer under
+        the task's namespace (``<node>:<task id>``); the resumed task keeps its id, so the agent
+        continues from its own last checkpoint there (one past its input checkpoint, step -1).
+        """
+        config: RunnableConfig = {"configurable": {"thread_id": self.thread_id,
+                                                   "checkpoint_ns": f"{task.name}:{task.id}"}}
+        saver = self.graph.checkpointer
+        saved = saver.get_tuple(config) if isinstance(saver, BaseCheckpointSaver) else None
+        if saved is None or saved.metadata.get("step", -1) < 0:
+            return task.name
+        return f"{task.name}, whose agent resumes from its own checkpoint {saved.metadata['step']}"
+
     def run(self) -> tuple[Termination, str | None]:
-        """Invoke the team graph to its end; how it ended, and the error when it failed."""
+        """Invoke the team graph to its end; how it ended, and the error when it failed.
+
+        Resuming a durable episode, a thread with a checkpoint continues from it as LangGraph
+        resumes after a failure: ``invoke(None)`` with the same ``thread_id``.
+        """
+        if self.durability is not None and self.durability.resume:
+            self.resumed_from = self.resume_point()
+        start = None if self.resumed_from is not None else self.initial_state()
         try:
-            final = self.graph.invoke(self.initial_state(), self.config())
+            final = self.graph.invoke(start, self.config())
             return Termination(final.get("termination", Termination.COMPLETED)), None
         except GraphRecursionError as exc:
             return Termination.MAX_TURNS, f"GraphRecursionError: {exc}"
