@@ -24,6 +24,19 @@ exception (``max_retry_limit``, CrewAI's default 2; recorded from
 model call when an answer holds no JSON object for ``output_pydantic`` (a JSON answer that
 misses a field is a ``ValidationError`` that fails the crew instead).
 
+Durability (``EpisodeSpec.durability``): CrewAI's own checkpointing, which its docs give for
+resuming after a failure. The crew gets ``checkpoint=CheckpointConfig(location=<folder>/crewai-checkpoints)``
+(CrewAI's defaults otherwise: a JSON file at every ``task_completed``); a resumed run builds the
+crew as before, restores CrewAI's newest readable checkpoint with ``Crew.from_checkpoint`` and
+kicks that crew off, and CrewAI skips every task that has an output. The glue reconnects what a
+checkpoint cannot carry and a user's own code would bring back: the model clients (the lab's
+endpoint) and the bodies of the lab's tools. What CrewAI itself drops is not put back: callable
+guardrails and ConditionalTask conditions are gone from a restored crew (measured, noted). A
+hierarchical crew is one task, checkpointed only when it ends: it starts over. CrewAI's task
+replay (``crew.replay``) is not used: it re-runs a task that already has an output, for retrying
+a finished kickoff. Checkpoint handlers are registered once per process and the episode's
+``scoped_handlers`` drops them at its end: one durable episode per process.
+
 Extension point: :class:`CrewEpisode` builds and runs one episode, one method per object it
 builds (``llm``, ``agent``, ``output_model``, ``step_task``, ``guardrail``, ``crew``...); a
 plug-in that changes one behaviour subclasses it, overrides that method and sets
@@ -57,13 +70,15 @@ _offline_defaults()
 import logging  # noqa: E402 - crewai must see the environment above at import time
 import threading  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
-from crewai import LLM, Agent, Crew, Process, Task, TaskOutput  # noqa: E402
+from crewai import LLM, Agent, CheckpointConfig, Crew, Process, Task, TaskOutput  # noqa: E402
 from crewai.events import (  # noqa: E402
     AgentExecutionCompletedEvent, AgentExecutionErrorEvent, TaskCompletedEvent, TaskStartedEvent,
     ToolUsageStartedEvent, crewai_event_bus,
 )
+from crewai.state import JsonProvider  # noqa: E402
 from crewai.tasks.conditional_task import ConditionalTask  # noqa: E402
 from crewai.tools import BaseTool  # noqa: E402
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, create_model  # noqa: E402
@@ -117,6 +132,18 @@ _DELEGATED_NOTE = ("delegated: one hierarchical CrewAI Task for the whole job (i
                    "turn limit is CrewAI's default (max_iter 25), not knobs.max_routing_turns")
 _UNFINISHED_NOTE = ("delegated: every step was delegated and done, but the manager never gave a final answer "
                     "before CrewAI stopped it")
+CHECKPOINT_DIR = "crewai-checkpoints"
+"""Where CrewAI writes an episode's checkpoints, under its durability folder."""
+_RESUME_PATH = ("CrewAI checkpointing: CheckpointConfig writes a checkpoint at every task_completed; a fresh process "
+                "restores the newest with Crew.from_checkpoint and kicks it off, skipping the tasks that have outputs "
+                "(a hierarchical crew is one task: it starts over)")
+_UNREADABLE_NOTE = ("durability: CrewAI could not restore its newest checkpoint {name} ({error}); passed over for the "
+                    "one before it, as a user of `crewai checkpoint resume` would pick it")
+_OTHER_CREW_NOTE = ("durability: the newest checkpoint, {name}, holds {problem}, not this crew: the crew runs "
+                    "from its start")
+_LOST_GATES_NOTE = ("gated: resumed from a CrewAI checkpoint, which drops callable guardrails when it writes one and "
+                    "restores a ConditionalTask as a plain Task: the guardrails or conditions of {steps} did not run "
+                    "after the resume (CrewAI's behaviour, not compensated)")
 _UNSTRUCTURED_NOTE = ("CrewAI could not turn the answer of '{step}' into its output_pydantic model (its Converter "
                       "kept the raw text): the task hands on no structured output")
 
@@ -129,11 +156,15 @@ class CrewAIAdapter(FrameworkAdapter):
 
     distribution = "crewai"
     variant_support = _SUPPORT
+    resume_path = _RESUME_PATH
     episode_class: type["CrewEpisode"]
     """The episode class :meth:`run` builds (set below the class; a subclass may replace it)."""
 
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Build a fresh crew for ``spec`` and kick it off once; CrewAI's exceptions become outcomes.
+
+        With ``spec.durability`` resuming, the crew kicked off is the one CrewAI restores from its
+        newest checkpoint (:meth:`CrewEpisode.restore`), when there is one.
 
         The event bus is process-wide: ``scoped_handlers`` sets CrewAI's own listeners (console
         output) aside for the episode, and episodes of one process must not overlap.
@@ -141,11 +172,13 @@ class CrewAIAdapter(FrameworkAdapter):
         started = time.perf_counter()
         with crewai_event_bus.scoped_handlers():
             episode = self.episode_class(spec)
+            if spec.durability is not None and spec.durability.resume:
+                episode.restore()
             built = time.perf_counter()
             termination, error = episode.kickoff()
             finished = time.perf_counter()
         return AdapterOutcome(termination, episode.final_output(), error, episode.notes,
-                              (built - started) * 1000, (finished - built) * 1000)
+                              (built - started) * 1000, (finished - built) * 1000, episode.resumed_from)
 
 
 def _describe(exc: BaseException) -> str:
@@ -173,6 +206,8 @@ class CrewEpisode:
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
         self.notes: list[str] = []
+        self.resumed_from: str | None = None
+        """What :meth:`restore` read back, in words (None: nothing, the crew runs from its start)."""
         self._lock = threading.Lock()
         self._halted = False
         """A gate rejected a step guarded by a ConditionalTask; later conditional tasks skip too."""
@@ -206,8 +241,14 @@ class CrewEpisode:
     def tool(self, tool: Tool, role: str) -> BaseTool:
         """``tool`` for ``role``'s agent; CrewAI builds its argument model from ``Tool.json_schema()``."""
         wrapped = _CoordlabTool(name=tool.name, description=tool.description, args_schema=tool.json_schema())
-        wrapped._run_tool = lambda name, arguments: self.run_tool(role, name, arguments)
+        self.bind_tools([wrapped], role)
         return wrapped
+
+    def bind_tools(self, tools: list[BaseTool] | None, role: str) -> None:
+        """Make the lab's tools among ``tools`` execute on this episode's world, as ``role``'s calls."""
+        for tool in tools or []:
+            if isinstance(tool, _CoordlabTool):
+                tool._run_tool = lambda name, arguments, role=role: self.run_tool(role, name, arguments)
 
     def agent(self, role: str) -> Agent:
         """One agent per role, with its own LLM (a shared LLM double-counts CrewAI's token usage)."""
@@ -282,9 +323,111 @@ class CrewEpisode:
     def build_crew(self) -> Crew:
         """The crew: sequential, or hierarchical with CrewAI's own manager on the router endpoint."""
         options: dict[str, Any] = dict(agents=list(self.agents.values()), tasks=self.crew_tasks, tracing=False)
+        checkpoint = self.checkpoint_config()
+        if checkpoint is not None:
+            options["checkpoint"] = checkpoint
         if self.spec.variant is Variant.DELEGATED:
             return Crew(process=Process.hierarchical, manager_llm=self.llm(self.spec.router_role), **options)
         return Crew(process=Process.sequential, **options)
+
+    def checkpoint_config(self) -> CheckpointConfig | None:
+        """CrewAI's checkpointing into the episode's durability folder (None without durability).
+
+        CrewAI's defaults otherwise: a JSON file per checkpoint, written at every ``task_completed``.
+        """
+        durability = self.spec.durability
+        if durability is None:
+            return None
+        return CheckpointConfig(location=str(Path(durability.folder) / CHECKPOINT_DIR))
+
+    # -- resuming -----------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """CrewAI's checkpoint files of this episode, newest first (the order ``crewai checkpoint resume`` uses)."""
+        config = self.checkpoint_config()
+        folder = Path(config.location) if config is not None else None
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted((p for p in folder.rglob("*.json") if p.is_file()),
+                      key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+    def restore(self) -> str | None:
+        """Take over the crew CrewAI restores from its newest usable checkpoint; None when there is none.
+
+        CrewAI's documented resume: ``Crew.from_checkpoint(CheckpointConfig(restore_from=file))``, then
+        ``kickoff()``, which skips the tasks that have outputs. A file CrewAI cannot restore (a
+        write the crash cut short) is passed over for the one before it; a checkpoint with no
+        task output yet, or one of another crew, is nothing to resume from.
+        """
+        for path in self.checkpoints():
+            try:
+                restored = Crew.from_checkpoint(CheckpointConfig(restore_from=str(path)))
+            except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is passed over
+                crewai_event_bus.reset_runtime_state()
+                self.notes.append(_UNREADABLE_NOTE.format(name=path.name, error=_describe(exc).splitlines()[0]))
+                continue
+            problem = self._other_crew(restored)
+            done = [t.output is not None for t in restored.tasks]
+            if problem or not any(done):
+                crewai_event_bus.reset_runtime_state()
+                if problem:
+                    self.notes.append(_OTHER_CREW_NOTE.format(name=path.name, problem=problem))
+                return None
+            self.adopt(restored)
+            self.resumed_from = self._describe_restored(JsonProvider().extract_id(str(path)), done)
+            return self.resumed_from
+        return None
+
+    def _other_crew(self, restored: Crew) -> str | None:
+        """Why ``restored`` is not this episode's crew (None when its process, roles and tasks are this crew's)."""
+        if restored.process != self.crew.process:
+            return f"a {restored.process.value} crew"
+        if sorted(a.role for a in restored.agents) != sorted(self.agents):
+            return f"the agents {sorted(a.role for a in restored.agents)}"
+        if [(t.description, t.expected_output) for t in restored.tasks] != \
+                [(t.description, t.expected_output) for t in self.crew_tasks]:
+            return f"{len(restored.tasks)} other tasks"
+        return None
+
+    def adopt(self, restored: Crew) -> None:
+        """Run ``restored`` from here on, reconnected to this process: glue only.
+
+        A checkpoint holds the first process's model clients (its endpoint) and the lab's tools
+        without their bodies; the agents get this process's clients, built as in the first run,
+        and the tools execute on this episode's world again. CrewAI's own losses stay: callable
+        guardrails and ConditionalTask conditions do not come back (noted, not compensated).
+        """
+        for agent in restored.agents:
+            agent.llm = self.agents[agent.role].llm
+            self.bind_tools(agent.tools, agent.role)
+        for crew_task in restored.tasks:
+            if crew_task.agent is not None:
+                self.bind_tools(crew_task.tools, crew_task.agent.role)
+        if restored.process == Process.hierarchical:
+            restored.manager_llm = self.crew.manager_llm
+        restored.checkpoint = self.checkpoint_config()
+        if self.spec.variant is Variant.GATED:
+            lost = [step.id for step, built, back in zip(self.task.steps, self.crew_tasks, restored.tasks)
+                    if back.output is None and ((built.guardrail is not None and back.guardrail is None)
+                                                or (isinstance(built, ConditionalTask)
+                                                    and not isinstance(back, ConditionalTask)))]
+            if lost:
+                self.notes.append(_LOST_GATES_NOTE.format(steps=", ".join(lost)))
+        self.crew = restored
+        self.agents = {agent.role: agent for agent in restored.agents}
+        self._roles_by_agent_id = {str(a.id): role for role, a in self.agents.items()}
+        self.crew_tasks = list(restored.tasks)
+        if self.spec.variant is not Variant.DELEGATED:
+            self._steps_by_task_id = {str(t.id): s for t, s in zip(self.crew_tasks, self.task.steps)}
+
+    def _describe_restored(self, checkpoint_id: str, done: list[bool]) -> str:
+        if self.spec.variant is Variant.DELEGATED:
+            return f"CrewAI checkpoint {checkpoint_id}: the hierarchical job task's output"
+        steps = [s.id for s, finished in zip(self.task.steps, done) if finished]
+        text = (f"CrewAI checkpoint {checkpoint_id}: {len(steps)} of {len(done)} task outputs "
+                f"({', '.join(steps)})")
+        if all(done):
+            return f"{text}, nothing left to run"
+        return f"{text}, resumed at task '{self.task.steps[done.index(False)].id}'"
 
     @property
     def manager(self) -> Agent | None:
@@ -309,7 +452,8 @@ class CrewEpisode:
         """The structured values CrewAI holds for a task's output ({} when it has none)."""
         if output is None:
             return {}
-        if output.pydantic is not None:
+        # A TaskOutput restored from a CrewAI checkpoint holds a bare BaseModel: the checkpoint kept only the text.
+        if output.pydantic is not None and type(output.pydantic) is not BaseModel:
             return output.pydantic.model_dump()
         return dict(output.json_dict or {})
 
