@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCAL_STAMP := $(VENV)/.local-installed
 
-.PHONY: demo test bench baseline env clean constraints local test-live live-report
+.PHONY: demo test bench baseline env clean constraints local test-live live-report durability-report
 
 demo: $(STAMP)  ## run the default comparison suite on the simulated model and write a report
 	$(BIN)/coordlab demo
@@ -58,3 +58,8 @@ live-report: local  ## regenerate docs/live: the suite on SmolLM2-135M through t
 	rm -f out/live.sqlite out/live.sqlite-wal out/live.sqlite-shm  # a published report starts from nothing
 	$(BIN)/coordlab run --local-model --faults none --seeds 1 --trials 3 --workers 2 --time-limit 300 --store out/live.sqlite --fresh
 	$(BIN)/coordlab report --store out/live.sqlite --out docs/live --command "make live-report"
+
+durability-report: $(STAMP)  ## regenerate docs/experiments/durability: crash, resume, review, every framework (about 35 minutes)
+	$(BIN)/coordlab experiment durability --fresh
+	rm -rf docs/experiments/durability
+	cp -r out/experiments/durability/report docs/experiments/durability

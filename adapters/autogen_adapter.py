@@ -62,8 +62,6 @@ import asyncio
 import inspect
 import json
 import logging
-import os
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +81,7 @@ from autogen_core.tools import FunctionTool
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, create_model, model_serializer
 
+from coordlab.runners.export import write_atomically
 from coordlab.tasks.schema import Step
 from coordlab.tasks.tools import Tool
 
@@ -171,26 +170,6 @@ class AutoGenAdapter(FrameworkAdapter):
         return AdapterOutcome(termination, episode.final_output(), error, list(episode.notes),
                               (built - started) * 1000, (time.perf_counter() - built) * 1000,
                               resumed_from=episode.resumed_from)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so a crash leaves the old file or the new one: temp file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
 
 
 def _annotation(schema: Mapping[str, Any]) -> Any:
@@ -423,7 +402,7 @@ class AutoGenEpisode:
                               **position},
                  "adapter": {"values": self.values, "outputs": self.outputs, "last_role": self.last_role,
                              "last_speaker": self.last_speaker, "turns": self.turns, "finished": self.finished}}
-        _write_atomically(self.state_path(), json.dumps(state))
+        write_atomically(self.state_path(), json.dumps(state))
 
     async def restore(self, team: SelectorGroupChat) -> dict[str, Any] | None:
         """With a resuming run and a saved state: ``team.load_state()`` it and restore the loop's bookkeeping;

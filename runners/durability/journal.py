@@ -10,12 +10,13 @@ scoring after it, read the world back from here.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from coordlab.tasks.schema import Task
 from coordlab.tasks.world import SideEffect, World
+
+from ..export import write_atomically
 
 JOURNAL_NAME = "world.json"
 """The journal's file name in an episode's folder."""
@@ -36,12 +37,7 @@ class WorldJournal:
         data = {"state": world.state, "counters": world.counters(),
                 "side_effects": [{"tool": e.tool, "arguments": dict(e.arguments), "result": e.result}
                                  for e in world.side_effects]}
-        temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(data, default=str))
 
     def load(self, task: Task) -> World:
         """The saved world, acted on by ``task``'s tools (a fresh one when nothing was saved)."""
