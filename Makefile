@@ -61,5 +61,5 @@ live-report: local  ## regenerate docs/live: the suite on SmolLM2-135M through t
 
 durability-report: $(STAMP)  ## regenerate docs/experiments/durability: crash, resume, review, every framework (about 35 minutes)
 	$(BIN)/coordlab experiment durability --fresh
-	rm -rf docs/experiments/durability
-	cp -r out/experiments/durability/report docs/experiments/durability
+	mkdir -p docs/experiments/durability  # its README.md (the reading of the traces) is kept
+	cp -r out/experiments/durability/report/. docs/experiments/durability/
