@@ -34,6 +34,19 @@ again, and its agent continues from the agent's own last checkpoint, so a tool c
   on all its steps (markers included), on the team's messages, and the agent decides which
   step it is doing. Nothing in lab code picks a step.
 
+Human in the loop (``spec.approver``, linear and gated), LangGraph's documented way: a
+``review.<step>`` node before each step with a gate (in gated right after its gate) calls
+``interrupt({"step", "proposal"})`` (the proposal: the values the step reads), with
+``response_schema=Review``. The run stops with ``__interrupt__``; the driver (what a
+LangGraph app does) asks the approver and resumes the thread with ``Command(resume=...)``.
+Approved, the node goes on to the step; rejected, it routes as a gate does, back to the
+entry of the gate's retry step with the reviewer's reason in the messages (in gated the gate
+checks the redone values again), and the human is asked again, at most
+``knobs.gate_retries`` times, then ``END`` with ``GATE_EXHAUSTED``. The interrupt is saved in
+the checkpoint before the driver asks: a late answer kills the process while it waits, and
+the resumed run finds the pending interrupt in the SQLite checkpoint, asks again and
+resumes with ``Command(resume=...)``. delegated does not ask (see ``_DELEGATED_REVIEW_NOTE``).
+
 What lab code still does: builds these objects from the task, runs tool bodies on the
 world, evaluates the gate predicate, and turns LangChain callbacks into the lab's trace.
 :class:`LangGraphEpisode` is the extension point: subclass it and override one method
@@ -46,7 +59,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Callable, Sequence
 from uuid import UUID, uuid4
 
@@ -64,12 +77,12 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.runtime import Runtime, get_runtime
-from langgraph.types import Command, PregelTask, RetryPolicy
+from langgraph.types import Command, Interrupt, PregelTask, RetryPolicy, interrupt
 from pydantic import BaseModel, ConfigDict, create_model
 
 from coordlab.tasks.schema import Gate, Step
 
-from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
+from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Review, Termination, Variant, VariantSupport
 from .registry import register
 from .toolkit import check_gate, execute_tool, role_prompt, routing_messages, routing_tools, step_prompt
 
@@ -91,6 +104,15 @@ CHECKPOINTS = "checkpoints.sqlite"
 
 SUPERVISOR = "supervisor"
 """The supervisor's node name in ``delegated``; every other node there is named after its role."""
+
+_DELEGATED_REVIEW_NOTE = (
+    "delegated: the approver is not asked. A world-changing step runs inside a role agent's turn, on a step the "
+    "agent chooses; LangGraph's place to ask there is an interrupt around the tool call, which reviews a tool call "
+    "rather than a step (naming the step would be the adapter's guess) and has no gate whose retry step a rejection "
+    "could send the work back to, so the world's changes here are made unreviewed")
+_SELF_RETRY_REVIEW_NOTE = ("{variant}: the reviewer rejected '{step}', whose gate names '{step}' itself as its retry "
+                           "step; nothing before it can be redone without running it, so the reviewer is asked "
+                           "again with the same values")
 
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
     openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
@@ -114,6 +136,8 @@ class TeamState(MessagesState, total=False):
     """Each step's structured answer, by step id."""
     rejections: Annotated[dict[str, int], _merged]
     """Rejections so far per gate (keyed by the guarded step)."""
+    reviews: Annotated[dict[str, int], _merged]
+    """The human reviewer's rejections so far per reviewed step (only with ``spec.approver``)."""
     turns: int
     """Routing decisions the supervisor has taken."""
     termination: str
@@ -360,6 +384,9 @@ class LangGraphEpisode:
         the task's namespace (``<node>:<task id>``); the resumed task keeps its id, so the agent
         continues from its own last checkpoint there (one past its input checkpoint, step -1).
         """
+        if task.interrupts:
+            asked = ", ".join(f"'{i.value['step']}'" for i in task.interrupts if isinstance(i.value, dict))
+            return f"{task.name}, interrupted waiting for the reviewer's answer on step {asked}"
         config: RunnableConfig = {"configurable": {"thread_id": self.thread_id,
                                                    "checkpoint_ns": f"{task.name}:{task.id}"}}
         saver = self.graph.checkpointer
@@ -372,18 +399,40 @@ class LangGraphEpisode:
         """Invoke the team graph to its end; how it ended, and the error when it failed.
 
         Resuming a durable episode, a thread with a checkpoint continues from it as LangGraph
-        resumes after a failure: ``invoke(None)`` with the same ``thread_id``.
+        resumes after a failure: ``invoke(None)`` with the same ``thread_id``; when the thread
+        stopped at an interrupt (waiting for the human), the human is asked again and the
+        thread resumed with ``Command(resume=...)``. Every run that stops at an interrupt is
+        answered the same way until the graph ends.
         """
+        pending: Sequence[Interrupt] = ()
         if self.durability is not None and self.durability.resume:
             self.resumed_from = self.resume_point()
-        start = None if self.resumed_from is not None else self.initial_state()
+            if self.resumed_from is not None:
+                pending = self.graph.get_state(self.config()).interrupts
+        start: Any = None if self.resumed_from is not None else self.initial_state()
         try:
-            final = self.graph.invoke(start, self.config())
+            final = self.graph.invoke(Command(resume=self.answer(pending)) if pending else start, self.config())
+            while pending := final.get("__interrupt__", ()):
+                final = self.graph.invoke(Command(resume=self.answer(pending)), self.config())
             return Termination(final.get("termination", Termination.COMPLETED)), None
         except GraphRecursionError as exc:
             return Termination.MAX_TURNS, f"GraphRecursionError: {exc}"
         except (openai.OpenAIError, ValueError) as exc:  # transport past all retries; an answer that fails its schema
             return Termination.ERROR, f"{type(exc).__name__}: {exc}"
+
+    def answer(self, pending: Sequence[Interrupt]) -> dict[str, dict[str, Any]]:
+        """Ask the human about every pending interrupt (blocking); the resume values by interrupt id.
+
+        A late answer never returns: the lab's reviewer kills this process while it waits,
+        the interrupt already saved in the thread's checkpoint.
+        """
+        if self.spec.approver is None:
+            raise RuntimeError(f"the graph stopped at an interrupt with no approver to ask: {pending}")
+        answers: dict[str, dict[str, Any]] = {}
+        for request in pending:
+            review = self.spec.approver.review(request.value["step"], request.value["proposal"])
+            answers[request.id] = asdict(review)
+        return answers
 
     def state(self) -> dict[str, Any]:
         """The team graph's last checkpointed state (after a failure: the last superstep that completed)."""
@@ -405,43 +454,47 @@ class LangGraphEpisode:
         return node
 
     def build_linear(self) -> tuple[StateGraph, int]:
-        """``START -> step1 -> ... -> stepN -> END``; N node supersteps."""
-        graph = StateGraph(TeamState)
-        previous = START
-        for step in self.task.steps:
-            graph.add_node(f"step.{step.id}", self.step_node(step))
-            graph.add_edge(previous, f"step.{step.id}")
-            previous = f"step.{step.id}"
-        graph.add_edge(previous, END)
-        return graph, _limit(len(self.task.steps))
+        """``START -> step1 -> ... -> stepN -> END``; N node supersteps (with an approver, ``review.<step>`` in
+        front of every step that has a gate)."""
+        return self.build_pipeline(gated=False)
 
     # -- gated ------------------------------------------------------------------------------------
     def build_gated(self) -> tuple[StateGraph, int]:
-        """The linear chain with ``gate.<step>`` in front of every gated step.
+        """The linear chain with ``gate.<step>`` in front of every gated step (and ``review.<step>`` after it
+        with an approver).
 
         A rejection goes back to the *entry* of the retry step (its own gate when it is gated
         itself), so no path reaches a mutating step without passing its gate; when the retry
         step is the guarded step, the gate routes to itself and re-checks unchanged values.
         """
+        return self.build_pipeline(gated=True)
+
+    def build_pipeline(self, gated: bool) -> tuple[StateGraph, int]:
+        """The steps in order; before each step with a gate its ``gate.<step>`` node (``gated``) and its
+        ``review.<step>`` node (with an approver), each routing with ``Command``; the recursion limit."""
         graph = StateGraph(TeamState)
         order: list[str] = []  # nodes in flow order
         entry: dict[str, str] = {}  # step id -> the first node of that step
-        gates: dict[str, tuple[Step, Gate]] = {}
+        routers: dict[str, tuple[Callable[..., Callable[[TeamState], Command]], Step, Gate]] = {}
         for step in self.task.steps:
+            first = len(order)
             gate = self.task.gate_before(step.id)
-            if gate is not None:
-                gates[f"gate.{step.id}"] = (step, gate)
+            if gate is not None and gated:
+                routers[f"gate.{step.id}"] = (self.gate_node, step, gate)
                 order.append(f"gate.{step.id}")
+            if gate is not None and self.spec.approver is not None:
+                routers[f"review.{step.id}"] = (self.review_node, step, gate)
+                order.append(f"review.{step.id}")
             order.append(f"step.{step.id}")
-            entry[step.id] = order[-2] if gate is not None else order[-1]
+            entry[step.id] = order[first]
         graph.add_edge(START, order[0])
         supersteps = len(order)
         for index, node in enumerate(order):
             following = order[index + 1] if index + 1 < len(order) else END
-            if node in gates:
-                step, gate = gates[node]
+            if node in routers:
+                make, step, gate = routers[node]
                 back = entry[gate.retry]
-                graph.add_node(node, self.gate_node(step, gate, following, back),
+                graph.add_node(node, make(step, gate, following, back),
                                destinations=tuple(dict.fromkeys((following, back, END))))
                 # each rejection costs this visit plus the nodes from the retry entry up to here
                 supersteps += self.knobs.gate_retries * (1 + index - order.index(back))
@@ -466,9 +519,41 @@ class LangGraphEpisode:
                                               "rejections": {guarded.id: rejected + 1}})
         return node
 
+    def review_node(self, guarded: Step, gate: Gate, approved: str, back: str) -> Callable[[TeamState], Command]:
+        """A node asking the human with LangGraph's ``interrupt`` before ``guarded``, routing with ``Command``.
+
+        The run stops at the ``interrupt`` until it is resumed with the answer (a
+        :class:`Review`); the node then runs again from its start and ``interrupt`` returns it.
+        Approved: on to the step. Rejected: back to the entry of the gate's retry step with
+        the reason, as the gate's rejection goes (the human is asked again on the way), or to
+        ``END`` once ``knobs.gate_retries`` rejections are spent.
+        """
+        retry_role = self.task.step(gate.retry).role
+
+        def node(state: TeamState) -> Command:
+            values = state.get("values", {})
+            proposal = {name: values.get(name) for name in guarded.reads}
+            review: Review = interrupt({"step": guarded.id, "proposal": proposal}, response_schema=Review)
+            self.trace.gate(guarded.id, review.approved, review.reason)
+            if review.approved:
+                return Command(goto=approved)
+            rejected = state.get("reviews", {}).get(guarded.id, 0)
+            if rejected >= self.knobs.gate_retries:
+                return Command(goto=END, update={"termination": Termination.GATE_EXHAUSTED.value})
+            self.trace.retry(gate.retry, "framework", "rejected by the reviewer", retry_role)
+            if gate.retry == guarded.id:
+                note = _SELF_RETRY_REVIEW_NOTE.format(variant=self.spec.variant.value, step=guarded.id)
+                if note not in self.notes:
+                    self.notes.append(note)
+            return Command(goto=back, update={"messages": [HumanMessage(review.reason, name="reviewer")],
+                                              "reviews": {guarded.id: rejected + 1}})
+        return node
+
     # -- delegated --------------------------------------------------------------------------------
     def build_delegated(self) -> tuple[StateGraph, int]:
         """``START -> supervisor``; the supervisor's ``Command`` picks a role node or END; role nodes return."""
+        if self.spec.approver is not None:
+            self.notes.append(_DELEGATED_REVIEW_NOTE)
         graph = StateGraph(TeamState)
         graph.add_node(SUPERVISOR, self.supervisor_node(), retry_policy=self.retry_policy(),
                        destinations=(*self.task.roles, END))

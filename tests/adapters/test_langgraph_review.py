@@ -1,0 +1,190 @@
+"""LangGraph with a human in the loop: the scripted, seeded reviewer asked through ``interrupt`` before every gated step.
+
+LangGraph's way: a ``review.<step>`` node calls ``interrupt(...)``, the run stops with
+``__interrupt__``, the driver asks the human and resumes the thread with
+``Command(resume=...)``. The episodes run through :func:`run_durable_episode` with
+``review=True`` (fresh processes; a late answer kills the first one while it waits, and the
+resumed one finds the pending interrupt in the SqliteSaver checkpoint). What is asserted
+comes from the reviewer's inbox, the world's journal, the simulator's request log, the
+traces and the checkpoint LangGraph wrote.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytest
+from langchain_core.messages import BaseMessage
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from coordlab.adapters.base import Endpoint, EpisodeSpec, Knobs, Review, Termination, Variant
+from coordlab.adapters.langgraph_adapter import CHECKPOINTS, LangGraphEpisode
+from coordlab.adapters.registry import get_adapter
+from coordlab.adapters.trace import EventKind, TraceRecorder
+from coordlab.runners.durability import DurableResult, run_durable_episode
+from coordlab.runners.durability.review import ReviewKind, first_answer
+from coordlab.runners.faults import FaultPlan, load_profile
+from coordlab.runners.harness import API_KEY, Status
+from coordlab.runners.simulator import MODEL_NAME, ROUTER_ROLE, Simulator
+from coordlab.tasks.loader import load_suite_task
+from coordlab.tasks.world import World
+
+TASK = load_suite_task("appointment_rebooking")  # find_slot, draft, send (gate retries draft), update_crm (itself)
+PIPELINES = [Variant.LINEAR, Variant.GATED]
+
+
+def seed_where(send: ReviewKind, update_crm: ReviewKind = ReviewKind.APPROVE) -> int:
+    """The first seed whose reviewer first answers ``send`` and ``update_crm`` so."""
+    return next(seed for seed in range(200) if first_answer(seed, TASK.release, "send") is send
+                and first_answer(seed, TASK.release, "update_crm") is update_crm)
+
+
+def reviewed(simulator: Simulator, folder: Path, variant: Variant, seed: int, knobs: Knobs | None = None
+             ) -> DurableResult:
+    return run_durable_episode("langgraph", TASK, variant, seed, folder, knobs=knobs, simulator=simulator,
+                               review=True)
+
+
+def finals(result: DurableResult, step: str) -> int:
+    return sum(1 for r in result.records if r.step == step and r.kind == "final")
+
+
+def gates(result: DurableResult, step: str) -> list[tuple[bool, str]]:
+    """(passed, reason) of every gate event before ``step``, both runs, in order (in gated the gate's own verdict
+    comes before each of the reviewer's answers)."""
+    events = [e for trace in result.traces for e in trace if e.kind is EventKind.GATE and e.step == step]
+    return [(e.detail["passed"], e.detail["reason"]) for e in events]
+
+
+def team_messages(folder: Path) -> list[BaseMessage]:
+    """The team graph's conversation in its last checkpoint, read back with LangGraph's SqliteSaver."""
+    with sqlite3.connect(folder / CHECKPOINTS) as connection:
+        saver = SqliteSaver(connection)
+        last = next(t for t in saver.list(None) if t.config["configurable"]["checkpoint_ns"] == "")
+        return list(last.checkpoint["channel_values"]["messages"])
+
+
+@pytest.mark.parametrize("variant", PIPELINES, ids=str)
+def test_approved_steps_run_once_approved(simulator: Simulator, tmp_path: Path, variant: Variant) -> None:
+    result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE))
+    assert not result.crashed and result.status is Status.SUCCESS, result.error
+    assert result.reviews == {"approve": 2, "reject": 0, "late": 0, "unapproved": 0}
+    assert result.exactly_once and finals(result, "draft") == 1
+    human = [(True, "")] * (2 if variant is Variant.GATED else 1)  # in gated the gate passes, then the human
+    assert gates(result, "send") == human and gates(result, "update_crm") == human
+
+
+@pytest.mark.parametrize("variant", PIPELINES, ids=str)
+def test_a_rejection_redoes_the_work_with_the_reason_and_asks_again(simulator: Simulator, tmp_path: Path,
+                                                                    variant: Variant) -> None:
+    result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.REJECT))
+    assert not result.crashed and result.status is Status.SUCCESS, result.error
+    assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
+    assert result.exactly_once
+    assert finals(result, "draft") == 2 and finals(result, "send") == 1  # the draft redone, then sent once
+    asked = gates(result, "send")
+    (reason,) = [r for ok, r in asked if not ok]
+    assert reason.startswith("Rejected by the reviewer before 'send'")
+    if variant is Variant.GATED:  # the rejection went back through the gate: it checked the redone draft again
+        assert asked == [(True, ""), (False, reason), (True, ""), (True, "")]
+    else:
+        assert asked == [(False, reason), (True, "")]
+    retries = [e for e in result.traces[0] if e.kind is EventKind.RETRY]
+    assert [(e.step, e.detail["reason"]) for e in retries] == [("draft", "rejected by the reviewer")]
+    said = [(m.name, m.content) for m in team_messages(tmp_path) if m.type == "human"]
+    at = said.index(("reviewer", reason))  # the reason joined the team's messages, the redone draft came next
+    assert "draft" in str(said[at + 1][1]).lower()
+
+
+@pytest.mark.parametrize("variant", PIPELINES, ids=str)
+def test_a_rejection_with_nothing_to_redo_asks_again(simulator: Simulator, tmp_path: Path, variant: Variant) -> None:
+    """`update_crm`'s gate retries `update_crm` itself: the node routes back to the step's entry, asks again, says so."""
+    result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE, ReviewKind.REJECT))
+    assert result.status is Status.SUCCESS and result.exactly_once, result.error
+    assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
+    assert finals(result, "update_crm") == 1
+    assert any("nothing before it can be redone" in note and "update_crm" in note for note in result.notes)
+
+
+def test_rejections_past_the_bound_stop_before_the_change(simulator: Simulator, tmp_path: Path) -> None:
+    result = reviewed(simulator, tmp_path, Variant.LINEAR, seed_where(ReviewKind.REJECT), Knobs(gate_retries=0))
+    assert result.termination is Termination.GATE_EXHAUSTED
+    assert result.reviews == {"approve": 0, "reject": 1, "late": 0, "unapproved": 0}
+    assert finals(result, "send") == 0 and finals(result, "draft") == 1 and result.lost == 2
+
+
+@pytest.mark.parametrize("variant", PIPELINES, ids=str)
+@pytest.mark.parametrize("late", ["send", "update_crm"])
+def test_a_late_answer_comes_to_the_resumed_run(simulator: Simulator, tmp_path: Path, variant: Variant,
+                                                late: str) -> None:
+    """The first run dies waiting; the fresh process finds the pending interrupt, asks again, resumes with it."""
+    kinds = {"send": ReviewKind.APPROVE, "update_crm": ReviewKind.APPROVE, late: ReviewKind.LATE}
+    result = reviewed(simulator, tmp_path, variant, seed_where(kinds["send"], kinds["update_crm"]))
+    assert result.crashed and result.crash.kind == "awaiting_review" and result.crash.step == late
+    assert result.resumed_from is not None and result.resumed_from.startswith("checkpoint ")
+    assert result.resumed_from.endswith(
+        f"(next: review.{late}, interrupted waiting for the reviewer's answer on step '{late}')")
+    assert result.status is Status.SUCCESS and result.termination is Termination.COMPLETED, result.error
+    assert result.reviews == {"approve": 2, "reject": 0, "late": 1, "unapproved": 0}
+    assert (result.duplicated, result.lost) == (0, 0)
+    assert result.redone_calls == 0  # nothing was in flight while the human was asked
+    assert result.effects_at_crash == (0 if late == "send" else 1)
+    assert gates(result, late)[-1] == (True, "")  # the resumed run's answer, the interrupt's resume value
+
+
+def test_delegated_does_not_ask_and_says_so(simulator: Simulator, tmp_path: Path) -> None:
+    result = reviewed(simulator, tmp_path, Variant.DELEGATED, seed_where(ReviewKind.APPROVE))
+    assert result.status is Status.SUCCESS, result.error
+    assert result.reviews == {"approve": 0, "reject": 0, "late": 0, "unapproved": 2}  # measured, not hidden
+    assert any(note.startswith("delegated: the approver is not asked") for note in result.notes)
+
+
+class Recording:
+    """An approver in this process that approves everything and keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+
+    def review(self, step: str, proposal: Mapping[str, Any]) -> Review:
+        self.asked.append((step, dict(proposal)))
+        return Review(True)
+
+
+def spec_for(variant: Variant, endpoint: Endpoint, approver: Recording | None) -> EpisodeSpec:
+    return EpisodeSpec(TASK, variant, endpoint, Knobs(), World.for_task(TASK), TraceRecorder(), approver=approver)
+
+
+@pytest.mark.parametrize("variant", PIPELINES, ids=str)
+def test_review_nodes_exist_only_with_an_approver(variant: Variant) -> None:
+    endpoint = Endpoint({role: "http://127.0.0.1:9/v1" for role in [*TASK.roles, ROUTER_ROLE]}, MODEL_NAME, API_KEY)
+    plain, asked = (LangGraphEpisode(spec_for(variant, endpoint, a)) for a in (None, Recording()))
+    gate = ["gate.send"] if variant is Variant.GATED else []
+    gate_crm = ["gate.update_crm"] if variant is Variant.GATED else []
+    steps = ["step.find_slot", "step.draft", *gate, "step.send", *gate_crm, "step.update_crm"]
+    assert [n for n in plain.graph.get_graph().nodes if n not in ("__start__", "__end__")] == steps
+    nodes = [n for n in asked.graph.get_graph().nodes if n not in ("__start__", "__end__")]
+    assert nodes == ["step.find_slot", "step.draft", *gate, "review.send", "step.send", *gate_crm,
+                     "review.update_crm", "step.update_crm"]
+    assert asked.recursion_limit > plain.recursion_limit
+
+
+def test_without_durability_the_driver_answers_from_memory(simulator: Simulator) -> None:
+    """The interrupt loop needs no durable folder: the in-memory checkpointer holds the pending interrupt."""
+    approver = Recording()
+    world = World.for_task(TASK)
+    episode = simulator.open_episode(TASK, FaultPlan(load_profile("none"), 0), world=world)
+    endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*TASK.roles, ROUTER_ROLE]},
+                        MODEL_NAME, API_KEY)
+    spec = EpisodeSpec(TASK, Variant.LINEAR, endpoint, Knobs(), world, TraceRecorder(), approver=approver)
+    try:
+        outcome = get_adapter("langgraph").run(spec)
+    finally:
+        simulator.close_episode(episode.id)
+    assert outcome.termination is Termination.COMPLETED, outcome.error
+    assert [step for step, _ in approver.asked] == ["send", "update_crm"]
+    send = approver.asked[0][1]
+    assert list(send) == ["customer_email", "confirmation"]  # the proposal: the values the step reads
+    assert all(value is not None for value in send.values())
+    assert len(world.side_effects) == 2
