@@ -37,6 +37,27 @@ replay (``crew.replay``) is not used: it re-runs a task that already has an outp
 a finished kickoff. Checkpoint handlers are registered once per process and the episode's
 ``scoped_handlers`` drops them at its end: one durable episode per process.
 
+Human in the loop (``spec.approver``, linear and gated): CrewAI's human input on a task,
+``Task(human_input=True)``: once the task's agent has its final answer, CrewAI asks the human
+for feedback; an empty answer accepts it, any text is appended to the agent's conversation and
+the agent redoes the work, and the human is asked again. CrewAI gets the answer from its
+human-input provider (``crewai.core.providers.human_input``; the default one reads ``input()``
+on the console); the episode sets its own provider for the kickoff with ``set_provider`` (the
+seam CrewAI's own providers use; not in CrewAI's docs, which document only the console, AMP's
+webhooks and Flows' ``@human_feedback``), and that provider runs CrewAI's feedback loop with the
+approver as the human: approval is the empty answer, a rejection's reason is the feedback.
+CrewAI only asks after a task's answer, so the approval of a step with a gate is asked on the
+answer of the task before it: the reviewer approves the proposal that task hands on, before the
+step runs (the values the step reads); it is asked inside that task, so before its guardrail
+and the next task's condition (in gated, before the gate). A rejection redoes the asking task
+with the reason (the gate's retry step, except where the task before the step is another one:
+then that one, noted), at most ``knobs.gate_retries`` times; CrewAI's loop has no bound and no
+way to refuse, so past the bound the provider raises, which CrewAI treats as an agent error
+(``max_retry_limit`` re-runs of the task, refused again without asking), and the episode ends
+``GATE_EXHAUSTED``. A late answer kills the process inside the asking task; the resumed run
+restores the last checkpoint (written when the task before it completed), redoes the asking
+task, world changes included, and asks again. delegated does not ask (``_DELEGATED_REVIEW_NOTE``).
+
 Extension point: :class:`CrewEpisode` builds and runs one episode, one method per object it
 builds (``llm``, ``agent``, ``output_model``, ``step_task``, ``guardrail``, ``crew``...); a
 plug-in that changes one behaviour subclasses it, overrides that method and sets
@@ -74,6 +95,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 from crewai import LLM, Agent, CheckpointConfig, Crew, Process, Task, TaskOutput  # noqa: E402
+from crewai.core.providers.human_input import SyncHumanInputProvider, reset_provider, set_provider  # noqa: E402
 from crewai.events import (  # noqa: E402
     AgentExecutionCompletedEvent, AgentExecutionErrorEvent, TaskCompletedEvent, TaskStartedEvent,
     ToolUsageStartedEvent, crewai_event_bus,
@@ -144,6 +166,21 @@ _OTHER_CREW_NOTE = ("durability: the newest checkpoint, {name}, holds {problem},
 _LOST_GATES_NOTE = ("gated: resumed from a CrewAI checkpoint, which drops callable guardrails when it writes one and "
                     "restores a ConditionalTask as a plain Task: the guardrails or conditions of {steps} did not run "
                     "after the resume (CrewAI's behaviour, not compensated)")
+_DELEGATED_REVIEW_NOTE = (
+    "delegated: the approver is not asked. The hierarchical crew is one CrewAI Task, whose human input would come "
+    "after the manager's final answer, when every change has been made; the coworkers' delegated work is a task "
+    "CrewAI builds itself, without human input: the world's changes here are made unreviewed")
+_FIRST_REVIEW_NOTE = ("{variant}: the approver is not asked before '{step}': CrewAI asks for human input on a task's "
+                      "answer, and '{step}' is the first task, with no answer before it: its changes are unreviewed")
+_REVIEW_ORDER_NOTE = ("gated: CrewAI asks for a task's human input inside the task, before its guardrail runs and "
+                      "before the next task's condition: the reviewer is asked before the gate is checked, not after")
+_OTHER_REDO_NOTE = ("{variant}: the reviewer rejected '{step}', whose approval CrewAI asks on the answer of '{asked}', "
+                    "the task before it; CrewAI's feedback loop redoes '{asked}' with the reason (the gate's retry "
+                    "step is '{retry}')")
+_REVIEW_REFUSED_NOTE = ("{variant}: the reviewer's rejections of '{step}' went past knobs.gate_retries ({retries}); "
+                        "CrewAI's human feedback has no way to refuse, so the provider raised, and CrewAI re-ran "
+                        "'{asked}' as after an agent error (max_retry_limit), refused again each time, before the crew "
+                        "failed")
 _UNSTRUCTURED_NOTE = ("CrewAI could not turn the answer of '{step}' into its output_pydantic model (its Converter "
                       "kept the raw text): the task hands on no structured output")
 
@@ -194,6 +231,35 @@ class _CoordlabTool(BaseTool):
         return self._run_tool(self.name, arguments)
 
 
+class ReviewRefused(Exception):
+    """The reviewer rejected a step past ``knobs.gate_retries``: CrewAI's human input cannot refuse, so this ends it."""
+
+
+class ApproverInput(SyncHumanInputProvider):
+    """CrewAI's human-input provider with the episode's approver as the human (CrewAI's default one reads ``input()``).
+
+    CrewAI calls :meth:`handle_feedback` once a task with ``human_input=True`` has its agent's
+    final answer. This runs CrewAI's feedback loop as its console provider does (ask; an empty
+    answer accepts; feedback goes into the agent's conversation, the agent redoes the work, ask
+    again), through the executor context CrewAI hands its providers; only the asking is glue:
+    :meth:`CrewEpisode.human_feedback`. Messages are set up as CrewAI's default provider does.
+    """
+
+    def __init__(self, episode: "CrewEpisode"):
+        self.episode = episode
+
+    def handle_feedback(self, formatted_answer: Any, context: Any) -> Any:
+        answer = formatted_answer
+        while context.ask_for_human_input:
+            feedback = self.episode.human_feedback(context.task, answer.output)
+            if not feedback.strip():
+                context.ask_for_human_input = False
+            else:
+                context.messages.append(context._format_feedback_message(feedback))
+                answer = context._invoke_loop()
+        return answer
+
+
 class CrewEpisode:
     """One CrewAI episode: the LLMs, agents, tasks and crew, plus what the event handlers learn while it runs.
 
@@ -213,6 +279,10 @@ class CrewEpisode:
         """A gate rejected a step guarded by a ConditionalTask; later conditional tasks skip too."""
         self._rejections: dict[str, int] = {}
         self._exhausted: str | None = None
+        self._reviewed_after: dict[str, Step] = {}
+        """With an approver: the step whose approval CrewAI asks on each task's answer, by the asking task's step."""
+        self._review_rejections: dict[str, int] = {}
+        self._refused: str | None = None
         self._agent_errors: dict[str, int] = {}
         self._delegations = 0
         self._done_steps: set[str] = set()
@@ -224,6 +294,8 @@ class CrewEpisode:
         if spec.variant is Variant.DELEGATED:
             self.crew_tasks = [self.job_task()]
             self.notes.append(_DELEGATED_NOTE)
+            if spec.approver is not None:
+                self.notes.append(_DELEGATED_REVIEW_NOTE)
         else:
             self.crew_tasks = self.step_tasks()
             self._steps_by_task_id = {str(t.id): s for t, s in zip(self.crew_tasks, self.task.steps)}
@@ -280,9 +352,12 @@ class CrewEpisode:
         by_step: dict[str, Task] = {}
         gates = self._gates_by_retry_step() if self.spec.variant is Variant.GATED else {}
         conditional_from = len(self.task.steps)
+        reviewed = self.reviewed_after()
         for index, step in enumerate(self.task.steps):
             producers = {p.id for p in (self.task.producer_of(name) for name in step.reads) if p is not None}
             options: dict[str, Any] = {}
+            if step.id in reviewed:
+                options["human_input"] = True
             gate = self.task.gate_before(step.id) if self.spec.variant is Variant.GATED else None
             if gate is not None and gate.retry == step.id:
                 if index == 0:
@@ -299,6 +374,23 @@ class CrewEpisode:
             by_step[step.id] = created
             tasks.append(created)
         return tasks
+
+    def reviewed_after(self) -> dict[str, Step]:
+        """With an approver: the step with a gate after each task whose answer CrewAI asks the human about.
+
+        CrewAI asks for human input on a task's answer, so a step is approved on the answer of
+        the task before it (a first step cannot be: noted).
+        """
+        if self.spec.approver is None or self.spec.variant is Variant.DELEGATED:
+            return {}
+        steps = self.task.steps
+        if steps and self.task.gate_before(steps[0].id) is not None:
+            self.notes.append(_FIRST_REVIEW_NOTE.format(variant=self.spec.variant.value, step=steps[0].id))
+        self._reviewed_after = {before.id: step for before, step in zip(steps, steps[1:])
+                                if self.task.gate_before(step.id) is not None}
+        if self._reviewed_after and self.spec.variant is Variant.GATED:
+            self.notes.append(_REVIEW_ORDER_NOTE)
+        return self._reviewed_after
 
     def _gates_by_retry_step(self) -> dict[str, list[Gate]]:
         """Gates a guardrail implements, by the step whose task carries it (the gates' retry step)."""
@@ -519,6 +611,54 @@ class CrewEpisode:
 
         return condition
 
+    def human_feedback(self, crew_task: Any, output: Any) -> str:
+        """The approver's answer when CrewAI asks for human input on ``crew_task``'s answer ``output``, in its form.
+
+        The approver is asked about the step after the task, with the values that step reads
+        (task inputs, earlier tasks' outputs, this answer). Approval is the empty answer; a
+        rejection's reason is the feedback CrewAI redoes the task with; past ``knobs.gate_retries``
+        rejections it raises :class:`ReviewRefused`, and again whenever CrewAI asks once more.
+        """
+        asking = self._step_of_task(crew_task)
+        step = self._reviewed_after.get(asking.id) if asking is not None else None
+        if asking is None or step is None or self.spec.approver is None:
+            return ""
+        if self._refused == step.id:
+            raise ReviewRefused(f"the reviewer rejected '{step.id}' past knobs.gate_retries")
+        index = self.task.steps.index(asking)
+        values = self._values_before(index)
+        values.update(self._answer_values(asking, output))
+        review = self.spec.approver.review(step.id, {name: values.get(name) for name in step.reads})
+        self.spec.trace.gate(step.id, review.approved, review.reason)
+        if review.approved:
+            return ""
+        with self._lock:
+            self._review_rejections[step.id] = rejections = self._review_rejections.get(step.id, 0) + 1
+        variant = self.spec.variant.value
+        if rejections > self.knobs.gate_retries:
+            self._refused = self._exhausted = step.id
+            self.notes.append(_REVIEW_REFUSED_NOTE.format(variant=variant, step=step.id, asked=asking.id,
+                                                          retries=self.knobs.gate_retries))
+            raise ReviewRefused(f"the reviewer rejected '{step.id}' past knobs.gate_retries")
+        self.spec.trace.retry(asking.id, "framework", "rejected by the reviewer", asking.role)
+        retry = self.task.gate_before(step.id).retry
+        if rejections == 1 and retry != asking.id:
+            self.notes.append(_OTHER_REDO_NOTE.format(variant=variant, step=step.id, asked=asking.id, retry=retry))
+        return review.reason or "Rejected by the reviewer."
+
+    def _answer_values(self, step: Step, output: Any) -> dict[str, Any]:
+        """The step's fields in an agent's final answer (before CrewAI converts it); {} when it holds none."""
+        if isinstance(output, BaseModel):
+            return output.model_dump()
+        try:
+            return self.output_model(step).model_validate_json(str(output)).model_dump()
+        except ValidationError:
+            return {}
+
+    def human_input_provider(self) -> ApproverInput | None:
+        """The provider CrewAI asks for human input during the kickoff (None: no approver, CrewAI's own)."""
+        return ApproverInput(self) if self._reviewed_after else None
+
     # -- event bus ----------------------------------------------------------------------------
     def subscribe(self) -> None:
         """Handlers for this episode's crew (the caller holds ``scoped_handlers``, so they end with it)."""
@@ -601,7 +741,12 @@ class CrewEpisode:
 
     # -- running --------------------------------------------------------------------------------
     def kickoff(self) -> tuple[Termination, str | None]:
-        """Run the crew once and map how it ended onto the shared termination enum."""
+        """Run the crew once and map how it ended onto the shared termination enum.
+
+        With an approver, CrewAI's human-input provider is this episode's for the kickoff only.
+        """
+        provider = self.human_input_provider()
+        token = set_provider(provider) if provider is not None else None
         try:
             self.crew.kickoff()
             termination, error = self._ended_normally(), None
@@ -611,6 +756,8 @@ class CrewEpisode:
             error = None if self._exhausted else _describe(exc)
         finally:
             crewai_event_bus.flush()
+            if token is not None:
+                reset_provider(token)
         if self.spec.variant is Variant.DELEGATED:
             if termination is Termination.COMPLETED:
                 termination = self._delegated_end()
