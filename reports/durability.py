@@ -188,9 +188,29 @@ def resume_table(rows: Sequence[Row]) -> Table:
                              "and counts kept.")
 
 
+def notes_table(rows: Sequence[Row]) -> Table:
+    """What the adapters said about how they ran (each note once, with how many episodes carry it)."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for row in rows:
+        for note in set(json.loads(row["notes_json"])):
+            if "before the crash point" not in note:
+                counts[(row["framework"], row["scenario"], _fold(note))] += 1
+    table_rows = [[Cell.of(framework), Cell.of(scenario), Cell.of(note), Cell.of(n)]
+                  for (framework, scenario, note), n in sorted(counts.items(), key=lambda item: (
+                      framework_sort_key(item[0][0]), item[0][1], -item[1]))]
+    return Table("adapter_notes", "What the adapters noted", ["framework", "scenario", "note", "episodes"], table_rows,
+                 "Each adapter says where its framework departs from the ideal (a resume that dropped a gate, a "
+                 "variant where nobody is asked), with step names and numbers folded so that one remark is one row.")
+
+
+def _fold(text: str) -> str:
+    """``text`` with numbers, ids and quoted names folded, so the same kind of remark groups across tasks."""
+    return re.sub(r"'[a-z_][a-z0-9_]*'", "'…'", re.sub(r"\b\w*\d\w*\b", "N", text))
+
+
 def _shape(text: str) -> str:
-    """``resumed_from`` with numbers and quoted names folded, so the same kind of resume groups across tasks."""
-    return re.sub(r"'[^']*'", "'…'", re.sub(r"\d+", "N", text))[:90]
+    """What a resumed run read back, folded (:func:`_fold`) and cut to a table cell."""
+    return _fold(text)[:90]
 
 
 def exactly_once_figure(rows: Sequence[Row]) -> Figure | None:
@@ -335,6 +355,7 @@ def durability_report(store: Path, command: str) -> Report:
     report.tables = [outcome_table(rows), paired_table(crashed(rows)), kind_table(rows), resume_table(rows)]
     if reviewed:
         report.tables += [review_table(reviewed), paired_table(reviewed, "review_paired", "reviewed episodes")]
+    report.tables.append(notes_table(every))
     report.figures = [f for f in (exactly_once_figure(rows), redone_figure(rows)) if f is not None]
     not_reached = len(rows) - len(crashed(rows))
     report.notes += [

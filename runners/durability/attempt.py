@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -69,6 +70,9 @@ def attempt_main(job: AttemptJob, connection: Connection) -> None:
     die_with_parent(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides what an interrupt means
     route_framework_chatter(job.durability.folder / FRAMEWORK_LOG)
+    # A framework thread's uncaught exception (CrewAI's checkpoint writer can panic) is its chatter too:
+    # it goes to the log, not over the experiment's progress line; the run's outcome is what it reports.
+    sys.stderr = sys.stdout
     neutralise_telemetry()
     with loopback_only():
         task = job.task.load()

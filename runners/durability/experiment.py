@@ -24,6 +24,7 @@ from coordlab.tasks.loader import load_suite_task, suite_names
 
 from ..progress import Progress
 from ..sweep import TaskRef
+from .attempt import FRAMEWORK_LOG
 from .crash import has_side_effects
 from .episode import DEFAULT_TIME_LIMIT_S
 from .store import DurabilityStore
@@ -127,9 +128,17 @@ def run_share(share: Share, store_path: Path, scratch: Path, time_limit_s: float
                                          time_limit_s=time_limit_s, simulator=simulator, context=context,
                                          review=job.review)
             store.add(result)
+            _keep_log(folder / FRAMEWORK_LOG, scratch / f"{share.framework}.log")
             shutil.rmtree(folder, ignore_errors=True)
             ran += 1
     return ran
+
+
+def _keep_log(episode_log: Path, share_log: Path) -> None:
+    """Append what an episode's processes logged to the share's log before its folder goes."""
+    if episode_log.is_file():
+        with open(share_log, "a", encoding="utf-8") as out:
+            out.write(episode_log.read_text(encoding="utf-8", errors="replace"))
 
 
 class DurabilityFailed(RuntimeError):
