@@ -151,7 +151,8 @@ class Durability:
     """
 
     folder: Path
-    """A directory that outlives the process: the framework's saved state goes here, and nothing else."""
+    """A directory that outlives the process: the framework's saved state goes here (beside the lab's own
+    files there: the world's journal, the reviewer's inbox and the runs' framework log)."""
     resume: bool
     """False for the first run; True for the run in a fresh process after the crash."""
     thread_id: str

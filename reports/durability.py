@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
 from collections import Counter, defaultdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from coordlab.runners.durability.experiment import QUESTION
+from coordlab.runners.durability.store import code_version
 
 from .model import Cell, Figure, Finding, Report, Table
 from .plots import _export, _new_figure, colour
@@ -67,19 +67,28 @@ def _cells(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
 
 
 def crashed(rows: Iterable[Row]) -> list[Row]:
-    """The episodes whose first run died at the crash point (the ones a rate is over)."""
+    """The episodes whose first run died at the crash point."""
     return [r for r in rows if r["crashed"]]
+
+
+def scored(rows: Iterable[Row]) -> list[Row]:
+    """The episodes a rate is over: those killed at the crash point, and those whose first run failed before
+    reaching it (a framework must not escape a crash by failing first). A first run that succeeded without
+    reaching the point met no crash."""
+    return [r for r in rows if r["crashed"] or r["status"] != "success"]
 
 
 def outcome_table(rows: Sequence[Row]) -> Table:
     """Per framework, variant and idempotency setting: how crashed episodes ended."""
     table_rows = []
     for (framework, variant, keys), cell in _cells(rows).items():
-        hit = crashed(cell)
+        hit = scored(cell)
         resumed = sum(1 for r in hit if r["resumed_from"])
         recover = [r["recover_s"] for r in hit if r["recover_s"] is not None]
         table_rows.append([
-            Cell.of(framework), Cell.of(variant), Cell.of(keys), Cell(len(hit), f"{len(hit)} of {len(cell)}"),
+            Cell.of(framework), Cell.of(variant), Cell.of(keys),
+            Cell(len(hit), f"{len(crashed(cell))} of {len(cell)}" + (f" (+{len(hit) - len(crashed(cell))} failed first)"
+                                                                     if len(hit) > len(crashed(cell)) else "")),
             Cell(resumed / len(hit) if hit else None, f"{resumed} of {len(hit)}"),
             _rate_cell(*_rate(hit, lambda r: r["status"] == "success")),
             _rate_cell(*_rate(hit, lambda r: bool(r["exactly_once"]))),
@@ -92,8 +101,9 @@ def outcome_table(rows: Sequence[Row]) -> Table:
                  ["framework", "variant", "idempotency keys", "crashed", "resumed from saved state", "completed",
                   "exactly once", "duplicated (harmful)", "lost", "model calls redone per crash",
                   "recovery p50 (s)"], table_rows,
-                 "Rates are over the episodes whose first run died at the crash point. Exactly once: every side "
-                 "effect of the correct run happened once, none twice, none missing. Recovery: from the kill to the "
+                 "Rates are over the episodes whose first run died at the crash point, and any whose first run "
+                 "failed before reaching it. Exactly once: every side effect of the correct run happened once, "
+                 "none repeated (by tool, whatever its arguments), none missing. Recovery: from the kill to the "
                  "resumed run's first model call that is not a repeat.")
 
 
@@ -155,7 +165,7 @@ def paired_table(rows: Sequence[Row], key: str = "durability_paired", what: str 
 def kind_table(rows: Sequence[Row]) -> Table:
     """Exactly-once by where the crash fell, without idempotency keys."""
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
-    for row in crashed(rows):
+    for row in scored(rows):
         if not row["idempotency_keys"]:
             groups[(row["framework"], row["variant"], row["crash_kind"])].append(row)
     table_rows = []
@@ -175,7 +185,7 @@ def resume_table(rows: Sequence[Row]) -> Table:
     """Each framework's resume path, and what its resumed runs actually read back."""
     table_rows = []
     for framework in sorted({r["framework"] for r in rows}, key=framework_sort_key):
-        hit = [r for r in crashed(rows) if r["framework"] == framework]
+        hit = [r for r in scored(rows) if r["framework"] == framework]
         path = next((r["resume_path"] for r in rows if r["framework"] == framework), "")
         read = Counter(_shape(r["resumed_from"]) for r in hit if r["resumed_from"])
         scratch = sum(1 for r in hit if not r["resumed_from"])
@@ -215,7 +225,7 @@ def _shape(text: str) -> str:
 
 def exactly_once_figure(rows: Sequence[Row]) -> Figure | None:
     """Exactly-once rate with its 95% interval, per framework and variant, keys off and on."""
-    cells = _cells(crashed(rows))
+    cells = _cells(scored(rows))
     if not cells:
         return None
     frameworks = sorted({k[0] for k in cells}, key=framework_sort_key)
@@ -250,7 +260,7 @@ def exactly_once_figure(rows: Sequence[Row]) -> Figure | None:
 
 def redone_figure(rows: Sequence[Row]) -> Figure | None:
     """Model calls the resumed run repeated, per crash, by framework and variant (keys off)."""
-    cells = {k: v for k, v in _cells(crashed(rows)).items() if k[2] == "off"}
+    cells = {k: v for k, v in _cells(scored(rows)).items() if k[2] == "off"}
     if not cells:
         return None
     frameworks = sorted({k[0] for k in cells}, key=framework_sort_key)
@@ -309,7 +319,7 @@ def findings(rows: Sequence[Row], reviewed: Sequence[Row] = ()) -> list[Finding]
     for keys in ("off", "on"):
         parts = []
         for framework in sorted({r["framework"] for r in rows}, key=framework_sort_key):
-            hit = [r for r in crashed(rows) if r["framework"] == framework and _keys(r) == keys]
+            hit = [r for r in scored(rows) if r["framework"] == framework and _keys(r) == keys]
             if hit:
                 once = sum(1 for r in hit if r["exactly_once"])
                 twice = sum(1 for r in hit if r["duplicated"] > 0)
@@ -329,14 +339,6 @@ def findings(rows: Sequence[Row], reviewed: Sequence[Row] = ()) -> list[Finding]
     return result
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def durability_report(store: Path, command: str) -> Report:
     """The whole report from a durability store."""
     every = load_rows(store)
@@ -347,17 +349,21 @@ def durability_report(store: Path, command: str) -> Report:
         "question": QUESTION,
         "command": command, "store": str(store), "crash episodes": len(rows), "crashed": len(crashed(rows)),
         "reviewed episodes": len(reviewed),
-        "framework versions": versions, "coordlab commit": _commit(), "coordlab version": version("coordlab"),
+        "framework versions": versions, "coordlab version": version("coordlab"),
+        "coordlab commit (episodes)": sorted({r["code_version"] or "unknown" for r in every}),
+        "coordlab commit (report)": code_version(),
     })
     report.verdict = findings(rows, reviewed)
     report.verdict_intro = ("Exactly once over the crashed episodes of every task and variant; per-cell rates, "
                             "paired tests against plain and the resume paths follow.")
-    report.tables = [outcome_table(rows), paired_table(crashed(rows)), kind_table(rows), resume_table(rows)]
+    report.tables = [outcome_table(rows), paired_table(scored(rows)), kind_table(rows), resume_table(rows)]
     if reviewed:
         report.tables += [review_table(reviewed), paired_table(reviewed, "review_paired", "reviewed episodes")]
     report.tables.append(notes_table(every))
     report.figures = [f for f in (exactly_once_figure(rows), redone_figure(rows)) if f is not None]
-    not_reached = len(rows) - len(crashed(rows))
+    not_reached = len(rows) - len(scored(rows))
+    off_point = [r for r in crashed(rows) if r["crash_kind"] == "after_effect"
+                 and r["effects_at_crash"] is not None and r["effects_at_crash"] != r["crash_effect"]]
     report.notes += [
         "The crash point is a pure function of (seed, task): every framework is killed at the same logical moment "
         "(right after the N-th change to the world, or when the first request of a step arrives). The world is the "
@@ -365,8 +371,11 @@ def durability_report(store: Path, command: str) -> Report:
         "No other fault is injected (profile none): every failure here comes from the crash and the resume.",
         "Each run is a fresh process forked from a server that has the framework imported; the resumed run reads "
         "only what the framework (or plain's journal) saved on disk.",
-        f"{not_reached} episodes ended before reaching their crash point (nothing to resume); they are counted in "
-        "'crashed' as the difference and left out of every rate.",
+        f"{not_reached} episodes succeeded before reaching their crash point (nothing to resume); they are counted "
+        "in 'crashed' as the difference and left out of every rate.",
+        f"In {len(off_point)} of the {sum(1 for r in crashed(rows) if r['crash_kind'] == 'after_effect')} crashes "
+        "after a change, the world held another number of changes than the crash point names when the process died "
+        "(the journal, read before the resumed run started).",
     ]
     return report
 

@@ -339,6 +339,8 @@ class Sweep:
                     "versions": self.versions(), "profile_contents": profiles}
         if self.trials == 1:  # one trial is what every sweep before --trials ran: its runs keep their identity
             del material["trials"]
+        if not self.knobs.idempotency_keys:  # likewise the tools as every sweep before the knob had them
+            material["knobs"].pop("idempotency_keys", None)
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 

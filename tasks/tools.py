@@ -92,8 +92,9 @@ class Tool:
         """Validate, run against ``world``, copy the result out as JSON, and log the side effect if mutating."""
         self.validate(arguments)
         with world.lock:
-            if self.mutating and (earlier := world.earlier_result(self.name, arguments)) is not None:
-                return earlier  # the idempotency key matched: the outside system answers as before and changes nothing
+            if self.mutating and world.made_before(self.name, arguments):
+                # The idempotency key matched: the outside system answers as before and changes nothing.
+                return world.earlier_result(self.name, arguments)
             result = json.loads(json.dumps(self.function(world, **arguments), default=str))
             if self.mutating:
                 world.record_side_effect(self.name, arguments, result)

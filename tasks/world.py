@@ -98,17 +98,20 @@ class World:
             for listener in self.effect_listeners:
                 listener(self)
 
-    def earlier_result(self, tool: str, arguments: Mapping[str, Any]) -> Any | None:
-        """With :attr:`idempotency_keys`, the result of an earlier call with this tool and these arguments
-        (the key is derived from them); None when there was none or keys are off."""
+    def made_before(self, tool: str, arguments: Mapping[str, Any]) -> bool:
+        """With :attr:`idempotency_keys`, whether a call with this tool and these arguments (the key is derived
+        from them) already changed the world; always False when keys are off."""
         if not self.idempotency_keys:
-            return None
+            return False
         signature = effect_signature(tool, arguments)
         with self._lock:
-            for effect in self.side_effects:
-                if effect.signature == signature:
-                    return copy.deepcopy(effect.result)
-        return None
+            return any(effect.signature == signature for effect in self.side_effects)
+
+    def earlier_result(self, tool: str, arguments: Mapping[str, Any]) -> Any:
+        """The result the first such call returned (:meth:`made_before` must be true)."""
+        signature = effect_signature(tool, arguments)
+        with self._lock:
+            return copy.deepcopy(next(e.result for e in self.side_effects if e.signature == signature))
 
     def counters(self) -> dict[str, int]:
         """The identifier counters (:meth:`next_id`), for a durable copy of the world."""

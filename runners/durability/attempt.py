@@ -16,7 +16,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Callable
 
 from coordlab.adapters.base import AdapterOutcome, Durability, Endpoint, EpisodeSpec, Knobs, Termination, Variant
 from coordlab.adapters.trace import TraceRecorder
@@ -49,7 +49,7 @@ class AttemptJob:
     """Whether a scripted human approves every gated step (:mod:`.review`), through the framework's own mechanism."""
 
 
-def crash_after(effect: int) -> "Any":
+def crash_after(effect: int) -> Callable[[World], None]:
     """A world listener that SIGKILLs this process once the world holds ``effect`` changes.
 
     It runs after the journal's listener, so the change is on disk before the process dies.
@@ -83,7 +83,8 @@ def attempt_main(job: AttemptJob, connection: Connection) -> None:
             world.effect_listeners.append(crash_after(job.crash_after_effect))
         approver = None
         if job.review:
-            approver = ScriptedReviewer(job.durability.folder, task, job.seed)
+            # One restart per episode: in the resumed run, a late answer is the answer that came after it.
+            approver = ScriptedReviewer(job.durability.folder, task, job.seed, kill_on_late=not job.durability.resume)
             approver.watch(world)
         adapter = get_adapter(job.framework)
         connection.send(("ready", os.getpid()))

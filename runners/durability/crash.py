@@ -45,7 +45,7 @@ class CrashPoint:
         if self.kind == "before_step" and not self.step:
             raise ValueError("a before_step crash needs the step it comes before")
         if self.kind not in ("after_effect", "before_step", "awaiting_review"):
-            raise ValueError(f"unknown crash kind {self.kind!r}: after_effect or before_step")
+            raise ValueError(f"unknown crash kind {self.kind!r}: after_effect, before_step or awaiting_review")
 
     def describe(self) -> str:
         """``after change 2 (step send)`` or ``before step send``."""

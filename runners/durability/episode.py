@@ -58,11 +58,11 @@ class CrashingEpisode(EpisodeState):
 
     def _work(self, role: str, messages: list[Mapping[str, Any]], body: Mapping[str, Any],
               base: dict[str, Any]) -> Decision:
-        if self.victim is not None and self.before_step is not None:
+        if self.victim is not None and self.before_step is not None:  # decide() holds the episode's lock here
             step, _ = self._step_of(role, messages, body)
             if step is not None and step.id == self.before_step:
-                os.kill(self.victim, signal.SIGKILL)
-                self.victim = None
+                victim, self.victim = self.victim, None
+                os.kill(victim, signal.SIGKILL)
                 record = RequestRecord(step=step.id, attempt=self.attempts[step.id], kind=CRASH, fault=None,
                                        completion_tokens=0, **{**base, "status": 0})
                 return Decision(record, None, Fault.CONNECTION_RESET)
@@ -133,6 +133,13 @@ class DurableResult:
         return self.duplicated == 0 and self.lost == 0
 
     @property
+    def scored(self) -> bool:
+        """Whether the episode counts in the rates: its first run died at the crash point, or failed before
+        reaching it (a framework must not escape the crash by failing first). A first run that succeeded
+        without reaching the point met no crash, and is only counted."""
+        return self.crashed or self.status is not Status.SUCCESS
+
+    @property
     def harmful(self) -> bool:
         """A side effect happened that the correct run would not make (a duplicate above all)."""
         return self.verdict.harmful
@@ -148,11 +155,17 @@ def task_ref(task: Task | TaskRef) -> TaskRef:
 
 
 def effect_counts(task: Task, world: World) -> tuple[int, int]:
-    """(duplicated, lost): extra copies of the correct run's side effects, and those never made."""
-    expected = Counter(e.signature for e in solve(task).side_effects)
+    """(duplicated, lost): changes made more often than the correct run makes them, and its changes never made.
+
+    A repeat is counted by tool, whatever its arguments: a resumed run that sends the email
+    again with another body has still sent it twice. A change is lost when the correct run's
+    exact change (tool and arguments) is missing.
+    """
+    correct = solve(task).side_effects
+    per_tool = Counter(e.tool for e in world.side_effects)
+    duplicated = sum(max(0, per_tool[tool] - n) for tool, n in Counter(e.tool for e in correct).items())
     actual = Counter(e.signature for e in world.side_effects)
-    duplicated = sum(max(0, actual[s] - n) for s, n in expected.items())
-    lost = sum(max(0, n - actual[s]) for s, n in expected.items())
+    lost = sum(max(0, n - actual[s]) for s, n in Counter(e.signature for e in correct).items())
     return duplicated, lost
 
 
@@ -196,6 +209,8 @@ def _run_once(context: BaseContext, job: AttemptJob, episode: CrashingEpisode | 
         if not parent.poll(STARTUP_LIMIT_S):
             raise TimeoutError(f"the {job.framework} process did not start within {STARTUP_LIMIT_S:g} s")
         status, pid = parent.recv()
+        if status != "ready":
+            raise RuntimeError(f"the {job.framework} process reported {status!r} instead of being ready")
         if episode is not None:
             episode.victim = pid
         report.started_at = time.perf_counter()
@@ -213,6 +228,9 @@ def _run_once(context: BaseContext, job: AttemptJob, episode: CrashingEpisode | 
         if process.is_alive() and report.outcome is None:
             process.kill()
         process.join(10)
+        if process.is_alive():  # it answered but does not exit (a framework's thread holds it): it goes now
+            process.kill()
+            process.join(10)
         report.exit_code = process.exitcode
         parent.close()
     return report

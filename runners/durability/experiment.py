@@ -10,6 +10,7 @@ not the import. Workers write each result to the store as it ends; the parent sh
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import shutil
@@ -20,14 +21,19 @@ from pathlib import Path
 from typing import TextIO
 
 from coordlab.adapters.base import Knobs, Variant
+from coordlab.adapters.registry import adapter_module, adapter_version
 from coordlab.tasks.loader import load_suite_task, suite_names
 
+from ..netguard import loopback_only
+from ..offline import neutralise_telemetry
 from ..progress import Progress
+from ..simulator import Simulator
 from ..sweep import TaskRef
+from ..worker import die_with_parent, route_framework_chatter
 from .attempt import FRAMEWORK_LOG
 from .crash import has_side_effects
-from .episode import DEFAULT_TIME_LIMIT_S
-from .store import DurabilityStore
+from .episode import DEFAULT_TIME_LIMIT_S, run_durable_episode
+from .store import DurabilityStore, code_version
 
 NAME = "durability"
 QUESTION = ("After a crash mid-run and a restart, does each side effect happen exactly once, twice or never, in each "
@@ -86,34 +92,27 @@ def plan(seeds: int, frameworks: list[str], tasks: list[str] | None = None) -> l
 
 def fork_server(framework: str) -> multiprocessing.context.BaseContext:
     """A fork-server context whose server has the framework's adapter imported: fresh processes, warm imports."""
-    from coordlab.adapters.registry import adapter_module
-
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([m for m in (adapter_module(framework), "coordlab.runners.durability.attempt") if m])
     return context
 
 
 def run_share(share: Share, store_path: Path, scratch: Path, time_limit_s: float) -> int:
-    """Run a share's episodes not yet recorded (in a worker process of its own); how many it ran."""
-    from coordlab.runners.netguard import loopback_only
-    from coordlab.runners.offline import neutralise_telemetry
-    from coordlab.runners.simulator import Simulator
-    from coordlab.runners.worker import route_framework_chatter
+    """Run a share's episodes not yet recorded (in a worker process of its own); how many it ran.
 
-    from .episode import run_durable_episode
-
-    from coordlab.runners.worker import die_with_parent
-
+    An episode the lab could not run (a process that never started, a failure while scoring)
+    is logged and left unrecorded, so the next run of the experiment tries it again; the share
+    goes on, and raises :class:`DurabilityFailed` naming them at its end.
+    """
     die_with_parent(os.getppid())
     neutralise_telemetry()  # before the fork server starts: it inherits this environment
     scratch.mkdir(parents=True, exist_ok=True)
-    route_framework_chatter(scratch / f"{share.framework}.log")
+    log = scratch / f"{share.framework}.log"
+    route_framework_chatter(log)
     context = fork_server(share.framework)
-    ran = 0
+    version, commit = adapter_version(share.framework), code_version()
+    ran, failed = 0, []
     with loopback_only(), Simulator() as simulator, DurabilityStore(store_path) as store:
-        from coordlab.adapters.registry import adapter_version
-
-        version = adapter_version(share.framework)
         for job in share.jobs:
             task = job.task.load()
             key = ("review" if job.review else "crash", task.key, share.framework, version, job.variant.value,
@@ -123,14 +122,22 @@ def run_share(share: Share, store_path: Path, scratch: Path, time_limit_s: float
             folder = scratch / (f"{share.framework}-{Path(job.task.name).stem}-{job.variant.value}-{job.seed}-"
                                f"{int(job.idempotency_keys)}{'-review' if job.review else ''}")
             shutil.rmtree(folder, ignore_errors=True)
-            result = run_durable_episode(share.framework, job.task, job.variant, job.seed, folder,
-                                         knobs=Knobs(idempotency_keys=job.idempotency_keys),
-                                         time_limit_s=time_limit_s, simulator=simulator, context=context,
-                                         review=job.review)
-            store.add(result)
-            _keep_log(folder / FRAMEWORK_LOG, scratch / f"{share.framework}.log")
-            shutil.rmtree(folder, ignore_errors=True)
-            ran += 1
+            try:
+                result = run_durable_episode(share.framework, job.task, job.variant, job.seed, folder,
+                                             knobs=Knobs(idempotency_keys=job.idempotency_keys),
+                                             time_limit_s=time_limit_s, simulator=simulator, context=context,
+                                             review=job.review)
+                store.add(result, commit)
+                ran += 1
+            except Exception as exc:  # noqa: BLE001 - the lab's failure: logged, retried by the next run
+                failed.append(f"{folder.name}: {type(exc).__name__}: {exc}")
+                logging.getLogger(__name__).exception("durable episode %s could not be run", folder.name)
+            finally:
+                _keep_log(folder / FRAMEWORK_LOG, log)
+                shutil.rmtree(folder, ignore_errors=True)
+    if failed:
+        raise DurabilityFailed(f"{len(failed)} {share.framework} episode(s) could not be run (see {log}); the first: "
+                               f"{failed[0]}")
     return ran
 
 
@@ -149,6 +156,10 @@ def run_durability(out: Path, *, seeds: int | None = None, frameworks: list[str]
                    workers: int | None = None, time_limit_s: float = DEFAULT_TIME_LIMIT_S, fresh: bool = False,
                    progress_stream: TextIO | None = None, tasks: list[str] | None = None) -> tuple[int, int, float]:
     """Run the design into ``out``'s store (resuming by default); (episodes in the design, run now, seconds)."""
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if not time_limit_s > 0:
+        raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit_s}")
     started = time.monotonic()
     store_path = out / STORE_NAME
     if fresh and store_path.exists():
@@ -161,16 +172,22 @@ def run_durability(out: Path, *, seeds: int | None = None, frameworks: list[str]
         progress = Progress(total, already_done=sum(1 for _ in store.rows()), stream=progress_stream)
         context = multiprocessing.get_context("spawn")
         slots = workers or os.cpu_count() or 1
+        failures: list[BaseException] = []
         with ProcessPoolExecutor(max_workers=slots, mp_context=context, max_tasks_per_child=1) as pool:
             pending: set[Future[int]] = {pool.submit(run_share, share, store_path, out / SCRATCH, time_limit_s)
                                          for share in shares}
-            failures = []
-            while pending:
-                finished, pending = wait(pending, timeout=2, return_when=FIRST_COMPLETED)
-                failures += [f.exception() for f in finished if f.exception() is not None]
-                for row in store.rows(seen):
-                    seen = row["rowid"]
-                    progress.update(row["framework"], "success" if row["exactly_once"] else row["status"])
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=2, return_when=FIRST_COMPLETED)
+                    failures += [e for f in finished if (e := f.exception()) is not None]
+                    for row in store.rows(seen):
+                        seen = row["rowid"]
+                        progress.update(row["framework"], "success" if row["exactly_once"] else row["status"])
+            except BaseException:
+                # Ctrl-C (or any failure here): no queued share may start; the running ones got the
+                # terminal's SIGINT too, and what they recorded stays in the store.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
         progress.close()
     if failures:
         raise DurabilityFailed(f"{len(failures)} durability worker(s) failed; what they recorded is kept in "

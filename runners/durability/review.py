@@ -53,6 +53,8 @@ def late_step(task: Task, seed: int) -> str | None:
 
 @dataclass(frozen=True)
 class InboxEntry:
+    """One line of the reviewer's inbox."""
+
     step: str
     kind: str
     """A :class:`ReviewKind`, or ``unapproved`` for a change the world saw before its step was approved."""
@@ -62,6 +64,8 @@ class ScriptedReviewer:
     """The reviewer of one episode, in the process that asks it (a fresh one after a restart)."""
 
     def __init__(self, folder: Path, task: Task, seed: int, kill_on_late: bool = True):
+        """``kill_on_late``: a late answer kills this process (the first run); otherwise it is an approval that
+        came after the restart (the resumed run: an episode is restarted once)."""
         self.inbox = Path(folder) / INBOX_NAME
         self.task, self.seed = task, seed
         self.kill_on_late = kill_on_late
@@ -75,6 +79,7 @@ class ScriptedReviewer:
                 if line.strip()]
 
     def _write(self, step: str, kind: str) -> None:
+        """Append one entry, on disk before the caller goes on (the inbox outlives the asking process)."""
         with open(self.inbox, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "kind": kind}) + "\n")
             handle.flush()
@@ -84,9 +89,11 @@ class ScriptedReviewer:
         """Answer a request to run ``step`` (see the module docstring for the schedule)."""
         asked = [e for e in self.entries() if e.step == step and e.kind != "unapproved"]
         kind = first_answer(self.seed, self.task.release, step) if not asked else ReviewKind.APPROVE
-        if kind is ReviewKind.LATE and self.kill_on_late:
+        if kind is ReviewKind.LATE:
             self._write(step, kind.value)
-            os.kill(os.getpid(), signal.SIGKILL)  # the process is restarted before the answer comes
+            if self.kill_on_late:
+                os.kill(os.getpid(), signal.SIGKILL)  # the process is restarted before the answer comes
+            kind = ReviewKind.APPROVE  # after the restart, the late answer arrives: an approval
         if kind is ReviewKind.REJECT:
             self._write(step, kind.value)
             reads = ", ".join(self.task.step(step).reads)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS durable_episodes (
     duplicated INTEGER NOT NULL, lost INTEGER NOT NULL, redone_calls INTEGER NOT NULL,
     calls_before INTEGER NOT NULL, calls_after INTEGER NOT NULL, recover_s REAL, wall_s REAL NOT NULL,
     error TEXT, notes_json TEXT NOT NULL, verdict_json TEXT NOT NULL, requests_json TEXT NOT NULL,
-    knobs_json TEXT NOT NULL, reviews_json TEXT, unapproved INTEGER,
+    knobs_json TEXT NOT NULL, reviews_json TEXT, unapproved INTEGER, effects_at_crash INTEGER,
+    code_version TEXT,
     PRIMARY KEY (scenario, task, framework, framework_version, variant, seed, idempotency_keys)
 )
 """
@@ -46,10 +48,20 @@ def request_log(result: DurableResult) -> list[dict[str, Any]]:
             for r in result.records]
 
 
-def row_of(result: DurableResult) -> dict[str, Any]:
-    """The result as a row of ``durable_episodes``."""
+def code_version() -> str | None:
+    """The git commit of the coordlab checkout that runs the episodes (None outside a git checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def row_of(result: DurableResult, commit: str | None = None) -> dict[str, Any]:
+    """The result as a row of ``durable_episodes``, with the commit of the code that ran it."""
     return {
-        "scenario": "review" if result.reviews is not None else "crash", "task": result.task, "framework": result.framework, "framework_version": result.framework_version,
+        "scenario": "review" if result.reviews is not None else "crash",
+        "task": result.task, "framework": result.framework, "framework_version": result.framework_version,
         "variant": result.variant, "seed": result.seed,
         "idempotency_keys": int(bool(result.knobs.get("idempotency_keys"))),
         "crash_kind": result.crash.kind, "crash_effect": result.crash.effect, "crash_step": result.crash.step,
@@ -62,6 +74,7 @@ def row_of(result: DurableResult) -> dict[str, Any]:
         "requests_json": json.dumps(request_log(result)), "knobs_json": json.dumps(result.knobs),
         "reviews_json": None if result.reviews is None else json.dumps(result.reviews),
         "unapproved": None if result.reviews is None else result.reviews["unapproved"],
+        "effects_at_crash": result.effects_at_crash, "code_version": commit,
     }
 
 
@@ -84,6 +97,7 @@ class DurabilityStore:
         self.close()
 
     def close(self) -> None:
+        """Close the connection (every row is already committed)."""
         self.connection.close()
 
     def has(self, key: tuple[Any, ...]) -> bool:
@@ -91,9 +105,9 @@ class DurabilityStore:
         where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
         return self.connection.execute(f"SELECT 1 FROM durable_episodes WHERE {where}", key).fetchone() is not None
 
-    def add(self, result: DurableResult) -> None:
-        """Record one episode, in its own transaction."""
-        row = row_of(result)
+    def add(self, result: DurableResult, commit: str | None = None) -> None:
+        """Record one episode (run by the code at ``commit``), in its own transaction."""
+        row = row_of(result, commit)
         columns = ", ".join(row)
         with self.connection:
             self.connection.execute(f"INSERT OR IGNORE INTO durable_episodes ({columns}) "

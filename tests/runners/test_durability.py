@@ -187,3 +187,40 @@ def test_every_framework_is_killed_at_the_same_scheduled_point(tmp_path: Path) -
         assert result.crashed, framework
         seen[framework] = (result.crash, result.effects_at_crash)
     assert set(seen.values()) == {(crash_point(task, seed), 2)}
+
+
+def test_a_repeat_with_other_arguments_is_still_a_duplicate() -> None:
+    from coordlab.runners.durability.episode import effect_counts
+    from coordlab.tasks.oracle import solve
+
+    task = load_suite_task("refund_policy_answer")
+    world = World.for_task(task)
+    reply = solve(task).side_effects[0]
+    world.record_side_effect(reply.tool, reply.arguments, reply.result)
+    world.record_side_effect(reply.tool, {**reply.arguments, "body": "another body"}, reply.result)
+    assert effect_counts(task, world) == (1, 0)
+    assert effect_counts(task, World.for_task(task)) == (0, 1)
+
+
+def test_after_the_restart_a_late_answer_is_an_approval(tmp_path: Path) -> None:
+    from coordlab.runners.durability.review import ScriptedReviewer, inbox_summary
+
+    task = load_suite_task("incident_triage")
+    seed = _seed_where("incident_triage", "page", "late")
+    review = ScriptedReviewer(tmp_path, task, seed, kill_on_late=False).review("page", {})
+    assert review.approved and inbox_summary(tmp_path) == {"approve": 1, "reject": 0, "late": 1, "unapproved": 0}
+
+
+def test_the_idempotency_knob_at_its_default_keeps_a_sweeps_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs recorded before the knob existed still resume: at its default it is not part of the identity."""
+    from dataclasses import asdict
+
+    from coordlab.runners.sweep import Sweep
+
+    sweep = Sweep.build(tasks=["chain"], frameworks=["plain"], seeds=1)
+    keyed = Sweep.build(tasks=["chain"], frameworks=["plain"], seeds=1, knobs=Knobs(idempotency_keys=True))
+    now = sweep.identity()
+    assert keyed.identity() != now
+    monkeypatch.setattr(Knobs, "to_dict", lambda self: {k: v for k, v in asdict(self).items()
+                                                        if k != "idempotency_keys"})  # the knobs before it
+    assert sweep.identity() == now

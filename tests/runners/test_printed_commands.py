@@ -79,6 +79,8 @@ OVERRIDES: dict[str, tuple[list[str], str]] = {
     "coordlab experiment gate": (["--seeds", "1", "--frameworks", "plain"], "3,200 episodes"),
     "coordlab experiment context": (["--seeds", "1", "--frameworks", "plain"],
                                     "5,580 episodes (one seed of plain: 245 episodes, the slowest command here)"),
+    "coordlab experiment durability": (["--seeds", "1", "--frameworks", "plain"],
+                                       "1,600 durable episodes in four frameworks (one seed of plain: 40)"),
     "coordlab simulate serve": (["--seconds", "0.2"], "serves until Ctrl-C"),
     "coordlab simulate serve --port 8800": (["--seconds", "0.2", "--port", "0"],
                                             "serves until Ctrl-C; port 8800 may be taken on a test machine"),
