@@ -59,7 +59,7 @@ live-report: local  ## regenerate docs/live: the suite on SmolLM2-135M through t
 	$(BIN)/coordlab run --local-model --faults none --seeds 1 --trials 3 --workers 2 --time-limit 300 --store out/live.sqlite --fresh
 	$(BIN)/coordlab report --store out/live.sqlite --out docs/live --command "make live-report"
 
-durability-report: $(STAMP)  ## regenerate docs/experiments/durability: crash, resume, review, every framework (about 35 minutes)
+durability-report: $(STAMP)  ## regenerate docs/experiments/durability: crash, resume, review, every framework (about 16 minutes)
 	$(BIN)/coordlab experiment durability --fresh
 	mkdir -p docs/experiments/durability  # its README.md (the reading of the traces) is kept
 	cp -r out/experiments/durability/report/. docs/experiments/durability/
