@@ -70,9 +70,11 @@ def attempt_main(job: AttemptJob, connection: Connection) -> None:
     die_with_parent(os.getppid())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator decides what an interrupt means
     route_framework_chatter(job.durability.folder / FRAMEWORK_LOG)
-    # A framework thread's uncaught exception (CrewAI's checkpoint writer can panic) is its chatter too:
-    # it goes to the log, not over the experiment's progress line; the run's outcome is what it reports.
+    # A framework thread's uncaught exception (CrewAI's checkpoint writer can panic, and its Rust core then
+    # writes to file descriptor 2 itself) is its chatter too: it goes to the log, not over the experiment's
+    # progress line; the run's outcome is what it reports.
     sys.stderr = sys.stdout
+    os.dup2(sys.stdout.fileno(), 2)
     neutralise_telemetry()
     with loopback_only():
         task = job.task.load()

@@ -1,4 +1,4 @@
-"""``coordlab experiment durability``: every framework and variant, crashed and resumed on every task that changes the world.
+"""``coordlab experiment durability``: every framework and variant crashed and resumed, on each world-changing task.
 
 The design is paired: for a seed, every framework meets the same crash point of the same
 task (:func:`~.crash.crash_point`), with and without idempotency keys on the mutating tools.

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS durable_episodes (
 """
 
 SCENARIOS = ("crash", "review")
-"""``crash``: killed at the scheduled point; ``review``: a scripted human approves each gated step (and may answer late)."""
+"""``crash``: killed at the scheduled point; ``review``: a scripted human approves each gated step (may answer late)."""
 
 KEY_COLUMNS = ("scenario", "task", "framework", "framework_version", "variant", "seed", "idempotency_keys")
 

@@ -10,36 +10,26 @@ journal, the simulator's request log and the state file AutoGen's ``save_state()
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from coordlab.adapters.base import Knobs, Termination, Variant
 from coordlab.adapters.trace import EventKind
-from coordlab.runners.durability import DurableResult, run_durable_episode
-from coordlab.runners.durability.review import ReviewKind, first_answer
+from coordlab.runners.durability.review import ReviewKind
 from coordlab.runners.harness import Status
 from coordlab.runners.simulator import Simulator
-from coordlab.tasks.loader import load_suite_task
+
+from review_support import PIPELINES, calls, human_gates, run_reviewed, seed_where
 
 pytest.importorskip("autogen_agentchat")
 from autogen_agentchat.state import TeamState  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
 
-TASK = load_suite_task("appointment_rebooking")  # find_slot, draft, send (gate retries draft), update_crm (itself)
-PIPELINES = [Variant.LINEAR, Variant.GATED]
 
-
-def seed_where(send: ReviewKind, update_crm: ReviewKind = ReviewKind.APPROVE) -> int:
-    """The first seed whose reviewer first answers ``send`` and ``update_crm`` so."""
-    return next(seed for seed in range(200) if first_answer(seed, TASK.release, "send") is send
-                and first_answer(seed, TASK.release, "update_crm") is update_crm)
-
-
-def reviewed(simulator: Simulator, folder: Path, variant: Variant, seed: int, knobs: Knobs | None = None
-             ) -> DurableResult:
-    return run_durable_episode("autogen", TASK, variant, seed, folder, knobs=knobs, simulator=simulator, review=True)
+reviewed = partial(run_reviewed, "autogen")
 
 
 def user_messages(folder: Path) -> list[str]:
@@ -51,23 +41,12 @@ def user_messages(folder: Path) -> list[str]:
     return [message["content"] for message in thread if message.get("source") == "user"]
 
 
-def finals(result: DurableResult, step: str) -> int:
-    return sum(1 for r in result.records if r.step == step and r.kind == "final")
-
-
-def human_gates(result: DurableResult, step: str) -> list[tuple[bool, str]]:
-    """(passed, reason) of every gate event before ``step``, both runs, in order (the reviewer's answers; in gated
-    the gate's own verdict comes first)."""
-    events = [e for trace in result.traces for e in trace if e.kind is EventKind.GATE and e.step == step]
-    return [(e.detail["passed"], e.detail["reason"]) for e in events]
-
-
 @pytest.mark.parametrize("variant", PIPELINES, ids=str)
 def test_approved_steps_run_once_approved(simulator: Simulator, tmp_path: Path, variant: Variant) -> None:
     result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE))
     assert not result.crashed and result.status is Status.SUCCESS, result.error
     assert result.reviews == {"approve": 2, "reject": 0, "late": 0, "unapproved": 0}
-    assert result.exactly_once and finals(result, "draft") == 1
+    assert result.exactly_once and calls(result, "draft") == 1
     said = user_messages(tmp_path)
     assert sum(1 for m in said if m.startswith("APPROVE")) == 2  # the approval opened each approved step's run
 
@@ -79,7 +58,7 @@ def test_a_rejection_redoes_the_work_with_the_reason_and_asks_again(simulator: S
     assert not result.crashed and result.status is Status.SUCCESS, result.error
     assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
     assert result.exactly_once
-    assert finals(result, "draft") == 2 and finals(result, "send") == 1  # the draft redone, then sent once
+    assert calls(result, "draft") == 2 and calls(result, "send") == 1  # the draft redone, then sent once
     (reason,) = [r for ok, r in human_gates(result, "send") if not ok]
     assert reason.startswith("Rejected by the reviewer before 'send'")
     assert human_gates(result, "send")[-1] == (True, "")
@@ -95,7 +74,7 @@ def test_a_rejection_with_nothing_to_redo_asks_again(simulator: Simulator, tmp_p
     result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE, ReviewKind.REJECT))
     assert result.status is Status.SUCCESS and result.exactly_once, result.error
     assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
-    assert finals(result, "update_crm") == 1
+    assert calls(result, "update_crm") == 1
     assert any("nothing before it can be redone" in note and "update_crm" in note for note in result.notes)
 
 
@@ -103,7 +82,7 @@ def test_rejections_past_the_bound_stop_before_the_change(simulator: Simulator, 
     result = reviewed(simulator, tmp_path, Variant.LINEAR, seed_where(ReviewKind.REJECT), Knobs(gate_retries=0))
     assert result.termination is Termination.GATE_EXHAUSTED
     assert result.reviews == {"approve": 0, "reject": 1, "late": 0, "unapproved": 0}
-    assert finals(result, "send") == 0 and finals(result, "draft") == 1 and result.lost == 2
+    assert calls(result, "send") == 0 and calls(result, "draft") == 1 and result.lost == 2
 
 
 @pytest.mark.parametrize("variant", PIPELINES, ids=str)

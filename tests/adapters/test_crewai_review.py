@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,43 +25,22 @@ from coordlab.adapters.base import Endpoint, EpisodeSpec, Knobs, Review, Termina
 from coordlab.adapters.crewai_adapter import CHECKPOINT_DIR, ApproverInput, CrewEpisode
 from coordlab.adapters.registry import get_adapter
 from coordlab.adapters.trace import EventKind, TraceRecorder
-from coordlab.runners.durability import DurableResult, run_durable_episode
-from coordlab.runners.durability.review import ReviewKind, first_answer
+from coordlab.runners.durability.review import ReviewKind
 from coordlab.runners.faults import FaultPlan, load_profile
 from coordlab.runners.harness import API_KEY, Status
 from coordlab.runners.simulator import MODEL_NAME, ROUTER_ROLE, Simulator
-from coordlab.tasks.loader import load_suite_task
 from coordlab.tasks.world import World
+
+from review_support import PIPELINES, TASK, calls, human_gates, run_reviewed, seed_where
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai",
                                         "ignore:Pydantic serializer warnings:UserWarning")
 
-TASK = load_suite_task("appointment_rebooking")  # find_slot, draft, send (gate retries draft), update_crm (itself)
 STEPS = [s.id for s in TASK.steps]
-PIPELINES = [Variant.LINEAR, Variant.GATED]
 RESUMED_AT = re.compile(r"resumed at task '([a-z_]+)'$")
 
 
-def seed_where(send: ReviewKind, update_crm: ReviewKind = ReviewKind.APPROVE) -> int:
-    """The first seed whose reviewer first answers ``send`` and ``update_crm`` so."""
-    return next(seed for seed in range(200) if first_answer(seed, TASK.release, "send") is send
-                and first_answer(seed, TASK.release, "update_crm") is update_crm)
-
-
-def reviewed(simulator: Simulator, folder: Path, variant: Variant, seed: int, knobs: Knobs | None = None
-             ) -> DurableResult:
-    return run_durable_episode("crewai", TASK, variant, seed, folder, knobs=knobs, simulator=simulator, review=True)
-
-
-def calls(result: DurableResult, step: str, kind: str = "final") -> int:
-    return sum(1 for r in result.records if r.step == step and r.kind == kind)
-
-
-def human_gates(result: DurableResult, step: str) -> list[tuple[bool, str]]:
-    """(passed, reason) of every gate event before ``step``, both runs, in order (the reviewer's answers; in gated
-    the gate's own verdicts too)."""
-    return [(e.detail["passed"], e.detail["reason"]) for trace in result.traces for e in trace
-            if e.kind is EventKind.GATE and e.step == step]
+reviewed = partial(run_reviewed, "crewai")
 
 
 def last_crew(folder: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""LangGraph with a human in the loop: the scripted, seeded reviewer asked through ``interrupt`` before every gated step.
+"""LangGraph with a human in the loop: the scripted, seeded reviewer, asked with ``interrupt`` before gated steps.
 
 LangGraph's way: a ``review.<step>`` node calls ``interrupt(...)``, the run stops with
 ``__interrupt__``, the driver asks the human and resumes the thread with
@@ -12,6 +12,7 @@ traces and the checkpoint LangGraph wrote.
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,39 +24,16 @@ from coordlab.adapters.base import Endpoint, EpisodeSpec, Knobs, Review, Termina
 from coordlab.adapters.langgraph_adapter import CHECKPOINTS, LangGraphEpisode
 from coordlab.adapters.registry import get_adapter
 from coordlab.adapters.trace import EventKind, TraceRecorder
-from coordlab.runners.durability import DurableResult, run_durable_episode
-from coordlab.runners.durability.review import ReviewKind, first_answer
+from coordlab.runners.durability.review import ReviewKind
 from coordlab.runners.faults import FaultPlan, load_profile
 from coordlab.runners.harness import API_KEY, Status
 from coordlab.runners.simulator import MODEL_NAME, ROUTER_ROLE, Simulator
-from coordlab.tasks.loader import load_suite_task
 from coordlab.tasks.world import World
 
-TASK = load_suite_task("appointment_rebooking")  # find_slot, draft, send (gate retries draft), update_crm (itself)
-PIPELINES = [Variant.LINEAR, Variant.GATED]
+from review_support import PIPELINES, TASK, calls, human_gates, run_reviewed, seed_where
 
 
-def seed_where(send: ReviewKind, update_crm: ReviewKind = ReviewKind.APPROVE) -> int:
-    """The first seed whose reviewer first answers ``send`` and ``update_crm`` so."""
-    return next(seed for seed in range(200) if first_answer(seed, TASK.release, "send") is send
-                and first_answer(seed, TASK.release, "update_crm") is update_crm)
-
-
-def reviewed(simulator: Simulator, folder: Path, variant: Variant, seed: int, knobs: Knobs | None = None
-             ) -> DurableResult:
-    return run_durable_episode("langgraph", TASK, variant, seed, folder, knobs=knobs, simulator=simulator,
-                               review=True)
-
-
-def finals(result: DurableResult, step: str) -> int:
-    return sum(1 for r in result.records if r.step == step and r.kind == "final")
-
-
-def gates(result: DurableResult, step: str) -> list[tuple[bool, str]]:
-    """(passed, reason) of every gate event before ``step``, both runs, in order (in gated the gate's own verdict
-    comes before each of the reviewer's answers)."""
-    events = [e for trace in result.traces for e in trace if e.kind is EventKind.GATE and e.step == step]
-    return [(e.detail["passed"], e.detail["reason"]) for e in events]
+reviewed = partial(run_reviewed, "langgraph")
 
 
 def team_messages(folder: Path) -> list[BaseMessage]:
@@ -71,9 +49,9 @@ def test_approved_steps_run_once_approved(simulator: Simulator, tmp_path: Path, 
     result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE))
     assert not result.crashed and result.status is Status.SUCCESS, result.error
     assert result.reviews == {"approve": 2, "reject": 0, "late": 0, "unapproved": 0}
-    assert result.exactly_once and finals(result, "draft") == 1
+    assert result.exactly_once and calls(result, "draft") == 1
     human = [(True, "")] * (2 if variant is Variant.GATED else 1)  # in gated the gate passes, then the human
-    assert gates(result, "send") == human and gates(result, "update_crm") == human
+    assert human_gates(result, "send") == human and human_gates(result, "update_crm") == human
 
 
 @pytest.mark.parametrize("variant", PIPELINES, ids=str)
@@ -83,8 +61,8 @@ def test_a_rejection_redoes_the_work_with_the_reason_and_asks_again(simulator: S
     assert not result.crashed and result.status is Status.SUCCESS, result.error
     assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
     assert result.exactly_once
-    assert finals(result, "draft") == 2 and finals(result, "send") == 1  # the draft redone, then sent once
-    asked = gates(result, "send")
+    assert calls(result, "draft") == 2 and calls(result, "send") == 1  # the draft redone, then sent once
+    asked = human_gates(result, "send")
     (reason,) = [r for ok, r in asked if not ok]
     assert reason.startswith("Rejected by the reviewer before 'send'")
     if variant is Variant.GATED:  # the rejection went back through the gate: it checked the redone draft again
@@ -100,11 +78,11 @@ def test_a_rejection_redoes_the_work_with_the_reason_and_asks_again(simulator: S
 
 @pytest.mark.parametrize("variant", PIPELINES, ids=str)
 def test_a_rejection_with_nothing_to_redo_asks_again(simulator: Simulator, tmp_path: Path, variant: Variant) -> None:
-    """`update_crm`'s gate retries `update_crm` itself: the node routes back to the step's entry, asks again, says so."""
+    """`update_crm` retries itself: the node routes back to the step's entry, asks again, and says so."""
     result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE, ReviewKind.REJECT))
     assert result.status is Status.SUCCESS and result.exactly_once, result.error
     assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
-    assert finals(result, "update_crm") == 1
+    assert calls(result, "update_crm") == 1
     assert any("nothing before it can be redone" in note and "update_crm" in note for note in result.notes)
 
 
@@ -112,7 +90,7 @@ def test_rejections_past_the_bound_stop_before_the_change(simulator: Simulator, 
     result = reviewed(simulator, tmp_path, Variant.LINEAR, seed_where(ReviewKind.REJECT), Knobs(gate_retries=0))
     assert result.termination is Termination.GATE_EXHAUSTED
     assert result.reviews == {"approve": 0, "reject": 1, "late": 0, "unapproved": 0}
-    assert finals(result, "send") == 0 and finals(result, "draft") == 1 and result.lost == 2
+    assert calls(result, "send") == 0 and calls(result, "draft") == 1 and result.lost == 2
 
 
 @pytest.mark.parametrize("variant", PIPELINES, ids=str)
@@ -131,7 +109,7 @@ def test_a_late_answer_comes_to_the_resumed_run(simulator: Simulator, tmp_path: 
     assert (result.duplicated, result.lost) == (0, 0)
     assert result.redone_calls == 0  # nothing was in flight while the human was asked
     assert result.effects_at_crash == (0 if late == "send" else 1)
-    assert gates(result, late)[-1] == (True, "")  # the resumed run's answer, the interrupt's resume value
+    assert human_gates(result, late)[-1] == (True, "")  # the resumed run's answer, the interrupt's resume value
 
 
 def test_delegated_does_not_ask_and_says_so(simulator: Simulator, tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ def test_a_reviewed_episode_takes_no_crash_point(tmp_path: Path) -> None:
 def test_every_framework_is_killed_at_the_same_scheduled_point(tmp_path: Path) -> None:
     """Same seed, same task: the same crash point, and the world holds the same changes when each process dies."""
     task = load_suite_task("appointment_rebooking")
-    seed = next(s for s in range(50) if crash_point(task, s).kind == "after_effect" and crash_point(task, s).effect == 2)
+    seed = next(s for s in range(50) if crash_point(task, s) == CrashPoint("after_effect", 2, "update_crm"))
     seen = {}
     for framework in ("plain", "crewai", "autogen", "langgraph"):
         result = run_durable_episode(framework, task, Variant.LINEAR, seed, tmp_path / framework)
