@@ -4,8 +4,9 @@ reviewer answer a given way, the reviewed run, and what its request log and trac
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
-from coordlab.adapters.base import Knobs, Variant
+from coordlab.adapters.base import Knobs, Review, Variant
 from coordlab.adapters.trace import EventKind
 from coordlab.runners.durability import DurableResult, run_durable_episode
 from coordlab.runners.durability.review import ReviewKind, first_answer
@@ -38,3 +39,14 @@ def human_gates(result: DurableResult, step: str) -> list[tuple[bool, str]]:
     gated, the gate's own verdicts)."""
     return [(e.detail["passed"], e.detail["reason"]) for trace in result.traces for e in trace
             if e.kind is EventKind.GATE and e.step == step]
+
+
+class RecordingApprover:
+    """An approver in the test's own process that approves everything and keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+
+    def review(self, step: str, proposal: Mapping[str, Any]) -> Review:
+        self.asked.append((step, dict(proposal)))
+        return Review(True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coordlab.adapters.base import Knobs, Termination, Variant
+from coordlab.adapters.base import Termination, Variant
 from coordlab.adapters.trace import EventKind
 from coordlab.runners.durability.review import ReviewKind
 from coordlab.runners.harness import Status
@@ -69,23 +69,6 @@ def test_a_rejection_redoes_the_work_with_the_reason_and_asks_again(simulator: S
 
 
 @pytest.mark.parametrize("variant", PIPELINES, ids=str)
-def test_a_rejection_with_nothing_to_redo_asks_again(simulator: Simulator, tmp_path: Path, variant: Variant) -> None:
-    """`update_crm`'s gate retries `update_crm` itself: nothing before it can be redone; asked again, said so."""
-    result = reviewed(simulator, tmp_path, variant, seed_where(ReviewKind.APPROVE, ReviewKind.REJECT))
-    assert result.status is Status.SUCCESS and result.exactly_once, result.error
-    assert result.reviews == {"approve": 2, "reject": 1, "late": 0, "unapproved": 0}
-    assert calls(result, "update_crm") == 1
-    assert any("nothing before it can be redone" in note and "update_crm" in note for note in result.notes)
-
-
-def test_rejections_past_the_bound_stop_before_the_change(simulator: Simulator, tmp_path: Path) -> None:
-    result = reviewed(simulator, tmp_path, Variant.LINEAR, seed_where(ReviewKind.REJECT), Knobs(gate_retries=0))
-    assert result.termination is Termination.GATE_EXHAUSTED
-    assert result.reviews == {"approve": 0, "reject": 1, "late": 0, "unapproved": 0}
-    assert calls(result, "send") == 0 and calls(result, "draft") == 1 and result.lost == 2
-
-
-@pytest.mark.parametrize("variant", PIPELINES, ids=str)
 @pytest.mark.parametrize("late", ["send", "update_crm"])
 def test_a_late_answer_comes_to_the_resumed_run(simulator: Simulator, tmp_path: Path, variant: Variant,
                                                 late: str) -> None:
@@ -101,9 +84,3 @@ def test_a_late_answer_comes_to_the_resumed_run(simulator: Simulator, tmp_path: 
     assert result.redone_calls == 0  # nothing was in flight while the human was asked
     assert result.effects_at_crash == (0 if late == "send" else 1)
 
-
-def test_delegated_does_not_ask_and_says_so(simulator: Simulator, tmp_path: Path) -> None:
-    result = reviewed(simulator, tmp_path, Variant.DELEGATED, seed_where(ReviewKind.APPROVE))
-    assert result.status is Status.SUCCESS, result.error
-    assert result.reviews == {"approve": 0, "reject": 0, "late": 0, "unapproved": 2}  # measured, not hidden
-    assert any(note.startswith("delegated: the approver is not asked") for note in result.notes)

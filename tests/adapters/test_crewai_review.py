@@ -17,11 +17,11 @@ import json
 import re
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 
-from coordlab.adapters.base import Endpoint, EpisodeSpec, Knobs, Review, Termination, Variant
+from coordlab.adapters.base import Endpoint, EpisodeSpec, Knobs, Termination, Variant
 from coordlab.adapters.crewai_adapter import CHECKPOINT_DIR, ApproverInput, CrewEpisode
 from coordlab.adapters.registry import get_adapter
 from coordlab.adapters.trace import EventKind, TraceRecorder
@@ -31,7 +31,7 @@ from coordlab.runners.harness import API_KEY, Status
 from coordlab.runners.simulator import MODEL_NAME, ROUTER_ROLE, Simulator
 from coordlab.tasks.world import World
 
-from review_support import PIPELINES, TASK, calls, human_gates, run_reviewed, seed_where
+from review_support import PIPELINES, RecordingApprover, TASK, calls, human_gates, run_reviewed, seed_where
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai",
                                         "ignore:Pydantic serializer warnings:UserWarning")
@@ -145,24 +145,6 @@ def test_a_late_answer_comes_to_the_resumed_run(simulator: Simulator, tmp_path: 
         assert result.status is Status.FAILED_CHECK
 
 
-def test_delegated_does_not_ask_and_says_so(simulator: Simulator, tmp_path: Path) -> None:
-    result = reviewed(simulator, tmp_path, Variant.DELEGATED, seed_where(ReviewKind.APPROVE))
-    assert result.status is Status.SUCCESS, result.error
-    assert result.reviews == {"approve": 0, "reject": 0, "late": 0, "unapproved": 2}  # measured, not hidden
-    assert any(note.startswith("delegated: the approver is not asked") for note in result.notes)
-
-
-class Recorder:
-    """An approver that approves everything and keeps what it was shown."""
-
-    def __init__(self) -> None:
-        self.asked: list[tuple[str, dict[str, Any]]] = []
-
-    def review(self, step: str, proposal: Mapping[str, Any]) -> Review:
-        self.asked.append((step, dict(proposal)))
-        return Review(True)
-
-
 def test_the_reviewer_sees_what_the_step_would_act_on(simulator: Simulator) -> None:
     """In this process: the proposal is the values the step reads, the asking task's answer among them; CrewAI's
     provider is the episode's only during the kickoff; without an approver no task asks."""
@@ -171,7 +153,7 @@ def test_the_reviewer_sees_what_the_step_would_act_on(simulator: Simulator) -> N
     world = World.for_task(TASK)
     episode = simulator.open_episode(TASK, FaultPlan(load_profile("none"), 0), world=world)
     endpoint = Endpoint({r: simulator.base_url(episode.id, r) for r in [*TASK.roles, ROUTER_ROLE]}, MODEL_NAME, API_KEY)
-    approver = Recorder()
+    approver = RecordingApprover()
     outcome = get_adapter("crewai").run(EpisodeSpec(TASK, Variant.LINEAR, endpoint, Knobs(), world, TraceRecorder(),
                                                     approver=approver))
     simulator.close_episode(episode.id)
