@@ -412,6 +412,9 @@ def _durability(args: argparse.Namespace, out: Path) -> int:
     try:
         total, ran, elapsed = run_durability(out, seeds=args.seeds, frameworks=args.frameworks, workers=args.workers,
                                              time_limit_s=args.time_limit, fresh=args.fresh)
+    except ValueError as exc:  # a bad --seeds or --time-limit, an unknown framework: nothing ran
+        print(f"coordlab: {exc}", file=sys.stderr)
+        return 2
     except DurabilityFailed as exc:
         print(f"coordlab: {exc}", file=sys.stderr)
         return 1

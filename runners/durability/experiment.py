@@ -160,6 +160,11 @@ def run_durability(out: Path, *, seeds: int | None = None, frameworks: list[str]
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     if not time_limit_s > 0:
         raise ValueError(f"--time-limit must be a positive number of seconds, got {time_limit_s}")
+    for framework in frameworks or []:
+        try:
+            adapter_version(framework)
+        except LookupError as exc:  # an unknown adapter, or its framework is not installed
+            raise ValueError(str(exc).strip('"')) from None
     started = time.monotonic()
     store_path = out / STORE_NAME
     if fresh and store_path.exists():

@@ -224,3 +224,13 @@ def test_the_idempotency_knob_at_its_default_keeps_a_sweeps_identity(monkeypatch
     monkeypatch.setattr(Knobs, "to_dict", lambda self: {k: v for k, v in asdict(self).items()
                                                         if k != "idempotency_keys"})  # the knobs before it
     assert sweep.identity() == now
+
+
+@pytest.mark.parametrize("flags", [["--seeds", "0"], ["--time-limit", "-1"], ["--frameworks", "plian"]])
+def test_bad_experiment_flags_are_refused_before_anything_runs(tmp_path: Path, flags: list[str],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from coordlab.runners import cli
+
+    assert cli.main(["experiment", "durability", "--out", str(tmp_path), *flags]) == 2
+    said = capsys.readouterr().err
+    assert ("must be" in said or "did you mean 'plain'" in said) and not (tmp_path / "durability.sqlite").exists()
