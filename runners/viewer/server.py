@@ -272,11 +272,7 @@ def serve(store_path: str | Path, port: int = VIEWER_PORT, open_browser: bool = 
             import webbrowser
 
             webbrowser.open(viewer.url)
-        stop = until or threading.Event()
         try:
-            # A timed wait, again and again: Ctrl-C may be delivered to the server's thread, and the main thread
-            # only runs Python's signal handler when it wakes; an untimed wait could then sleep through it.
-            while not stop.wait(0.5):
-                pass
+            (until or threading.Event()).wait()
         except KeyboardInterrupt:
             pass
