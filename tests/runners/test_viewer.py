@@ -241,8 +241,11 @@ def test_the_cli_names_the_busy_port_and_the_missing_store(viewer: Viewer, store
 
 
 def test_the_cli_prints_the_url_and_stops_on_ctrl_c(store_path: Path) -> None:
+    # Ctrl-C as a terminal sends it. Started from a background job (`make test &`), the tests inherit SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the child: the child gets the default back.
     process = subprocess.Popen([sys.executable, "-m", "coordlab", "view", "--store", str(store_path), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = process.stdout.readline() if process.stdout else ""
         assert line.startswith("coordlab viewer: http://127.0.0.1:"), line + (process.stderr.read()
