@@ -33,6 +33,15 @@ class Variant(StrEnum):
     """A model chooses who works next."""
 
 
+class ToolTransport(StrEnum):
+    """How an agent reaches the suite's tools."""
+
+    NATIVE = "native"
+    """The framework's own in-process tools, whose bodies are the lab's."""
+    MCP = "mcp"
+    """The lab's MCP server (:mod:`coordlab.runners.tool_server`), through the framework's own MCP client."""
+
+
 class Termination(StrEnum):
     """How an episode ended, the same enum for every framework."""
 
@@ -72,8 +81,13 @@ class Knobs:
     """Whether mutating tools carry an idempotency key (derived from the tool and its arguments) that the
     outside system honours: a repeated call returns the first result and changes nothing. A tool contract,
     the same for every framework; off by default, as most tools are written."""
+    tool_transport: ToolTransport = ToolTransport.NATIVE
+    """How agents reach the tools: the framework's native tools, or the lab's MCP server through the
+    framework's own MCP client (the same schemas and tool bodies either way)."""
 
     def __post_init__(self) -> None:
+        if self.tool_transport in set(ToolTransport) and not isinstance(self.tool_transport, ToolTransport):
+            object.__setattr__(self, "tool_transport", ToolTransport(self.tool_transport))  # as read from YAML
         problems = knob_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -115,6 +129,8 @@ def knob_problems(knobs: Knobs) -> list[str]:
          "an integer in [1, 200]"),
         ("tool_reflection", isinstance(knobs.tool_reflection, bool), "true or false"),
         ("idempotency_keys", isinstance(knobs.idempotency_keys, bool), "true or false"),
+        ("tool_transport", isinstance(knobs.tool_transport, ToolTransport),
+         " or ".join(repr(t.value) for t in ToolTransport)),
         ("client_max_retries", knobs.client_max_retries is None
          or (_is_int(knobs.client_max_retries) and 0 <= knobs.client_max_retries <= 20),
          "an integer in [0, 20] (or unset for the client's default)"),
@@ -132,10 +148,16 @@ class Endpoint:
     base_urls: dict[str, str]
     model: str
     api_key: str
+    tool_urls: dict[str, str] = field(default_factory=dict)
+    """Each role's MCP endpoint when the episode's tools are served over MCP (empty: native tools)."""
 
     def base_url(self, role: str) -> str:
         """The base URL the client of ``role`` must use."""
         return self.base_urls[role]
+
+    def tool_url(self, role: str) -> str:
+        """The MCP endpoint ``role``'s client must use (only when the tools are served over MCP)."""
+        return self.tool_urls[role]
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,9 @@ class FrameworkAdapter:
     distribution: str
     """The package whose installed version is part of the episode key."""
     variant_support: Mapping[Variant, VariantSupport]
+    tool_transports: frozenset[ToolTransport] = frozenset({ToolTransport.NATIVE})
+    """How this adapter can reach the tools; the harness uses the ``tool_transport`` knob when it is one of
+    them and the adapter's only one otherwise (an adapter without the attribute has native tools only)."""
     resume_path: str = ""
     """How a crashed episode resumes in this framework (its own mechanism, as its docs recommend);
     empty when it has none and a resumed run starts over from the beginning."""

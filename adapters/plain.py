@@ -15,11 +15,13 @@ sets ``episode_class`` on a :class:`PlainAdapter` subclass, without copying ``ru
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import openai
 
-from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport
+from .base import (
+    AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, ToolTransport, Variant, VariantSupport,
+)
 from .openai_loop import complete, openai_clients, run_agent
 from .registry import register
 from .step_journal import StepJournal
@@ -44,6 +46,9 @@ class PlainAdapter(FrameworkAdapter):
 
     distribution = "openai"  # the SDK is the only moving part besides the lab
     variant_support = _SUPPORT
+    tool_transports = frozenset(ToolTransport)
+    """Native: the tool specs and bodies in-process. MCP: the official ``mcp`` client
+    (:mod:`coordlab.adapters.mcp_client`), one session per role held for the episode."""
     episode_class: type["PlainEpisode"]
     """The episode class :meth:`run` builds (set below the class; a subclass may replace it)."""
 
@@ -78,9 +83,15 @@ class PlainEpisode:
     def __init__(self, spec: EpisodeSpec):
         self.spec, self.task, self.knobs = spec, spec.task, spec.knobs
         self.clients = openai_clients(spec)
+        self.mcp = None
+        if spec.knobs.tool_transport is ToolTransport.MCP:
+            from .mcp_client import McpSessions  # the MCP SDK only when the tools are served over it
+
+            self.mcp = McpSessions()
         self.values: dict[str, Any] = dict(self.task.inputs)
         self.outputs: dict[str, dict[str, Any]] = {}
         self.previous_role: str | None = None
+        self.current_step: str | None = None
         self.journal = StepJournal(spec.durability.folder) if spec.durability else None
         """Where finished steps are written when the episode may crash (None otherwise)."""
         self.resumed_from: str | None = None
@@ -102,9 +113,20 @@ class PlainEpisode:
         return last.index + 1
 
     def close(self) -> None:
-        """Release every client's connection pool."""
+        """Release every client's connection pool (and the MCP sessions)."""
         for client in self.clients.values():
             client.close()
+        if self.mcp is not None:
+            self.mcp.close()
+
+    def role_tools(self, role: str) -> tuple[list[dict[str, Any]], Callable[[str, str], str]]:
+        """``role``'s tool specs and how one of its calls runs (name, raw JSON arguments -> text)."""
+        if self.mcp is None:
+            world, trace = self.spec.world, self.spec.trace
+            return tool_specs(self.task, role), lambda name, args: execute_tool(world, trace, role, self.current_step,
+                                                                                 name, args)
+        url, mcp = self.spec.endpoint.tool_url(role), self.mcp
+        return mcp.openai_tools(url), lambda name, args: mcp.call(url, name, args)
 
     def final_output(self) -> dict[str, Any]:
         return self.outputs.get(self.task.steps[-1].id, {})
@@ -112,16 +134,16 @@ class PlainEpisode:
     def run_step(self, index: int, feedback: str = "", handoff: bool = True) -> None:
         """Run one step; ``handoff`` records the role change (off when a router already handed off)."""
         step = self.task.steps[index]
-        trace, world = self.spec.trace, self.spec.world
+        trace = self.spec.trace
         if handoff and self.previous_role != step.role:
             trace.handoff(self.previous_role, step.role, "function return", step.id)
         self.previous_role = step.role
         prompt = step_prompt(self.task, step, self.handed_on(index)) + (f"\n{feedback}" if feedback else "")
         messages = [{"role": "system", "content": role_prompt(self.task.roles[step.role])},
                     {"role": "user", "content": prompt}]
-        answer = run_agent(self.clients[step.role], self.spec.endpoint.model, messages,
-                           tool_specs(self.task, step.role),
-                           lambda name, args: execute_tool(world, trace, step.role, step.id, name, args),
+        self.current_step = step.id
+        tools, run_tool = self.role_tools(step.role)
+        answer = run_agent(self.clients[step.role], self.spec.endpoint.model, messages, tools, run_tool,
                            self.knobs.max_iterations, temperature=self.knobs.temperature)
         self.outputs[step.id] = parse_output(answer)
         self.merge(self.outputs[step.id])

@@ -4,6 +4,10 @@ Built-in adapters live in modules of this package and register themselves with
 :func:`register` when imported; third parties add theirs through the entry-point group
 ``coordlab.adapters`` (each entry point loads a zero-argument factory returning an
 :class:`~coordlab.adapters.base.Adapter`). Importing the registry imports no framework.
+
+``NAME+mcp`` names adapter NAME with its tools served over MCP (the
+``tool_transport`` knob pinned for that one framework), so one run can set a
+framework's native tools and its MCP client side by side, paired on the same episodes.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Callable
 
 from coordlab.tasks.loader import did_you_mean
 
-from .base import Adapter
+from .base import Adapter, ToolTransport
 
 ENTRY_POINT_GROUP = "coordlab.adapters"
 AdapterFactory = Callable[[], Adapter]
@@ -28,6 +32,8 @@ _BUILTIN_MODULES: dict[str, tuple[str, str]] = {
     "langgraph": ("coordlab.adapters.langgraph_adapter", "langgraph"),
 }
 _FACTORIES: dict[str, AdapterFactory] = {}
+MCP_SUFFIX = "+mcp"
+"""Appended to an adapter's name: the same framework, reaching the tools through its MCP client."""
 
 
 class AdapterUnavailable(LookupError):
@@ -47,17 +53,33 @@ def _plugin_factories() -> dict[str, object]:
 
 
 def adapter_names() -> list[str]:
-    """Every adapter name that can be asked for (built-in and plug-in)."""
+    """Every adapter name that can be asked for (built-in and plug-in); each may also take :data:`MCP_SUFFIX`."""
     return sorted({*_BUILTIN_MODULES, *_FACTORIES, *_plugin_factories()})
+
+
+def is_adapter_name(name: str) -> bool:
+    """Whether ``name`` (with or without :data:`MCP_SUFFIX`) names an adapter."""
+    return name.removesuffix(MCP_SUFFIX) in adapter_names()
 
 
 def adapter_module(name: str) -> str | None:
     """The module a built-in adapter lives in (None for a plug-in): what a process imports to have it ready."""
+    name = name.removesuffix(MCP_SUFFIX)
     return _BUILTIN_MODULES[name][0] if name in _BUILTIN_MODULES else None
 
 
 def get_adapter(name: str) -> Adapter:
-    """A fresh adapter by name; a clear error for a typo or a missing framework."""
+    """A fresh adapter by name; a clear error for a typo or a missing framework.
+
+    With :data:`MCP_SUFFIX` the adapter answers to the whole name and offers only the MCP transport.
+    """
+    if name.endswith(MCP_SUFFIX):
+        adapter = get_adapter(name.removesuffix(MCP_SUFFIX))
+        if ToolTransport.MCP not in getattr(adapter, "tool_transports", ()):
+            raise AdapterUnavailable(f"adapter {adapter.name!r} has no MCP client, so there is no {name!r}")
+        adapter.name = name
+        adapter.tool_transports = frozenset({ToolTransport.MCP})  # type: ignore[attr-defined]
+        return adapter
     if name not in _FACTORIES and name in _BUILTIN_MODULES:
         module, distribution = _BUILTIN_MODULES[name]
         try:

@@ -52,34 +52,52 @@ def parse_output(text: str | None) -> dict[str, Any]:
     return objects[-1] if objects else {}
 
 
-def execute_tool(world: World, trace: TraceRecorder | None, role: str | None, step: str | None,
-                 name: str, arguments: Mapping[str, Any] | str | None) -> str:
-    """Run a model's tool call on the world; errors come back as text the model can read.
+@dataclass(frozen=True)
+class ToolOutcome:
+    """What a tool call gave the model: the text it reads, and whether that text reports an error.
 
-    Results are JSON text so that every framework hands the model the same bytes.
+    Native tools hand the model only the text; an MCP server also sets ``isError`` from
+    :attr:`failed`, as the protocol asks, and each framework's MCP client decides what to do with it.
+    """
+
+    text: str
+    failed: bool
+
+
+def run_tool(world: World, trace: TraceRecorder | None, role: str | None, step: str | None,
+             name: str, arguments: Mapping[str, Any] | str | None) -> ToolOutcome:
+    """Run a model's tool call on the world and record it; errors come back as text the model can read.
+
+    Results are JSON text so that every framework, and either transport, hands the model the same bytes.
     """
     tool = world.tools.get(name)
     if tool is None:
         if trace:
             trace.tool_call(role, step, name, False, False, "unknown tool")
-        return f"Error: there is no tool named {name!r}."
+        return ToolOutcome(f"Error: there is no tool named {name!r}.", True)
     if isinstance(arguments, str) or arguments is None:
         try:
             arguments = json.loads(arguments or "{}")
         except ValueError as exc:
             if trace:
                 trace.tool_call(role, step, name, tool.mutating, False, "malformed arguments")
-            return f"Error: the arguments are not valid JSON ({exc})."
+            return ToolOutcome(f"Error: the arguments are not valid JSON ({exc}).", True)
     started = time.perf_counter()
     try:
         result = canonical_json(tool(world, arguments))
     except ToolError as exc:
         if trace:
             trace.tool_call(role, step, name, tool.mutating, False, str(exc), (time.perf_counter() - started) * 1000)
-        return f"Error: {exc}"
+        return ToolOutcome(f"Error: {exc}", True)
     if trace:
         trace.tool_call(role, step, name, tool.mutating, True, duration_ms=(time.perf_counter() - started) * 1000)
-    return result
+    return ToolOutcome(result, False)
+
+
+def execute_tool(world: World, trace: TraceRecorder | None, role: str | None, step: str | None,
+                 name: str, arguments: Mapping[str, Any] | str | None) -> str:
+    """:func:`run_tool`'s text: what a native tool hands the model."""
+    return run_tool(world, trace, role, step, name, arguments).text
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from tabulate import tabulate
 from coordlab.tasks.loader import TaskValidationError, load_suite, load_suite_task, load_task, validate_files
 from coordlab.tasks.skeleton import SkeletonError, write_skeleton
 
-from coordlab.adapters.base import Knobs
+from coordlab.adapters.base import Knobs, ToolTransport
 
 from .durability.experiment import NAME as DURABILITY
 from .durability.experiment import QUESTION as DURABILITY_QUESTION
@@ -194,7 +194,8 @@ def _sweep_from_args(args: argparse.Namespace, local: LiveEndpoint | None = None
             raise UsageError("--base-url needs --model (the model name the endpoint serves)")
         live = LiveEndpoint(args.base_url, args.model, args.api_key_env)
     if args.sweep:
-        if any([args.tasks, args.frameworks, args.variants, args.faults, args.seeds, args.trials is not None]):
+        if any([args.tasks, args.frameworks, args.variants, args.faults, args.seeds, args.trials is not None,
+                args.tool_transport]):
             raise UsageError("--sweep and matrix flags (--tasks, --frameworks, ...) cannot be combined")
         if args.force:
             raise UsageError("--sweep and --force cannot be combined; list the forced faults in the sweep file's "
@@ -206,7 +207,8 @@ def _sweep_from_args(args: argparse.Namespace, local: LiveEndpoint | None = None
         sweep.check_forced(where=f"{args.sweep}: force")
         return sweep
     knobs = Knobs(**{k: v for k, v in (("client_max_retries", args.client_max_retries),
-                                       ("client_timeout", args.client_timeout)) if v is not None})
+                                       ("client_timeout", args.client_timeout),
+                                       ("tool_transport", args.tool_transport)) if v is not None})
     return Sweep.build(args.tasks, args.frameworks, args.variants, args.faults, args.seeds, knobs, live,
                        forced=args.force, trials=args.trials)
 
@@ -492,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     matrix = run_parser.add_argument_group("the matrix (defaults: the default comparison suite)")
     matrix.add_argument("--sweep", metavar="FILE", help="a sweep YAML file instead of the matrix flags")
     matrix.add_argument("--tasks", nargs="+", metavar="TASK", help="suite names or files; NAME:n=8 sets a parameter")
-    matrix.add_argument("--frameworks", nargs="+", metavar="NAME", help="adapters (plain crewai autogen langgraph)")
+    matrix.add_argument("--frameworks", nargs="+", metavar="NAME",
+                        help="adapters (plain crewai autogen langgraph n8n); NAME+mcp: that framework with its tools "
+                             "over MCP, e.g. --frameworks langgraph langgraph+mcp pairs both transports")
     matrix.add_argument("--variants", nargs="+", metavar="NAME", help="linear gated delegated")
     matrix.add_argument("--faults", nargs="+", metavar="PROFILE", help="fault profile names or files")
     matrix.add_argument("--seeds", metavar="N|A-B|A,B,C", help="a count, an inclusive range or a list")
@@ -503,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pin one fault on one step (attempt 0 unless given) of every episode, on top of the "
                              "profiles' draws; repeatable; the step must exist in every task and admit the fault; "
                              "episode keys name it, e.g. none+force(send:repeated_side_effect@0)")
+    matrix.add_argument("--tool-transport", choices=[t.value for t in ToolTransport], default=None,
+                        help="how every framework reaches the tools: its native tools (default) or the lab's MCP "
+                             "server through its own MCP client")
     runtime = run_parser.add_argument_group("runtime (not part of the run's identity)")
     runtime.add_argument("--workers", type=int, default=None, help="parallel worker slots (default: CPU count)")
     runtime.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="SECONDS",

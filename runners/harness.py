@@ -9,6 +9,7 @@ both ends of every exchange, so no framework's own bookkeeping can flatter it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -16,7 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from coordlab.adapters.base import Adapter, AdapterOutcome, Endpoint, EpisodeSpec, Knobs, Termination, Variant
+from coordlab.adapters.base import (
+    Adapter, AdapterOutcome, Endpoint, EpisodeSpec, Knobs, Termination, ToolTransport, Variant,
+)
 from coordlab.adapters.trace import EventKind, TraceEvent, TraceRecorder
 from coordlab.tasks.schema import Task
 from coordlab.tasks.scoring import Verdict, score
@@ -210,6 +213,20 @@ def count(trace: list[TraceEvent], records: list[RequestRecord]) -> Counts:
     )
 
 
+def tool_transport_for(adapter: Adapter, knobs: Knobs) -> tuple[Knobs, str | None]:
+    """The knobs the episode runs with: the asked-for tool transport if the adapter has it, else its only one.
+
+    The transport used is what the outcome records, with a note when it is not the one asked for
+    (n8n reaches tools only over MCP; a plug-in without the attribute has native tools only).
+    """
+    offered = getattr(adapter, "tool_transports", frozenset({ToolTransport.NATIVE}))
+    if knobs.tool_transport in offered:
+        return knobs, None
+    used = ToolTransport.MCP if ToolTransport.MCP in offered else ToolTransport.NATIVE
+    return replace(knobs, tool_transport=used), (f"tools over {used.value}, not {knobs.tool_transport.value}: "
+                                                 f"{adapter.name} offers only {used.value}")
+
+
 def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simulator, plan: FaultPlan,
                 knobs: Knobs | None = None, upstream: Upstream | None = None) -> EpisodeResult:
     """Run ``task`` once through ``adapter`` in ``variant`` against ``simulator`` under ``plan``.
@@ -229,11 +246,19 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
     plan = replace(plan, routed=variant is Variant.DELEGATED)
     if upstream is not None and knobs.client_timeout is not None:  # nobody waits for an answer longer than that
         upstream = replace(upstream, timeout_s=min(upstream.timeout_s, knobs.client_timeout))
+    knobs, transport_note = tool_transport_for(adapter, knobs)
     episode = simulator.open_episode(task, plan, world=world, upstream=upstream)
     endpoint = Endpoint({role: simulator.base_url(episode.id, role) for role in [*task.roles, ROUTER_ROLE]},
                         upstream.model if upstream else MODEL_NAME, API_KEY)
     try:
-        outcome = adapter.run(EpisodeSpec(task, variant, endpoint, knobs, world, recorder))
+        with contextlib.ExitStack() as stack:
+            if knobs.tool_transport is ToolTransport.MCP:
+                from .tool_server import ToolEpisode, served_tools  # the MCP SDK and its server, only when used
+
+                tool_urls = stack.enter_context(served_tools(
+                    episode.id, ToolEpisode(task, world, recorder, episode.current_step), list(task.roles)))
+                endpoint = replace(endpoint, tool_urls=tool_urls)
+            outcome = adapter.run(EpisodeSpec(task, variant, endpoint, knobs, world, recorder))
     except Exception as exc:  # noqa: BLE001 - a crashing framework is an outcome, not a lab failure
         outcome = AdapterOutcome(Termination.ERROR, error="".join(traceback.format_exception_only(exc)).strip())
     finally:
@@ -253,7 +278,7 @@ def run_episode(adapter: Adapter, task: Task, variant: Variant, simulator: Simul
         status = Status.SUCCESS if verdict.success else Status.FAILED_CHECK
     support = adapter.support(variant)
     notes = list(outcome.notes) + ([] if support.faithful else [f"variant not faithful: {support.note}"]) + \
-        served.notes()
+        served.notes() + ([transport_note] if transport_note else [])
     return EpisodeResult(
         task=task.key, framework=adapter.name, framework_version=adapter.version(), variant=variant.value,
         profile=plan.profile.key, seed=plan.seed, status=status, harmful=verdict.harmful,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from coordlab.adapters.base import Knobs, Variant
-from coordlab.adapters.registry import adapter_names, adapter_version
+from coordlab.adapters.base import Knobs, ToolTransport, Variant
+from coordlab.adapters.registry import adapter_names, adapter_version, is_adapter_name
 from coordlab.tasks.loader import did_you_mean, load_suite_task, load_task, suite_names
 from coordlab.tasks.schema import Task
 from coordlab.tasks.yaml_files import read_yaml_file
@@ -158,7 +158,7 @@ class Sweep:
         if frameworks:
             known = adapter_names()
             for name in _names("frameworks", frameworks):
-                if name not in known:
+                if not is_adapter_name(name):
                     raise SweepError(f"--frameworks: no adapter {name!r}; {did_you_mean(name, known)}")
             changes["frameworks"] = tuple(dict.fromkeys(frameworks))
         if variants:
@@ -341,6 +341,8 @@ class Sweep:
             del material["trials"]
         if not self.knobs.idempotency_keys:  # likewise the tools as every sweep before the knob had them
             material["knobs"].pop("idempotency_keys", None)
+        if self.knobs.tool_transport is ToolTransport.NATIVE:  # and native tools, as before the MCP server
+            material["knobs"].pop("tool_transport", None)
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 

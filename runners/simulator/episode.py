@@ -161,6 +161,11 @@ class EpisodeState:
             self.records.append(decision.record)
             return decision
 
+    def current_step(self, role: str) -> str | None:
+        """The step of ``role``'s latest request that named one: where a tool call it asked for belongs."""
+        with self._lock:
+            return next((r.step for r in reversed(self.records) if r.role == role and r.step is not None), None)
+
     def close(self) -> None:
         """Release what serving the episode held (nothing, when simulated)."""
 
