@@ -147,6 +147,9 @@ class ToolServer:
         """Bind (an ephemeral port for 0) and serve in a daemon thread; returns once it accepts connections."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it, Nagle's algorithm held each answer until the
+        # client's delayed ACK, 40 ms per tool call (measured: 44 ms per call, 1.5 ms with it).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host, self.port))
         except OSError as exc:
