@@ -101,7 +101,9 @@ def adapter_version(name: str) -> str:
 
     The runner's parent process needs every episode key up front but must not import the
     frameworks (they are never mixed in one process), so versions come from package metadata.
+    A ``NAME+mcp`` twin has NAME's version.
     """
+    name = name.removesuffix(MCP_SUFFIX)
     if name in _BUILTIN_MODULES:
         distribution = _BUILTIN_MODULES[name][1]
         try:

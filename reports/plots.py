@@ -34,7 +34,8 @@ DPI = 110
 CHAIN_TASK = "chain"
 """The synthetic pipeline whose parameter n is its length."""
 
-_FRAMEWORK_COLOURS = {"plain": "#4d4d4d", "crewai": "#d95f02", "autogen": "#1b9e77", "langgraph": "#7570b3"}
+_FRAMEWORK_COLOURS = {"plain": "#4d4d4d", "crewai": "#d95f02", "autogen": "#1b9e77", "langgraph": "#7570b3",
+                      "n8n": "#e41a1c"}
 _OTHER_COLOURS = ("#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4", "#b2df8a")
 _VARIANT_STYLES = {"linear": ("-", "o"), "gated": ("--", "s"), "delegated": (":", "^")}
 _STYLE: dict[str, Any] = {

@@ -33,13 +33,15 @@ Key = tuple[str, ...]
 
 # -- ordering -----------------------------------------------------------------------------------
 
-_FRAMEWORK_ORDER = {"plain": 0, "crewai": 1, "autogen": 2, "langgraph": 3}
+_FRAMEWORK_ORDER = {"plain": 0, "crewai": 1, "autogen": 2, "langgraph": 3, "n8n": 4}
 _VARIANT_ORDER = {"linear": 0, "gated": 1, "delegated": 2}
 
 
-def framework_sort_key(system: str) -> tuple[int, str]:
-    """``plain`` first (the reference), then CrewAI, AutoGen, LangGraph, then anything else by name."""
-    return _FRAMEWORK_ORDER.get(system.partition("@")[0], len(_FRAMEWORK_ORDER)), system
+def framework_sort_key(system: str) -> tuple[int, str, str, str]:
+    """``plain`` first (the reference), then CrewAI, AutoGen, LangGraph, n8n, then anything else by name;
+    a framework's ``+mcp`` twin right after it."""
+    name, _, transport = system.partition("@")[0].partition("+")
+    return _FRAMEWORK_ORDER.get(name, len(_FRAMEWORK_ORDER)), name, transport, system
 
 
 def variant_sort_key(variant: str) -> tuple[int, str]:

@@ -72,7 +72,8 @@ class _Slot:
 def run_metadata(sweep: Sweep, workers: int, time_limit: float) -> dict[str, Any]:
     """Versions, knobs, machine and the lab's git commit, stored with the run."""
     packages = {}
-    for name in ("coordlab", "openai", "crewai", "autogen-agentchat", "autogen-ext", "langgraph", "pyautogen"):
+    for name in ("coordlab", "openai", "crewai", "autogen-agentchat", "autogen-ext", "langgraph", "pyautogen", "mcp",
+                 "langchain-mcp-adapters"):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
