@@ -25,6 +25,7 @@ from .plots import cost_vs_reliability, gate_effect, success_vs_fault_rate, succ
 from .tables import (compounding_note, compounding_table, coordination_table, fault_exposure_table, faults_table,
                      framework_sort_key, latency_table, overhead_table, paired_table, pass_k_table, resolve_max_k,
                      success_table, usage_table, variant_sort_key)
+from .transport import transport_table
 
 __all__ = ["PriceTableError", "ReportError", "build_report", "build_figures", "build_tables"]
 
@@ -93,7 +94,7 @@ def build_tables(data: StoreData, prices: PriceTable, verdict: Verdict, *, per_t
     tables = [success_table(episodes), verdict_table(verdict), failure_mode_table(episodes, verdict.diagnoses),
               pass_k_table(episodes, max_k), coordination_table(episodes), faults_table(episodes),
               fault_exposure_table(episodes, data.faults), usage_table(episodes, prices), latency_table(episodes),
-              overhead_table(episodes), paired_table(episodes), compounding_table(episodes),
+              overhead_table(episodes), paired_table(episodes), transport_table(episodes), compounding_table(episodes),
               pass_k_table(episodes, max_k, by_task=True)]
     if per_task:
         tables += [success_table(episodes, True), coordination_table(episodes, True), faults_table(episodes, True),

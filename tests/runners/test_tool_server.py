@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,3 +172,22 @@ def test_native_tools_keep_a_sweeps_identity_and_mcp_changes_it(monkeypatch: pyt
                                                         if k != "tool_transport"})  # the knobs before it
     assert sweep.identity() == now
     assert Sweep.build(tasks=["chain"], frameworks=["plain", "plain+mcp"], seeds=1).frameworks == ("plain", "plain+mcp")
+
+
+def test_a_run_pairs_a_framework_with_its_mcp_twin_and_the_report_compares_them(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Through the CLI: workers start the MCP server, the store keys the twin by its name, the report pairs them."""
+    from coordlab.runners.cli import main
+
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "--frameworks", "plain", "plain+mcp", "--tasks", "invoice_reconciliation", "--variants",
+                 "linear", "--faults", "mixed_5pct", "--seeds", "2", "--workers", "1", "--store", str(store)]) == 0
+    assert "4 run (" in capsys.readouterr().out
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "report")]) == 0
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    rows = next(t["rows"] for t in summary["tables"] if t["key"] == "transport")
+    assert [(r["framework"], r["variant"], r["pairs"]) for r in rows] == [("plain", "linear", 2)]
+    assert rows[0]["tool calls / episode (MCP)"] == rows[0]["tool calls / episode (native)"] > 0
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--frameworks", "plain", "--tool-transport", "grpc"])
+    assert refused.value.code == 2 and "--tool-transport: invalid choice: 'grpc'" in capsys.readouterr().err
