@@ -18,6 +18,7 @@ test: $(STAMP)  ## run the test suite (pytest's "no tests collected", exit 5, is
 bench: $(STAMP)  ## print the benchmarks (ratios measured side by side in one run)
 	$(BIN)/python bench/simulator_overhead.py
 	$(BIN)/python bench/adapter_overhead.py
+	$(BIN)/python bench/mcp_overhead.py
 	$(BIN)/python bench/runner_throughput.py
 	$(BIN)/python bench/report_large.py
 	$(BIN)/python bench/reliability.py

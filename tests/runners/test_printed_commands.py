@@ -73,6 +73,10 @@ OVERRIDES: dict[str, tuple[list[str], str]] = {
     "--store out/my_refunds.sqlite --force decide:wrong_value": (["--frameworks", "plain"], "four frameworks"),
     "coordlab run --frameworks plain control_drop_field --variants linear --faults answers_20pct --seeds 1": (
         ["--tasks", "chain"], "six tasks"),
+    "coordlab run --frameworks langgraph langgraph+mcp --tasks appointment_rebooking --faults mixed_5pct --seeds 4": (
+        ["--seeds", "1", "--frameworks", "plain", "plain+mcp", "--variants", "linear"], "LangGraph, 4 seeds"),
+    "coordlab run --tool-transport mcp --store out/mcp.sqlite": (
+        ["--seeds", "1", "--tasks", "chain", "--frameworks", "plain"], "the default suite over MCP"),
     "coordlab demo": (["--seeds", "1", "--frameworks", "plain"], "the default suite, then its report"),
     "coordlab experiment compounding": (["--seeds", "1", "--frameworks", "plain"], "4,800 episodes"),
     "coordlab experiment compounding --frameworks plain": (["--seeds", "1"], "1,200 episodes"),
