@@ -46,6 +46,19 @@ the gate's retry step (as a gate rejection is) and the human is asked again, at 
 it waits; the resumed run loads the state saved before the question and asks again.
 delegated does not ask (see ``_DELEGATED_REVIEW_NOTE``).
 
+Tools over MCP (``knobs.tool_transport`` ``mcp``): each role agent gets its tools through
+AutoGen's own MCP client, ``McpWorkbench`` on ``StreamableHttpServerParams`` at the role's
+MCP URL (``AssistantAgent(workbench=...)``, as AutoGen's docs show it), instead of the
+FunctionTools; one workbench per role with tools, started before the team is built and
+stopped when the episode ends. The lab's server runs and records every call that reaches
+it; the adapter records only the calls AutoGen answers itself. Everything else is the same.
+AutoGen's own ways are kept, not compensated: its agent lists the tools (one MCP
+``tools/list``) before every model call and again for every tool call, and a tool's error
+comes back flagged ``is_error`` (the model reads the same text). The one piece of glue is
+:class:`StrictToolsWorkbench`: AutoGen's structured output refuses tools that are not
+strict, and ``McpWorkbench`` marks none. Under durability the tools stay native
+(``_DURABLE_MCP_NOTE``): the crash experiment serves no MCP endpoint.
+
 AutoGen has no agent-level retry: after the openai SDK gives up, and whenever AutoGen's
 structured output fails to validate an answer, the team's ``run_stream`` raises
 ``RuntimeError`` and the episode ends in ``ERROR``. The trace is read off ``run_stream``
@@ -63,7 +76,7 @@ import inspect
 import json
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Mapping, Sequence
 
@@ -74,10 +87,10 @@ from autogen_agentchat.messages import (
     BaseAgentEvent, BaseChatMessage, SelectSpeakerEvent, StructuredMessage, ToolCallExecutionEvent,
 )
 from autogen_agentchat.teams import SelectorGroupChat
-from autogen_core import EVENT_LOGGER_NAME
+from autogen_core import EVENT_LOGGER_NAME, CancellationToken
 from autogen_core.logging import LLMCallEvent
 from autogen_core.models import ModelInfo
-from autogen_core.tools import FunctionTool
+from autogen_core.tools import FunctionTool, ToolResult, ToolSchema, Workbench
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, create_model, model_serializer
 
@@ -85,7 +98,9 @@ from coordlab.runners.export import write_atomically
 from coordlab.tasks.schema import Step
 from coordlab.tasks.tools import Tool
 
-from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Review, Termination, Variant, VariantSupport
+from .base import (
+    AdapterOutcome, EpisodeSpec, FrameworkAdapter, Review, Termination, ToolTransport, Variant, VariantSupport,
+)
 from .registry import register
 from .toolkit import check_gate, execute_tool, role_prompt, routing_messages, step_prompt
 
@@ -127,6 +142,9 @@ _SELF_RETRY_REVIEW_NOTE = ("{variant}: the reviewer rejected '{step}', whose gat
                            "again with the same values")
 APPROVE = "APPROVE"
 """The human's message when the reviewer approves: it opens the approved step's run."""
+_DURABLE_MCP_NOTE = (
+    "tools native, not over MCP: the crash experiment serves no MCP endpoint (a resumed run is a new process, and "
+    "the lab's tool server is per process), so under durability the role agents keep their FunctionTools")
 _DELEGATED_NOTE = ("delegated: a SelectorGroupChat selector only names participants and cannot end the chat, so the "
                    "routing model is also a participant that speaks after every worker and says FINISH; every "
                    "routing decision is two router calls (the participant, then the selector)")
@@ -148,6 +166,58 @@ class RoleAnswer(BaseModel):
                 if value is not None or (name in fields and fields[name].is_required())}
 
 
+class StrictToolsWorkbench(Workbench):
+    """AutoGen's ``McpWorkbench`` with every tool it lists marked ``strict``, noting the calls handed to it.
+
+    ``strict``: an agent with ``output_content_type`` calls the openai SDK's ``parse()``, which
+    refuses every tool not marked strict, and ``McpWorkbench.list_tools()`` marks none (its
+    ``ToolSchema`` has no ``strict``): without the mark every model call of a role with tools
+    raises before it is sent. The native FunctionTools are strict for the same reason, and the
+    lab's schemas are strict-shaped already (every property required, no others), so the mark
+    is the only change. Listing, calling, result conversion and errors are ``McpWorkbench``'s.
+    ``dispatched``: the ids of the calls handed on to the MCP client, which the lab's server records.
+    """
+
+    def __init__(self, inner: Workbench, dispatched: set[str]):
+        self.inner, self.dispatched = inner, dispatched
+
+    async def list_tools(self) -> list[ToolSchema]:
+        """The MCP server's tools as ``McpWorkbench`` converts them, each marked strict."""
+        marked = []
+        for schema in await self.inner.list_tools():
+            strict = schema.copy()
+            strict["strict"] = True
+            marked.append(strict)
+        return marked
+
+    async def call_tool(self, name: str, arguments: Mapping[str, Any] | None = None,
+                        cancellation_token: CancellationToken | None = None, call_id: str | None = None) -> ToolResult:
+        """``McpWorkbench``'s call (the server runs and records it); the call's id is noted first."""
+        if call_id is not None:
+            self.dispatched.add(call_id)
+        return await self.inner.call_tool(name, arguments, cancellation_token, call_id)
+
+    async def start(self) -> None:
+        """Open the MCP session (``McpWorkbench.start``)."""
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        """Close the MCP session (``McpWorkbench.stop``)."""
+        await self.inner.stop()
+
+    async def reset(self) -> None:
+        """``McpWorkbench.reset`` (nothing to reset)."""
+        await self.inner.reset()
+
+    async def save_state(self) -> Mapping[str, Any]:
+        """``McpWorkbench.save_state`` (its state is only its type tag)."""
+        return await self.inner.save_state()
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        """``McpWorkbench.load_state`` (nothing to load)."""
+        await self.inner.load_state(state)
+
+
 @register("autogen")
 class AutoGenAdapter(FrameworkAdapter):
     """AutoGen AgentChat (``SelectorGroupChat`` of role ``AssistantAgent``s) on ``OpenAIChatCompletionClient``."""
@@ -159,6 +229,9 @@ class AutoGenAdapter(FrameworkAdapter):
 
     distribution = "autogen-agentchat"
     variant_support = _SUPPORT
+    tool_transports = frozenset(ToolTransport)
+    """Native: ``FunctionTool``s over the shared tool code. MCP: AutoGen's ``McpWorkbench``, one per role
+    with tools, held for the episode (native under durability, with a note)."""
     episode_class: type[AutoGenEpisode]
     """The episode class :meth:`run` builds; a plug-in points this at its subclass."""
 
@@ -216,14 +289,26 @@ class AutoGenEpisode:
         self.durability = spec.durability
         self.resumed_from: str | None = None
         """With a resumed run: what :meth:`restore` read back, in words; None when nothing was saved."""
+        self.tools_over_mcp = self.knobs.tool_transport is ToolTransport.MCP and self.durability is None
+        """Whether the role agents reach the tools through AutoGen's MCP workbench (else FunctionTools)."""
+        if self.knobs.tool_transport is ToolTransport.MCP and not self.tools_over_mcp:
+            self.notes.append(_DURABLE_MCP_NOTE)
+        self.workbenches: dict[str, Workbench] = {}
+        """Over MCP: each role's started workbench, by role (roles without tools have none)."""
+        self.dispatched_tool_calls: set[str] = set()
+        """Over MCP: ids of the tool calls AutoGen handed to its MCP client (the lab's server records those)."""
 
     # -- running -----------------------------------------------------------------------------------------
     async def run(self) -> tuple[Termination, str | None, float]:
         """Run the variant; return its termination, an error text, and when construction ended."""
         try:
-            with self._selector_retries_logged():
-                termination = await {Variant.LINEAR: self.run_linear, Variant.GATED: self.run_gated,
-                                      Variant.DELEGATED: self.run_delegated}[self.spec.variant]()
+            async with AsyncExitStack() as workbenches:
+                if self.tools_over_mcp:  # started before the agents are built, stopped when the episode ends
+                    for role in [role for role, role_spec in self.task.roles.items() if role_spec.tools]:
+                        self.workbenches[role] = await workbenches.enter_async_context(self.mcp_workbench(role))
+                with self._selector_retries_logged():
+                    termination = await {Variant.LINEAR: self.run_linear, Variant.GATED: self.run_gated,
+                                          Variant.DELEGATED: self.run_delegated}[self.spec.variant]()
             return termination, None, self.built or time.perf_counter()
         except RuntimeError as exc:  # a team re-raises an agent's exception (SDK gave up, validation failed)
             message = str(exc).split("\nTraceback:", 1)[0]
@@ -484,10 +569,12 @@ class AutoGenEpisode:
         """Tool calls AutoGen answered with an error itself (bad JSON, unknown tool, schema mismatch).
 
         These never reach :func:`execute_tool`, which records every call that does (tool
-        errors there come back as ordinary results), so every ``is_error`` result is one.
+        errors there come back as ordinary results), so natively every ``is_error`` result is
+        one. Over MCP a tool's own error is ``is_error`` too (the server sets ``isError``) and
+        the server recorded it: only calls never handed to the MCP client are AutoGen's.
         """
         for result in event.content:
-            if result.is_error:
+            if result.is_error and result.call_id not in self.dispatched_tool_calls:
                 tool = self.task.tools.get(result.name)
                 self.spec.trace.tool_call(event.source, self.tool_step(event.source, result.name), result.name,
                                           bool(tool and tool.mutating), False, f"rejected by AutoGen: {result.content}")
@@ -546,6 +633,17 @@ class AutoGenEpisode:
         call.__annotations__ = {**{p.name: p.annotation for p in parameters}, "return": str}
         return FunctionTool(call, description=tool.description, name=tool.name, strict=True)
 
+    def mcp_workbench(self, role: str) -> Workbench:
+        """``role``'s tools through AutoGen's MCP client: an ``McpWorkbench`` on the role's MCP URL (not started).
+
+        Its defaults are AutoGen's (30 s HTTP timeout, 300 s read timeout, the session closed
+        with the workbench); :class:`StrictToolsWorkbench` only marks its tools strict.
+        """
+        from autogen_ext.tools.mcp import McpWorkbench, StreamableHttpServerParams  # the mcp extra, only when used
+
+        server = McpWorkbench(StreamableHttpServerParams(url=self.spec.endpoint.tool_url(role)))
+        return StrictToolsWorkbench(server, self.dispatched_tool_calls)
+
     def output_model(self, role: str) -> type[RoleAnswer]:
         """The role's ``output_content_type``: every output field of its steps (required when it has one step)."""
         steps = self.task.steps_of(role)
@@ -561,13 +659,14 @@ class AutoGenEpisode:
         ``max_tool_iterations`` is the shared per-step turn budget (AutoGen's default, 1, ends a
         step after its first tool round); ``reflect_on_tool_use`` is the shared knob (AutoGen
         turns it on by default with structured output; it only acts at the iteration bound).
+        The tools are FunctionTools, or over MCP the role's started workbench (AutoGen takes one or the other).
         """
         spec = self.task.roles[role]
-        tools = [self.function_tool(role, self.task.tools[name]) for name in spec.tools]
+        tools = [] if self.tools_over_mcp else [self.function_tool(role, self.task.tools[name]) for name in spec.tools]
         self.answer_models[role] = self.output_model(role)
         return AssistantAgent(
-            role, model_client=self.model_client(role), tools=tools or None, description=spec.goal,
-            system_message=role_prompt(spec), output_content_type=self.answer_models[role],
+            role, model_client=self.model_client(role), tools=tools or None, workbench=self.workbenches.get(role),
+            description=spec.goal, system_message=role_prompt(spec), output_content_type=self.answer_models[role],
             reflect_on_tool_use=self.knobs.tool_reflection, max_tool_iterations=self.knobs.max_iterations)
 
     def router_agent(self) -> AssistantAgent:

@@ -47,8 +47,38 @@ the checkpoint before the driver asks: a late answer kills the process while it 
 the resumed run finds the pending interrupt in the SQLite checkpoint, asks again and
 resumes with ``Command(resume=...)``. delegated does not ask (see ``_DELEGATED_REVIEW_NOTE``).
 
+Tools over MCP (``knobs.tool_transport`` is MCP): each role agent gets its tools from the
+lab's MCP server through ``langchain-mcp-adapters``, as LangChain's MCP page shows: a
+``MultiServerMCPClient`` with one ``streamable_http`` connection per role (its URL), and
+``load_mcp_tools`` on a session opened with ``client.session(role)`` and held for the
+episode (the page's "stateful sessions"). The client's default, ``get_tools()``, opens a
+fresh session for every tool call: initialize, its notification, a ``tools/list`` the SDK
+sends to learn the tool's output schema, then the call, four HTTP exchanges where one does
+(measured: 22 requests to 10 in a four-call episode, 90 to 180 ms more per episode). A user
+who cares about latency holds the session, and the plain reference holds its sessions the
+same way, so the transports compare like for like. Roles without tools connect to nothing.
+
+The MCP tools are async only (a ``StructuredTool`` with only a coroutine, whose sync
+``invoke`` raises), and LangGraph runs them in an async graph: over MCP the team graph runs
+with ``ainvoke`` on an ``asyncio.run`` loop, the nodes that run a role agent are ``async``
+and await the agent's ``ainvoke`` (so ``ToolNode`` awaits the tools), and every other node
+(model calls, gates, reviews, the supervisor) is the same sync function, which LangGraph
+runs in its executor. The sessions open on that loop, inside the run, so the handshakes and
+``tools/list`` count toward the run time, not the build time. ``ToolNode`` with its default
+error handling, the graphs, the checkpointer and the gates are the native path's.
+
+A tool error comes back from the server as its text with ``isError``; the library
+(``handle_tool_errors=True``, its default) hands it to the model as a ``ToolMessage`` with
+``status="error"`` and the same text. The library gives every result as a list of content
+blocks, which ``langchain-openai`` sends as content parts
+(``[{"type": "text", "text": ...}]``) where a native tool's result is a string: the same
+text in another shape. Durable episodes keep native tools, with a note: ``SqliteSaver`` has
+no async methods (``AsyncSqliteSaver`` would change the checkpointer and the resume path the
+crash experiment measures), and the durability runner serves no MCP tools.
+
 What lab code still does: builds these objects from the task, runs tool bodies on the
-world, evaluates the gate predicate, and turns LangChain callbacks into the lab's trace.
+world (native tools; the MCP server runs them otherwise), evaluates the gate predicate, and
+turns LangChain callbacks into the lab's trace.
 :class:`LangGraphEpisode` is the extension point: subclass it and override one method
 (the chat model, the tools, the retry policy, a graph...), then set
 ``LangGraphAdapter.episode_class`` or register a subclass of :class:`LangGraphAdapter`.
@@ -56,11 +86,14 @@ world, evaluates the gate predicate, and turns LangChain callbacks into the lab'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Coroutine, Sequence, TypeVar
 from uuid import UUID, uuid4
 
 import openai
@@ -82,9 +115,16 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from coordlab.tasks.schema import Gate, Step
 
-from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Review, Termination, Variant, VariantSupport
+from .base import (
+    AdapterOutcome, EpisodeSpec, FrameworkAdapter, Review, Termination, ToolTransport, Variant, VariantSupport,
+)
 from .registry import register
 from .toolkit import check_gate, execute_tool, role_prompt, routing_messages, routing_tools, step_prompt
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
+
+_T = TypeVar("_T")
 
 _CLIENT = ("role agents on langchain-openai ChatOpenAI (tools bound, json_schema structured output), "
            "ToolNode runs the tools, messages in graph state, RetryPolicy on model nodes, InMemorySaver")
@@ -110,6 +150,9 @@ _DELEGATED_REVIEW_NOTE = (
     "agent chooses; LangGraph's place to ask there is an interrupt around the tool call, which reviews a tool call "
     "rather than a step (naming the step would be the adapter's guess) and has no gate whose retry step a rejection "
     "could send the work back to, so the world's changes here are made unreviewed")
+_DURABLE_MCP_NOTE = (
+    "tools native, not over MCP: a durable episode runs the sync graph on LangGraph's SqliteSaver, which has no "
+    "async methods, and LangGraph's MCP tools are async only")
 _SELF_RETRY_REVIEW_NOTE = ("{variant}: the reviewer rejected '{step}', whose gate names '{step}' itself as its retry "
                            "step; nothing before it can be redone without running it, so the reviewer is asked "
                            "again with the same values")
@@ -173,6 +216,10 @@ class LangGraphAdapter(FrameworkAdapter):
     episode_class: type["LangGraphEpisode"]
     """The episode built for each run; replace it (or subclass the adapter) to change one behaviour."""
 
+    tool_transports = frozenset(ToolTransport)
+    """Native: ``StructuredTool``s on the lab's tool bodies. MCP: ``langchain-mcp-adapters`` tools on one session
+    per role held for the episode, the graph run with ``ainvoke`` (durable episodes stay native)."""
+
     resume_path = ("SqliteSaver checkpointer (langgraph-checkpoint-sqlite), same thread_id; "
                    "invoke(None) continues from the last checkpoint")
 
@@ -205,10 +252,17 @@ class LangGraphEpisode:
         self.resumed_from: str | None = None
         """What ``run`` continued from (see :meth:`resume_point`); None for a run from the start."""
         self._connection: sqlite3.Connection | None = None
+        self.over_mcp = self.knobs.tool_transport is ToolTransport.MCP and self.durability is None
+        """Whether the agents reach their tools over MCP (then the graph runs async; see the module docstring)."""
+        if self.knobs.tool_transport is ToolTransport.MCP and not self.over_mcp:
+            self.notes.append(_DURABLE_MCP_NOTE)
         self.callbacks = TraceCallbacks(self)
         self.chat_models = {role: self.make_chat_model(role) for role in self.roles()}
-        self.tools = {role: self.make_tools(role) for role in self.task.roles}
-        self.agents = {role: self.build_agent(role) for role in self.task.roles}
+        self.tools: dict[str, list[BaseTool]] = {}
+        """Each role's tools; over MCP they are loaded when the run opens its sessions."""
+        self.agents: dict[str, CompiledStateGraph] = {}
+        if not self.over_mcp:
+            self.build_agents({role: self.make_tools(role) for role in self.task.roles})
         builders: dict[Variant, Callable[[], tuple[StateGraph, int]]] = {
             Variant.LINEAR: self.build_linear, Variant.GATED: self.build_gated, Variant.DELEGATED: self.build_delegated}
         graph, self.recursion_limit = builders[spec.variant]()
@@ -229,6 +283,34 @@ class LangGraphEpisode:
     def make_tools(self, role: str) -> list[BaseTool]:
         """The role's tools as LangChain tools: the task's JSON schema, the lab's tool body on the world."""
         return [self._tool(role, name) for name in self.task.roles[role].tools]
+
+    async def open_mcp_tools(self, sessions: AsyncExitStack) -> dict[str, list[BaseTool]]:
+        """Each role's tools from its MCP URL through ``langchain-mcp-adapters``, on a session held by ``sessions``.
+
+        One ``MultiServerMCPClient`` connection per role, named after it; a role without tools
+        connects to nothing (the server would list none).
+        """
+        from langchain_mcp_adapters.client import MultiServerMCPClient  # the MCP SDK only when tools go over it
+
+        roles = [role for role in self.task.roles if self.task.roles[role].tools]
+        client = MultiServerMCPClient({role: {"transport": "streamable_http", "url": self.spec.endpoint.tool_url(role)}
+                                       for role in roles})
+        tools: dict[str, list[BaseTool]] = {role: [] for role in self.task.roles}
+        for role in roles:
+            tools[role] = await self.load_mcp_tools(role, await sessions.enter_async_context(client.session(role)))
+        return tools
+
+    async def load_mcp_tools(self, role: str, session: ClientSession) -> list[BaseTool]:
+        """``role``'s tools as ``langchain-mcp-adapters`` converts them (the library's defaults: isError results go
+        to the model as error ``ToolMessage``s, names unprefixed), each call on ``session``."""
+        from langchain_mcp_adapters.tools import load_mcp_tools
+
+        return await load_mcp_tools(session, server_name=role)
+
+    def build_agents(self, tools: dict[str, list[BaseTool]]) -> None:
+        """Give each role its tools and build its agent (over MCP, once the run has loaded them)."""
+        self.tools = tools
+        self.agents = {role: self.build_agent(role) for role in self.task.roles}
 
     def _tool(self, role: str, name: str) -> BaseTool:
         tool = self.task.tools[name]
@@ -339,10 +421,19 @@ class LangGraphEpisode:
     def run_agent(self, role: str, messages: Sequence[AnyMessage], brief: AgentBrief) -> tuple[list[AnyMessage],
                                                                                                    dict[str, Any]]:
         """Invoke the role's agent on ``messages``: the messages it added and its structured answer."""
-        config: RunnableConfig = {"recursion_limit": _limit(2 * self.knobs.max_iterations - 1),
-                                  "metadata": {"coordlab_role": role, "coordlab_step": brief.step}}
-        result = self.agents[role].invoke({"messages": list(messages)}, config, context=brief)
+        result = self.agents[role].invoke({"messages": list(messages)}, self._agent_config(role, brief), context=brief)
         return result["messages"][len(messages):], result.get("structured_response", {})
+
+    async def arun_agent(self, role: str, messages: Sequence[AnyMessage],
+                         brief: AgentBrief) -> tuple[list[AnyMessage], dict[str, Any]]:
+        """:meth:`run_agent` awaiting the agent's ``ainvoke``: how a node runs it when its tools are async (MCP)."""
+        result = await self.agents[role].ainvoke({"messages": list(messages)}, self._agent_config(role, brief),
+                                                 context=brief)
+        return result["messages"][len(messages):], result.get("structured_response", {})
+
+    def _agent_config(self, role: str, brief: AgentBrief) -> RunnableConfig:
+        return {"recursion_limit": _limit(2 * self.knobs.max_iterations - 1),
+                "metadata": {"coordlab_role": role, "coordlab_step": brief.step}}
 
     # -- running ----------------------------------------------------------------------------------
     def config(self) -> RunnableConfig:
@@ -402,8 +493,10 @@ class LangGraphEpisode:
         resumes after a failure: ``invoke(None)`` with the same ``thread_id``; when the thread
         stopped at an interrupt (waiting for the human), the human is asked again and the
         thread resumed with ``Command(resume=...)``. Every run that stops at an interrupt is
-        answered the same way until the graph ends.
+        answered the same way until the graph ends. Over MCP the run is :meth:`arun` on its own loop.
         """
+        if self.over_mcp:
+            return _run_to_completion(self.arun())
         pending: Sequence[Interrupt] = ()
         if self.durability is not None and self.durability.resume:
             self.resumed_from = self.resume_point()
@@ -415,10 +508,29 @@ class LangGraphEpisode:
             while pending := final.get("__interrupt__", ()):
                 final = self.graph.invoke(Command(resume=self.answer(pending)), self.config())
             return Termination(final.get("termination", Termination.COMPLETED)), None
-        except GraphRecursionError as exc:
-            return Termination.MAX_TURNS, f"GraphRecursionError: {exc}"
-        except (openai.OpenAIError, ValueError) as exc:  # transport past all retries; an answer that fails its schema
-            return Termination.ERROR, f"{type(exc).__name__}: {exc}"
+        except (GraphRecursionError, openai.OpenAIError, ValueError) as exc:
+            return _failure(exc)
+
+    async def arun(self) -> tuple[Termination, str | None]:
+        """:meth:`run` over MCP: open each role's MCP session and load its tools, build the agents on them, and
+        ``ainvoke`` the team graph to its end (interrupts answered as :meth:`run` does); the sessions close after.
+
+        A failure is mapped inside the sessions' block, before they unwind. Anything else (the
+        MCP connection failing, a defect) leaves through the sessions' task groups, which wrap
+        it in an ``ExceptionGroup`` ("unhandled errors in a TaskGroup"); it is raised as itself.
+        """
+        try:
+            async with AsyncExitStack() as sessions:
+                self.build_agents(await self.open_mcp_tools(sessions))
+                try:
+                    final = await self.graph.ainvoke(self.initial_state(), self.config())
+                    while pending := final.get("__interrupt__", ()):
+                        final = await self.graph.ainvoke(Command(resume=self.answer(pending)), self.config())
+                    return Termination(final.get("termination", Termination.COMPLETED)), None
+                except (GraphRecursionError, openai.OpenAIError, ValueError) as exc:
+                    return _failure(exc)
+        except BaseExceptionGroup as group:
+            raise _innermost(group) from group
 
     def answer(self, pending: Sequence[Interrupt]) -> dict[str, dict[str, Any]]:
         """Ask the human about every pending interrupt (blocking); the resume values by interrupt id.
@@ -444,14 +556,22 @@ class LangGraphEpisode:
         return {name: values[name] for name in self.task.steps[-1].output_names if name in values}
 
     # -- linear -----------------------------------------------------------------------------------
-    def step_node(self, step: Step) -> Callable[[TeamState], dict[str, Any]]:
-        """A node running ``step``: its instruction joins the messages and the role's agent answers it."""
+    def step_node(self, step: Step) -> Callable[[TeamState], Any]:
+        """A node running ``step``: its instruction joins the messages and the role's agent answers it
+        (an ``async`` node awaiting the agent over MCP)."""
+        def update(brief: HumanMessage, added: list[AnyMessage], answer: dict[str, Any]) -> dict[str, Any]:
+            return {"messages": [brief, *added], "values": answer, "outputs": {step.id: answer}}
+
         def node(state: TeamState) -> dict[str, Any]:
             brief = HumanMessage(step_prompt(self.task, step))
-            added, answer = self.run_agent(step.role, [*state["messages"], brief],
-                                           AgentBrief(self.response_format(step), step.id))
-            return {"messages": [brief, *added], "values": answer, "outputs": {step.id: answer}}
-        return node
+            return update(brief, *self.run_agent(step.role, [*state["messages"], brief],
+                                                 AgentBrief(self.response_format(step), step.id)))
+
+        async def async_node(state: TeamState) -> dict[str, Any]:
+            brief = HumanMessage(step_prompt(self.task, step))
+            return update(brief, *await self.arun_agent(step.role, [*state["messages"], brief],
+                                                        AgentBrief(self.response_format(step), step.id)))
+        return async_node if self.over_mcp else node
 
     def build_linear(self) -> tuple[StateGraph, int]:
         """``START -> step1 -> ... -> stepN -> END``; N node supersteps (with an approver, ``review.<step>`` in
@@ -589,14 +709,20 @@ class LangGraphEpisode:
             return Command(goto=target, update={"messages": [reply, *answers], "turns": turns + 1})
         return supervisor
 
-    def worker_node(self, role: str) -> Callable[[TeamState], dict[str, Any]]:
-        """A role node: the role's agent works on the team's conversation and answers for the step it chose."""
-        def worker(state: TeamState) -> dict[str, Any]:
-            added, answer = self.run_agent(role, state["messages"], AgentBrief(self.role_response_format(role)))
+    def worker_node(self, role: str) -> Callable[[TeamState], Any]:
+        """A role node: the role's agent works on the team's conversation and answers for the step it chose
+        (an ``async`` node awaiting the agent over MCP)."""
+        def update(added: list[AnyMessage], answer: dict[str, Any]) -> dict[str, Any]:
             given = {name: value for name, value in answer.items() if value is not None}
             outputs = {s.id: {n: given[n] for n in s.output_names if n in given} for s in self.task.steps_of(role)}
             return {"messages": added, "values": given, "outputs": {s: o for s, o in outputs.items() if o}}
-        return worker
+
+        def worker(state: TeamState) -> dict[str, Any]:
+            return update(*self.run_agent(role, state["messages"], AgentBrief(self.role_response_format(role))))
+
+        async def async_worker(state: TeamState) -> dict[str, Any]:
+            return update(*await self.arun_agent(role, state["messages"], AgentBrief(self.role_response_format(role))))
+        return async_worker if self.over_mcp else worker
 
 
 LangGraphAdapter.episode_class = LangGraphEpisode
@@ -604,13 +730,29 @@ LangGraphAdapter.episode_class = LangGraphEpisode
 
 class TraceCallbacks(BaseCallbackHandler):
     """LangChain callbacks feeding the lab's trace: handoffs at node starts, step outputs at node ends, and tool
-    calls ``ToolNode`` refused before any tool ran (an unknown tool, arguments failing validation)."""
+    calls ``ToolNode`` refused before any tool ran (an unknown tool, arguments failing validation).
+
+    A tool that ran recorded its own call (a native body, or the MCP server), so an error
+    ``ToolMessage`` from it (how ``langchain-mcp-adapters`` returns an ``isError`` result) is
+    not recorded again: only calls no tool finished are ToolNode's refusals.
+    """
+
+    run_inline = True
+    """Under ``ainvoke`` (tools over MCP) LangChain would otherwise run each event of this sync handler on an
+    executor thread; inline, events are handled in order on the loop, as under ``invoke``."""
 
     def __init__(self, episode: LangGraphEpisode):
         self.episode = episode
         self.previous_role: str | None = None
         self._tool_runs: dict[UUID, tuple[str | None, str | None]] = {}
         self._step_runs: dict[UUID, str] = {}
+        self._finished_calls: set[str] = set()
+        """Ids of the tool calls a tool ran to its end (its result, error or not, is its own)."""
+
+    def on_tool_end(self, output: Any, **kwargs: Any) -> None:
+        """A tool finished a call: remember the call, whose result ``ToolNode`` then hands on."""
+        if isinstance(output, ToolMessage):
+            self._finished_calls.add(output.tool_call_id)
 
     def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID,
                        metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -644,7 +786,8 @@ class TraceCallbacks(BaseCallbackHandler):
             role, step = self._tool_runs.pop(run_id)
             messages = outputs.get("messages", []) if isinstance(outputs, dict) else []
             for message in messages:
-                if isinstance(message, ToolMessage) and message.status == "error":
+                if isinstance(message, ToolMessage) and message.status == "error" \
+                        and message.tool_call_id not in self._finished_calls:
                     tool = task.tools.get(message.name or "")
                     trace.tool_call(role, step, message.name or "", bool(tool and tool.mutating), False,
                                     "unknown tool" if tool is None else str(message.content))
@@ -653,6 +796,33 @@ class TraceCallbacks(BaseCallbackHandler):
         """A node failed: forget its run."""
         self._step_runs.pop(run_id, None)
         self._tool_runs.pop(run_id, None)
+
+
+def _failure(exc: Exception) -> tuple[Termination, str]:
+    """How a run that raised ended: the ``recursion_limit`` backstop is MAX_TURNS; a transport error past all
+    retries, or an answer that fails its schema, is ERROR."""
+    if isinstance(exc, GraphRecursionError):
+        return Termination.MAX_TURNS, f"GraphRecursionError: {exc}"
+    return Termination.ERROR, f"{type(exc).__name__}: {exc}"
+
+
+def _innermost(group: BaseExceptionGroup) -> BaseException:
+    """The first exception a (nested) exception group holds: what actually went wrong."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        inner = inner.exceptions[0]
+    return inner
+
+
+def _run_to_completion(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` on a fresh event loop; on a thread of its own when this one already runs a loop (a
+    notebook), where ``asyncio.run`` refuses, so an MCP episode runs wherever a native one does."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1, thread_name_prefix="coordlab-langgraph-mcp") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _limit(supersteps: int) -> int:

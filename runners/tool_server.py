@@ -2,9 +2,11 @@
 
 One server per worker process (:func:`shared_tool_server`), on 127.0.0.1, built on the
 official ``mcp`` SDK's low-level server and its streamable-HTTP session manager. Like the
-simulator, it tells episodes and roles apart by URL
-(``/episodes/<id>/roles/<role>/mcp``), so no framework needs lab code to say who is
-calling: each framework's own MCP client is simply pointed at its role's URL.
+simulator, it tells episodes and roles apart by URL, so no framework needs lab code to say who is
+calling: each framework's own MCP client is simply pointed at its role's URL. The episode
+and role go in the query (``/mcp?episode=<id>&role=<role>``), leaving the path a server's
+usual ``/mcp``: CrewAI names a server's tools after its host, port and path, and cuts the
+name at 64 characters, so with the ids in the path no tool kept its own name.
 
 What the model is offered and what a call does are the native path's, byte for byte:
 ``tools/list`` serves each tool's :meth:`~coordlab.tasks.tools.Tool.json_schema` (the
@@ -29,6 +31,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Self
+from urllib.parse import parse_qs, urlencode
 
 import uvicorn
 from mcp import types
@@ -40,7 +43,8 @@ from coordlab.adapters.trace import TraceRecorder
 from coordlab.tasks.schema import Task
 from coordlab.tasks.world import World
 
-_PATH = re.compile(r"^/episodes/([A-Za-z0-9_-]+)/roles/([A-Za-z0-9_.-]+)/mcp/?$")
+MCP_PATH = "/mcp"
+_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 START_LIMIT_S = 30.0
 """How long starting the server's event loop may take before the lab gives up."""
 
@@ -84,19 +88,25 @@ class ToolServer:
 
     def url(self, episode_id: str, role: str) -> str:
         """The MCP endpoint a role's client connects to."""
-        return f"http://{self.host}:{self.port}/episodes/{episode_id}/roles/{role}/mcp"
+        return f"http://{self.host}:{self.port}{MCP_PATH}?{urlencode({'episode': episode_id, 'role': role})}"
+
+    def _find(self, path: str, query: str) -> tuple[ToolEpisode, str] | None:
+        """The open episode and the role a request's URL names, or None."""
+        fields = parse_qs(query)
+        episode_id, role = fields.get("episode", [""])[0], fields.get("role", [""])[0]
+        if path.rstrip("/") != MCP_PATH or not _ID.match(episode_id) or not _ID.match(role):
+            return None
+        with self._lock:
+            episode = self._episodes.get(episode_id)
+        return (episode, role) if episode is not None else None
 
     def _addressed(self) -> tuple[ToolEpisode, str]:
         """The episode and role of the MCP request being handled (read from its URL)."""
         request = self._mcp.request_context.request
-        match = _PATH.match(request.url.path) if request is not None else None
-        if match is None:
-            raise ToolServerError("the request names no episode and role")
-        with self._lock:
-            episode = self._episodes.get(match[1])
-        if episode is None:
-            raise ToolServerError(f"no episode {match[1]!r} is open on this tool server")
-        return episode, match[2]
+        found = self._find(request.url.path, request.url.query) if request is not None else None
+        if found is None:
+            raise ToolServerError("the request names no open episode and role")
+        return found
 
     # -- the MCP server ----------------------------------------------------------------------
     def _mcp_server(self) -> Server:
@@ -129,11 +139,9 @@ class ToolServer:
                             await send({"type": "lifespan.startup.complete"})
                     await send({"type": "lifespan.shutdown.complete"})
                 return
-            match = _PATH.match(scope["path"])
-            with self._lock:
-                known = match is not None and match[1] in self._episodes
-            if not known:
-                body = f"no open episode at {scope['path']}".encode()
+            query = scope.get("query_string", b"").decode("latin-1")
+            if self._find(scope["path"], query) is None:
+                body = f"no open episode and role at {scope['path']}?{query}".encode()
                 await send({"type": "http.response.start", "status": 404,
                             "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})

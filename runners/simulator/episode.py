@@ -29,7 +29,7 @@ from coordlab.tasks.world import World
 from .answers import drifted, field_kinds
 from .log import HandoffIssue, RequestRecord
 from .reading import (
-    Reading, StepTranscript, find_step, offered_tools, requested_fields, step_transcript, strictly_required,
+    Reading, StepTranscript, find_step, offered_tools, requested_fields, step_transcript, strictly_required, tool_aliases,
     visible_values,
 )
 from .router import delegation_brief
@@ -217,15 +217,18 @@ class EpisodeState:
         values = reading.values()
         issues = self._handoff_issues(step, values)
         values, misread = self._misread(step, reading, values, base["prompt_tokens"])
-        transcript = step_transcript(messages, marker_index)
+        offered = offered_tools(body)
+        aliases = tool_aliases(offered, self.task.tools)
+        transcript = step_transcript(messages, marker_index, aliases)
         results, pending = walk_plan(step, values, lambda plan, arguments: transcript.result_for(plan.tool, arguments))
         namespace = step_namespace(step, values, results)
 
+        offered_as = {tool: name for name, tool in aliases.items()}
         if pending is not None:
-            reply = self._tool_phase(step, pending, namespace, fault, offered_tools(body), transcript)
+            reply = self._tool_phase(step, pending, namespace, fault, offered, transcript, offered_as)
         else:
             reply = self._final_phase(step, namespace, results, fault, fields, strictly_required(body),
-                                      base["prompt_tokens"])
+                                      base["prompt_tokens"], offered_as)
         reply.mechanisms = misread + reply.mechanisms
         if reply.fault is not None:
             self._fire(step)
@@ -273,19 +276,20 @@ class EpisodeState:
         return values, tuple(dict.fromkeys(acted))
 
     def _tool_phase(self, step: Step, pending: PlannedCall, namespace: Mapping[str, Any], fault: Fault | None,
-                    offered: Mapping[str, Any], transcript: StepTranscript) -> Reply:
+                    offered: Mapping[str, Any], transcript: StepTranscript, offered_as: Mapping[str, str]) -> Reply:
+        """A tool call of the plan's pending tool, by the name the request offers it under (``offered_as``)."""
         if fault is Fault.SKIPPED_TOOL:
             return self._answer(step, namespace, fault)
-        name, arguments = pending.plan.tool, json.dumps(pending.arguments)
+        name, arguments = offered_as.get(pending.plan.tool, pending.plan.tool), json.dumps(pending.arguments)
         if fault is Fault.MALFORMED_TOOL_ARGS:
             return Reply("tool_call", tool_calls=[self._call(name, arguments[: max(1, len(arguments) // 2)])],
                          fault=fault)
         if fault is Fault.UNKNOWN_TOOL:
             return Reply("tool_call", tool_calls=[self._call(f"{name}_v2", arguments)], fault=fault)
         if fault is Fault.TOOL_ERROR_AFTER_EFFECT and pending.plan.spec.mutating and self.world is not None:
-            self.world.fail_after_effect(name, pending.arguments)
+            self.world.fail_after_effect(pending.plan.tool, pending.arguments)
             return Reply("tool_call", tool_calls=[self._call(name, arguments)], fault=fault)
-        needed = {tool.name for tool in step.tools}
+        needed = {offered_as.get(tool.name, tool.name) for tool in step.tools}
         extra = sorted(set(offered) - needed)
         calls = len(transcript.exchanges)
         draws = self._draws(step)
@@ -297,14 +301,16 @@ class EpisodeState:
 
     def _final_phase(self, step: Step, namespace: Mapping[str, Any], results: Mapping[str, Any],
                      fault: Fault | None, structured: tuple[str, ...] | None, required: frozenset[str],
-                     prompt_tokens: int) -> Reply:
+                     prompt_tokens: int, offered_as: Mapping[str, str]) -> Reply:
         """The step's answer. Under a strict structured-output request (``required`` non-empty) the API
-        guarantees every required field, so an answer that would leave fields out gives them as null."""
+        guarantees every required field, so an answer that would leave fields out gives them as null.
+        A repeated call names its tool as the request offers it (``offered_as``)."""
         # A repeated side effect repeats the last mutating call this step made (on the branch it took).
         made = [p for p in step.tool_calls if p.spec.mutating and p.bind in results]
         if fault is Fault.REPEATED_SIDE_EFFECT and made:
             plan = made[-1]
-            return Reply("tool_call", tool_calls=[self._call(plan.tool, json.dumps(call_arguments(plan, namespace)))],
+            return Reply("tool_call", tool_calls=[self._call(offered_as.get(plan.tool, plan.tool),
+                                                             json.dumps(call_arguments(plan, namespace)))],
                          fault=fault)
         if fault in (Fault.PREMATURE_STOP, Fault.EMPTY_ANSWER):
             if required:  # a strict API still returns every field: the model has none to give

@@ -217,8 +217,29 @@ def is_transient_error(result: Any) -> bool:
     return isinstance(result, str) and result.startswith("Error") and "timed out" in result
 
 
-def step_transcript(messages: list[Mapping[str, Any]], start: int) -> StepTranscript:
-    """The tool exchanges in ``messages[start:]`` (an unparseable argument string stays a string)."""
+def tool_aliases(offered: Mapping[str, Any], known: Iterable[str]) -> dict[str, str]:
+    """Offered tool names that are a known tool under a prefix -> that tool (``mcp_host_8000_mcp_crm_lookup``).
+
+    Some MCP clients name a server's tools ``<server>_<tool>`` (CrewAI derives the server
+    part from its URL); a model reads the offered name and its description and calls what
+    it is offered, so the simulator does too. A name offered exactly, or a prefixed name
+    that would fit two tools, is no alias.
+    """
+    aliases: dict[str, str] = {}
+    for tool in known:
+        if tool in offered:
+            continue
+        fits = [name for name in offered if name.endswith(f"_{tool}")]
+        if len(fits) == 1:
+            aliases[fits[0]] = tool
+    return aliases
+
+
+def step_transcript(messages: list[Mapping[str, Any]], start: int,
+                    aliases: Mapping[str, str] | None = None) -> StepTranscript:
+    """The tool exchanges in ``messages[start:]`` (an unparseable argument string stays a string), each under
+    its tool's own name (``aliases`` maps an offered name back to it)."""
+    aliases = aliases or {}
     calls: dict[str, tuple[str, Any]] = {}
     transcript = StepTranscript()
     for message in messages[max(start, 0):]:
@@ -229,7 +250,8 @@ def step_transcript(messages: list[Mapping[str, Any]], start: int) -> StepTransc
                 arguments = json.loads(raw) if isinstance(raw, str) else raw
             except ValueError:
                 arguments = raw
-            calls[str(call.get("id"))] = (str(function.get("name")), arguments)
+            name = str(function.get("name"))
+            calls[str(call.get("id"))] = (aliases.get(name, name), arguments)
         if message.get("role") == "tool" and str(message.get("tool_call_id")) in calls:
             name, arguments = calls[str(message.get("tool_call_id"))]
             transcript.exchanges.append(ToolExchange(name, arguments, parse_tool_result(message_text(message))))

@@ -107,8 +107,8 @@ def test_a_tool_error_is_flagged_as_one_for_the_client(server: ToolServer) -> No
 
 def test_an_episode_that_is_not_open_is_a_404_naming_the_path(server: ToolServer) -> None:
     reply = httpx.post(server.url("closed", "writer"), json={}, timeout=10)
-    assert reply.status_code == 404 and "/episodes/closed/roles/writer/mcp" in reply.text
-    assert httpx.post(f"{server.url('x', 'y')}/../../../elsewhere", json={}, timeout=10).status_code == 404
+    assert reply.status_code == 404 and "/mcp?episode=closed&role=writer" in reply.text
+    assert httpx.post(f"{server.url('x', 'y')}/elsewhere", json={}, timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize("variant", list(Variant), ids=str)
