@@ -191,3 +191,24 @@ def test_a_run_pairs_a_framework_with_its_mcp_twin_and_the_report_compares_them(
     with pytest.raises(SystemExit) as refused:
         main(["run", "--frameworks", "plain", "--tool-transport", "grpc"])
     assert refused.value.code == 2 and "--tool-transport: invalid choice: 'grpc'" in capsys.readouterr().err
+
+
+def test_the_simulated_model_calls_a_tool_by_the_name_it_is_offered_under(simulator: Simulator) -> None:
+    """An MCP client may prefix a server's tools (CrewAI: ``<server>_<tool>``): a model calls what it is offered."""
+    from coordlab.runners.simulator.reading import tool_aliases
+
+    offered = {"srv_crm_lookup": {}, "crm_update": {}, "a_send_email": {}, "b_send_email": {}}
+    assert tool_aliases(offered, ["crm_lookup", "crm_update", "send_email"]) == {"srv_crm_lookup": "crm_lookup"}
+    task = load_suite_task("appointment_rebooking")
+    episode = simulator.open_episode(task, FaultPlan(NONE, 0))
+    try:
+        step = next(s for s in task.steps if s.tool_calls)
+        tools = [{"type": "function", "function": {**spec["function"], "name": f"srv_{spec['function']['name']}"}}
+                 for spec in tool_specs(task, step.role)]
+        prompt = [{"role": "user", "content": f"{step.instruction} {step.marker}\nInputs: {json.dumps(task.inputs)}"}]
+        reply = httpx.post(f"{simulator.base_url(episode.id, step.role)}/chat/completions", timeout=10,
+                           json={"model": "m", "messages": prompt, "tools": tools}).json()
+    finally:
+        simulator.close_episode(episode.id)
+    call = reply["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert call["name"] == f"srv_{step.tool_calls[0].tool}"
