@@ -58,6 +58,26 @@ way to refuse, so past the bound the provider raises, which CrewAI treats as an 
 restores the last checkpoint (written when the task before it completed), redoes the asking
 task, world changes included, and asks again. delegated does not ask (``_DELEGATED_REVIEW_NOTE``).
 
+Tools over MCP (``knobs.tool_transport`` MCP): each role's Agent gets ``mcps=[MCPServerHTTP(url=<its role's
+URL>)]``, CrewAI's native MCP support (``crewai.mcp``), which CrewAI's MCP docs (overview, "Simple DSL
+Integration") call the recommended approach; crewai-tools' ``MCPServerAdapter`` is the one they keep for
+manual connection management, so it is not used (nor installed). CrewAI's defaults otherwise
+(``cache_tools_list`` off). CrewAI lists the server's tools when each task starts (a fresh session:
+initialize, ``tools/list``, close) and wraps each as an ``MCPNativeTool`` whose argument model it builds
+from the input schema, named ``<server name>_<tool>`` with the server name made from the URL's host, port
+and path (not its query; a name past 64 characters is cut, with a hash): the lab's URL,
+``http://127.0.0.1:<port>/mcp?episode=<id>&role=<role>``, gives ``mcp_127_0_0_1_<port>_mcp_<tool>``, the
+name the model reads and calls. Every call opens its own session (initialize, ``tools/call``, close); CrewAI
+drops null and empty arguments before sending, retries a call that raised up to 3 times, and hands the
+agent an ``isError`` result as a ``ToolFailure`` whose text is the server's. The server records each call
+(the step is the role's latest model request's), and CrewAI's MCP tools never reach :meth:`CrewEpisode.run_tool`,
+so nothing is recorded twice. What CrewAI 1.15.30 does with this, measured (tests/adapters/test_crewai_mcp.py):
+on Python 3.11 its per-call client raises on closing the session after the server ran
+the call, so the agent reads "Error executing MCP tool ...: Error during MCP client disconnect: no running
+event loop" instead of the result; and in a hierarchical crew a coworker gets no MCP tools (CrewAI resolves
+``Agent.mcps`` for a crew's own tasks, not for the work its manager delegates). None is compensated.
+Under durability the tools stay native (``_DURABLE_NATIVE_NOTE``).
+
 Extension point: :class:`CrewEpisode` builds and runs one episode, one method per object it
 builds (``llm``, ``agent``, ``output_model``, ``step_task``, ``guardrail``, ``crew``...); a
 plug-in that changes one behaviour subclasses it, overrides that method and sets
@@ -100,6 +120,7 @@ from crewai.events import (  # noqa: E402
     AgentExecutionCompletedEvent, AgentExecutionErrorEvent, TaskCompletedEvent, TaskStartedEvent,
     ToolUsageStartedEvent, crewai_event_bus,
 )
+from crewai.mcp import MCPServerHTTP  # noqa: E402 - the config model only: the MCP SDK loads on first use
 from crewai.state import JsonProvider  # noqa: E402
 from crewai.tasks.conditional_task import ConditionalTask  # noqa: E402
 from crewai.tools import BaseTool  # noqa: E402
@@ -108,7 +129,9 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, create
 from coordlab.tasks.schema import Gate, Step  # noqa: E402
 from coordlab.tasks.tools import Tool  # noqa: E402
 
-from .base import AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, Variant, VariantSupport  # noqa: E402
+from .base import (  # noqa: E402
+    AdapterOutcome, EpisodeSpec, FrameworkAdapter, Termination, ToolTransport, Variant, VariantSupport,
+)
 from .registry import register  # noqa: E402
 from .toolkit import check_gate, execute_tool, expected_output, role_prompt, step_prompt  # noqa: E402
 
@@ -181,6 +204,9 @@ _REVIEW_REFUSED_NOTE = ("{variant}: the reviewer's rejections of '{step}' went p
                         "CrewAI's human feedback has no way to refuse, so the provider raised, and CrewAI re-ran "
                         "'{asked}' as after an agent error (max_retry_limit), refused again each time, before the crew "
                         "failed")
+_DURABLE_NATIVE_NOTE = ("tools over native, not mcp: a durable CrewAI episode keeps the lab's native tools (the "
+                        "crash-and-resume runner serves no MCP endpoint, and a checkpoint would carry the first "
+                        "process's server URL)")
 _UNSTRUCTURED_NOTE = ("CrewAI could not turn the answer of '{step}' into its output_pydantic model (its Converter "
                       "kept the raw text): the task hands on no structured output")
 
@@ -193,6 +219,8 @@ class CrewAIAdapter(FrameworkAdapter):
 
     distribution = "crewai"
     variant_support = _SUPPORT
+    tool_transports = frozenset(ToolTransport)
+    """Native: the lab's tools as CrewAI ``BaseTool``s. MCP: CrewAI's native MCP client, ``Agent(mcps=[...])``."""
     resume_path = _RESUME_PATH
     episode_class: type["CrewEpisode"]
     """The episode class :meth:`run` builds (set below the class; a subclass may replace it)."""
@@ -287,6 +315,10 @@ class CrewEpisode:
         self._delegations = 0
         self._done_steps: set[str] = set()
         self._models: dict[str, type[BaseModel]] = {}
+        self.tools_over_mcp = spec.knobs.tool_transport is ToolTransport.MCP and spec.durability is None
+        """Whether the agents reach the tools through CrewAI's MCP client (never under durability: noted)."""
+        if spec.knobs.tool_transport is ToolTransport.MCP and not self.tools_over_mcp:
+            self.notes.append(_DURABLE_NATIVE_NOTE)
         self.agents = {role: self.agent(role) for role in self.task.roles}
         self._roles_by_agent_id = {str(a.id): role for role, a in self.agents.items()}
         self._steps_by_task_id: dict[str, Step] = {}
@@ -322,12 +354,23 @@ class CrewEpisode:
             if isinstance(tool, _CoordlabTool):
                 tool._run_tool = lambda name, arguments, role=role: self.run_tool(role, name, arguments)
 
+    def mcp_server(self, role: str) -> MCPServerHTTP:
+        """``role``'s MCP endpoint as CrewAI's own streamable-HTTP server config (CrewAI's defaults otherwise)."""
+        return MCPServerHTTP(url=self.spec.endpoint.tool_url(role))
+
     def agent(self, role: str) -> Agent:
-        """One agent per role, with its own LLM (a shared LLM double-counts CrewAI's token usage)."""
+        """One agent per role, with its own LLM (a shared LLM double-counts CrewAI's token usage).
+
+        Over MCP the agent's tools are CrewAI's to find: ``mcps=[its role's server]``, which CrewAI
+        lists and wraps itself; a role without tools gets no server, as it gets no tools natively.
+        """
         spec_role = self.task.roles[role]
+        if self.tools_over_mcp:
+            tools: dict[str, Any] = {"mcps": [self.mcp_server(role)] if spec_role.tools else None}
+        else:
+            tools = {"tools": [self.tool(self.task.tools[name], role) for name in spec_role.tools]}
         return Agent(role=role, goal=spec_role.goal, backstory=role_prompt(spec_role), llm=self.llm(role),
-                     tools=[self.tool(self.task.tools[name], role) for name in spec_role.tools],
-                     max_iter=self.knobs.max_iterations)
+                     max_iter=self.knobs.max_iterations, **tools)
 
     def output_model(self, step: Step) -> type[BaseModel]:
         """The pydantic model of ``step``'s answer: exactly its output fields, any JSON value each."""
