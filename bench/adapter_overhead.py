@@ -6,6 +6,10 @@ is the framework's own work plus the HTTP client, which ``plain`` pays too, so t
 to ``plain`` on the same task is the framework's cost. Medians over repeated episodes after
 warm-up episodes (the openai SDK's first-use warm-up would otherwise land in one framework).
 
+n8n (when installed: ``make n8n``) reaches the tools only over MCP, so ``plain+mcp`` is
+measured too: n8n's ratio to it is its cost without the transport's. Its server starts
+during the warm-up episodes, not inside a measured one.
+
 Run: .venv/bin/python bench/adapter_overhead.py [--task appointment_rebooking] [--episodes 10]
 """
 
@@ -23,7 +27,7 @@ from coordlab.runners.harness import Status, run_episode
 from coordlab.runners.simulator import Simulator
 from coordlab.tasks.loader import load_suite_task
 
-FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph")
+FRAMEWORKS = ("plain", "crewai", "autogen", "langgraph", "plain+mcp", "n8n")
 
 
 def overhead_per_call(framework: str, variant: Variant, task_name: str, episodes: int, warmup: int,
@@ -55,22 +59,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
     args = parser.parse_args()
-    rows, floor = [], {}
+    rows, floor, mcp_floor = [], {}, {}
     with Simulator() as simulator:
         for variant in Variant:
             for framework in args.frameworks:
                 measured = overhead_per_call(framework, variant, args.task, args.episodes, args.warmup, simulator)
                 if isinstance(measured, str):
-                    rows.append([framework, variant.value, "-", "-", "-", "-", measured[:60]])
+                    rows.append([framework, variant.value, "-", "-", "-", "-", "-", measured[:60]])
                     continue
                 per_call, execution, calls = measured
                 if framework == "plain":
                     floor[variant] = per_call
+                if framework == "plain+mcp":
+                    mcp_floor[variant] = per_call
                 ratio = f"{per_call / floor[variant]:.2f}x" if variant in floor else "-"
-                rows.append([framework, variant.value, calls, f"{execution:.1f}", f"{per_call:.2f}", ratio, ""])
+                mcp_ratio = f"{per_call / mcp_floor[variant]:.2f}x" if variant in mcp_floor else "-"
+                rows.append([framework, variant.value, calls, f"{execution:.1f}", f"{per_call:.2f}", ratio,
+                             mcp_ratio, ""])
     print(f"task {args.task}, {args.episodes} episodes after {args.warmup} warm-up, profile none")
     print(tabulate(rows, headers=["framework", "variant", "model calls", "median episode ms",
-                                  "overhead ms / call", "vs plain", "note"]))
+                                  "overhead ms / call", "vs plain", "vs plain+mcp", "note"]))
 
 
 if __name__ == "__main__":
