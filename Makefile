@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCAL_STAMP := $(VENV)/.local-installed
 
-.PHONY: demo test bench baseline env clean constraints local test-live live-report durability-report
+.PHONY: demo test bench baseline env clean constraints local test-live live-report durability-report n8n
 
 demo: $(STAMP)  ## run the default comparison suite on the simulated model and write a report
 	$(BIN)/coordlab demo
@@ -42,6 +42,20 @@ $(LOCAL_STAMP): $(STAMP)
 	touch $(LOCAL_STAMP)
 
 env: $(STAMP)
+
+# n8n is an npm package, not a Python one: pinned in n8n/package.json, locked in n8n/package-lock.json.
+# It overrides three dependencies the registry alone cannot satisfy: xlsx (n8n asks for a tarball on
+# cdn.sheetjs.com), isolated-vm (6.x needs Node 24; 5.0.4 builds on Node 20) and msgpackr-extract (3.0.4,
+# the last whose platform packages are all on the registry, or npm ci finds the lock incomplete).
+# SCARF_ANALYTICS=false stops @scarf/scarf's install-time report. About 2-3 minutes on 2 cores and 1.7 GB;
+# sqlite3 and isolated-vm build from source (their prebuilt binaries are on GitHub, not the registry).
+N8N_STAMP := n8n/node_modules/.installed
+
+n8n: $(N8N_STAMP)  ## install n8n (npm ci in n8n/) for the n8n adapter and its tests (-m n8n)
+
+$(N8N_STAMP): n8n/package.json n8n/package-lock.json
+	cd n8n && SCARF_ANALYTICS=false npm ci --no-audit --no-fund
+	touch $(N8N_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

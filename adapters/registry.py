@@ -30,6 +30,7 @@ _BUILTIN_MODULES: dict[str, tuple[str, str]] = {
     "crewai": ("coordlab.adapters.crewai_adapter", "crewai"),
     "autogen": ("coordlab.adapters.autogen_adapter", "autogen-agentchat"),
     "langgraph": ("coordlab.adapters.langgraph_adapter", "langgraph"),
+    "n8n": ("coordlab.adapters.n8n_adapter", "npm:n8n"),  # an npm package in n8n/node_modules (make n8n)
 }
 _FACTORIES: dict[str, AdapterFactory] = {}
 MCP_SUFFIX = "+mcp"
@@ -106,6 +107,12 @@ def adapter_version(name: str) -> str:
     name = name.removesuffix(MCP_SUFFIX)
     if name in _BUILTIN_MODULES:
         distribution = _BUILTIN_MODULES[name][1]
+        if distribution.startswith("npm:"):  # not a Python distribution: its package.json has the version
+            from .n8n_runtime import N8nUnavailable, npm_version
+            try:
+                return npm_version(distribution.removeprefix("npm:"))
+            except N8nUnavailable as exc:
+                raise AdapterUnavailable(f"adapter {name!r}: {exc}") from None
         try:
             return distribution_version(distribution)
         except PackageNotFoundError:

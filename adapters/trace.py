@@ -52,9 +52,11 @@ class TraceRecorder:
         self._events: list[TraceEvent] = []
         self._lock = threading.Lock()
 
-    def record(self, kind: EventKind, role: str | None = None, step: str | None = None, **detail: Any) -> None:
-        """Append one event stamped with the current time."""
-        event = TraceEvent(kind, time.perf_counter(), role, step, detail)
+    def record(self, kind: EventKind, role: str | None = None, step: str | None = None, *,
+               at: float | None = None, **detail: Any) -> None:
+        """Append one event stamped with the current time, or with ``at`` (a ``time.perf_counter()`` value) for
+        an event read back after the fact from a framework's own record (n8n's execution data)."""
+        event = TraceEvent(kind, time.perf_counter() if at is None else at, role, step, detail)
         with self._lock:
             self._events.append(event)
 
@@ -65,21 +67,23 @@ class TraceRecorder:
         self.record(EventKind.TOOL_CALL, role, step, name=name, mutating=mutating, ok=ok, error=error,
                     duration_ms=duration_ms)
 
-    def handoff(self, source: str | None, target: str, mechanism: str, step: str | None = None) -> None:
+    def handoff(self, source: str | None, target: str, mechanism: str, step: str | None = None, *,
+                at: float | None = None) -> None:
         """Work passed from ``source`` to ``target`` by ``mechanism`` (task boundary, edge, tool, message)."""
-        self.record(EventKind.HANDOFF, source, step, source=source, target=target, mechanism=mechanism)
+        self.record(EventKind.HANDOFF, source, step, at=at, source=source, target=target, mechanism=mechanism)
 
     def gate(self, step: str, passed: bool, reason: str = "") -> None:
         """The gate in front of ``step`` passed or rejected."""
         self.record(EventKind.GATE, None, step, passed=passed, reason=reason)
 
-    def retry(self, step: str | None, source: str, reason: str, role: str | None = None) -> None:
+    def retry(self, step: str | None, source: str, reason: str, role: str | None = None, *,
+              at: float | None = None) -> None:
         """The framework redid work (``source`` = ``framework`` here; transport retries come from the simulator)."""
-        self.record(EventKind.RETRY, role, step, source=source, reason=reason)
+        self.record(EventKind.RETRY, role, step, at=at, source=source, reason=reason)
 
-    def step_output(self, role: str | None, step: str, outputs: dict[str, Any]) -> None:
+    def step_output(self, role: str | None, step: str, outputs: dict[str, Any], *, at: float | None = None) -> None:
         """What a step handed on, as the framework holds it."""
-        self.record(EventKind.STEP_OUTPUT, role, step, outputs=outputs)
+        self.record(EventKind.STEP_OUTPUT, role, step, at=at, outputs=outputs)
 
     @property
     def events(self) -> list[TraceEvent]:

@@ -26,9 +26,22 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def by_value(value: Any) -> Any:
+    """``value`` with every whole float as an int: JSON has one number type, and a JavaScript client (n8n)
+    sends 100.0 as 100, which is the same amount."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {key: by_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [by_value(item) for item in value]
+    return value
+
+
 def effect_signature(tool: str, arguments: Mapping[str, Any]) -> str:
-    """Tool name plus canonical arguments: two equal signatures are the same change to the world."""
-    return f"{tool}{canonical_json(dict(arguments))}"
+    """Tool name plus canonical arguments, numbers compared by value: two equal signatures are the same change
+    to the world."""
+    return f"{tool}{canonical_json(by_value(dict(arguments)))}"
 
 
 @dataclass(frozen=True)

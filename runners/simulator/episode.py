@@ -219,7 +219,7 @@ class EpisodeState:
         values, misread = self._misread(step, reading, values, base["prompt_tokens"])
         offered = offered_tools(body)
         aliases = tool_aliases(offered, self.task.tools)
-        transcript = step_transcript(messages, marker_index, aliases)
+        transcript = step_transcript(messages, marker_index, aliases, self.task.tools)
         results, pending = walk_plan(step, values, lambda plan, arguments: transcript.result_for(plan.tool, arguments))
         namespace = step_namespace(step, values, results)
 
@@ -424,7 +424,8 @@ class EpisodeState:
 
     def _route_reply(self, step: Step | None, target: str, messages: list[Mapping[str, Any]],
                      values: Mapping[str, Any], tools: Mapping[str, Mapping[str, Any]]) -> Reply:
-        """Name ``target`` the way the request asks: a transfer tool, a routing argument, or plain text.
+        """Name ``target`` the way the request asks: a transfer tool, an agent tool given the brief, a routing
+        argument, or plain text.
 
         FINISH is always said in text, followed by the last step's outputs: a routing tool
         called with FINISH as its worker would be rejected, and a manager whose answer ends
@@ -434,9 +435,18 @@ class EpisodeState:
         if target == FINISH:
             last = self.task.steps[-1].output_names
             return Reply("route", content=f"{FINISH} {json.dumps({o: values[o] for o in last if o in values})}")
-        for name in tools:
+        for name, schema in tools.items():
             if name.lower().endswith(target.lower()):
-                return Reply("route", tool_calls=[self._call(name, "{}")])
+                asks = [p for p, spec in (schema.get("properties") or {}).items()
+                        if isinstance(spec, Mapping) and spec.get("type", "string") == "string"]
+                if not asks:  # a transfer tool: naming it is the whole decision
+                    return Reply("route", tool_calls=[self._call(name, "{}")])
+                assert step is not None  # FINISH was answered above
+                # An agent offered as a tool (n8n's AI Agent Tool) takes the work in words: the brief.
+                brief = delegation_brief(step, messages, values, self.mechanisms.brief_loss, self._draws(step))
+                text = f"{brief.instruction}\nInputs: {brief.context}"
+                return Reply("route", tool_calls=[self._call(name, json.dumps({p: text for p in asks}))],
+                             mechanisms=brief.mechanisms)
         for name, schema in tools.items():
             properties = schema.get("properties") or {}
             key = next((p for p in _ROUTE_PARAMETERS if p in properties), None)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from coordlab.tasks.oracle import parse_tool_result
 from coordlab.tasks.schema import Step, Task
-from coordlab.tasks.world import canonical_json
+from coordlab.tasks.world import by_value, canonical_json
 
 _MARKER = re.compile(r"\[coordlab:step=([a-z][a-z0-9_]*)\]")
 _DECODER = json.JSONDecoder()
@@ -49,6 +49,17 @@ def json_objects_at(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
         if isinstance(value, dict):
             yield position, value
         position = text.find("{", end)
+
+
+def _objects_read(text: str) -> Iterable[tuple[int, dict[str, Any]]]:
+    """The JSON objects a model reads in ``text``: those embedded in it, and those quoted inside their string
+    values (an answer handed on as a string field, as n8n's agent tool returns ``{"output": "{...}"}``),
+    each at the position of the object quoting it."""
+    for start, obj in json_objects_at(text):
+        yield start, obj
+        for value in obj.values():
+            if isinstance(value, str) and "{" in value:
+                yield from ((start, quoted) for _, quoted in _objects_read(value))
 
 
 def json_kind(value: Any) -> str:
@@ -99,7 +110,7 @@ class Reading:
         total = sum(len(t) + 1 for t in texts) or 1
         for message, text in zip(messages, texts):
             if not (skip_tool_results and message.get("role") == "tool"):
-                for start, obj in json_objects_at(text):
+                for start, obj in _objects_read(text):
                     for name, value in obj.items():
                         if _typed(name, value, kinds):
                             reading.mentions.setdefault(name, []).append(Mention(value, (offset + start) / total))
@@ -148,7 +159,9 @@ def find_step(task: Task, role: str, messages: list[Mapping[str, Any]],
     other agents' steps (or this role's earlier ones) does not confuse the identification.
     A message that names several of the role's steps at once (a role briefed on all its
     work, as a team's task text does) is read as a model would read it: it works on the
-    first of them whose results it cannot yet see in the request, else the last. A step's
+    first of them whose results it cannot yet see and whose inputs it can (a worker called
+    afresh with only the inputs of its third step does that one), else the first whose
+    results it cannot see, else the last. A step's
     results are its answer, so tool results do not count: a tool returning a field the
     step reports does not make the step answered.
 
@@ -164,7 +177,8 @@ def find_step(task: Task, role: str, messages: list[Mapping[str, Any]],
         nonlocal visible
         if visible is None:
             visible = Reading.of(messages, kinds, skip_tool_results=True).values()
-        return next((s for s in steps if any(o not in visible for o in s.output_names)), None)
+        pending = [s for s in steps if any(o not in visible for o in s.output_names)]
+        return next((s for s in pending if all(r in visible for r in s.reads)), pending[0] if pending else None)
 
     def named_in(index: int, candidates: set[str]) -> list[Step]:
         named = [s for s in dict.fromkeys(_MARKER.findall(message_text(messages[index]))) if s in candidates]
@@ -200,10 +214,11 @@ class StepTranscript:
 
         A transient error (a call that timed out) is no answer: a model retries such a call.
         """
-        wanted = canonical_json(dict(arguments))
+        wanted = canonical_json(by_value(dict(arguments)))  # numbers by value: 100 and 100.0 are one call
         for exchange in self.exchanges:
             if exchange.name == tool and isinstance(exchange.arguments, dict) \
-                    and canonical_json(exchange.arguments) == wanted and not is_transient_error(exchange.result):
+                    and canonical_json(by_value(exchange.arguments)) == wanted \
+                    and not is_transient_error(exchange.result):
                 return True, exchange.result
         return False, None
 
@@ -235,11 +250,13 @@ def tool_aliases(offered: Mapping[str, Any], known: Iterable[str]) -> dict[str, 
     return aliases
 
 
-def step_transcript(messages: list[Mapping[str, Any]], start: int,
-                    aliases: Mapping[str, str] | None = None) -> StepTranscript:
+def step_transcript(messages: list[Mapping[str, Any]], start: int, aliases: Mapping[str, str] | None = None,
+                    known: Iterable[str] = ()) -> StepTranscript:
     """The tool exchanges in ``messages[start:]`` (an unparseable argument string stays a string), each under
-    its tool's own name (``aliases`` maps an offered name back to it)."""
-    aliases = aliases or {}
+    its tool's own name: ``aliases`` maps an offered name back to it, and a call replayed under a toolkit's
+    name with the tool in its arguments (n8n's agent: ``Tools_role`` with ``{"tool": "crm_lookup", ...}``)
+    is read as that tool's call. A result wrapped in MCP content parts is read as its text."""
+    aliases, known = aliases or {}, set(known)
     calls: dict[str, tuple[str, Any]] = {}
     transcript = StepTranscript()
     for message in messages[max(start, 0):]:
@@ -251,11 +268,30 @@ def step_transcript(messages: list[Mapping[str, Any]], start: int,
             except ValueError:
                 arguments = raw
             name = str(function.get("name"))
-            calls[str(call.get("id"))] = (aliases.get(name, name), arguments)
+            name, arguments = _toolkit_call(aliases.get(name, name), arguments, known)
+            calls[str(call.get("id"))] = (name, arguments)
         if message.get("role") == "tool" and str(message.get("tool_call_id")) in calls:
             name, arguments = calls[str(message.get("tool_call_id"))]
-            transcript.exchanges.append(ToolExchange(name, arguments, parse_tool_result(message_text(message))))
+            transcript.exchanges.append(ToolExchange(name, arguments, _unwrapped(parse_tool_result(
+                message_text(message)))))
     return transcript
+
+
+def _toolkit_call(name: str, arguments: Any, known: set[str]) -> tuple[str, Any]:
+    """A call replayed under a toolkit's name, read as the call of the tool its arguments name."""
+    if name in known or not isinstance(arguments, dict) or arguments.get("tool") not in known:
+        return name, arguments
+    return arguments["tool"], {k: v for k, v in arguments.items() if k not in ("tool", "id")}
+
+
+def _unwrapped(result: Any) -> Any:
+    """A tool result as its text says it: MCP content parts (``[{"type": "text", "text": ...}]``, possibly
+    under a ``response`` key, as n8n replays them) read as the JSON or text they carry."""
+    if isinstance(result, list) and len(result) == 1 and isinstance(result[0], dict) and set(result[0]) == {"response"}:
+        result = result[0]["response"]
+    if isinstance(result, list) and result and all(isinstance(p, dict) and p.get("type") == "text" for p in result):
+        return parse_tool_result("".join(str(p.get("text", "")) for p in result))
+    return result
 
 
 def _json_schema_format(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
