@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCAL_STAMP := $(VENV)/.local-installed
 
-.PHONY: demo test bench baseline env clean constraints local test-live live-report durability-report n8n
+.PHONY: demo test bench baseline env clean constraints local test-live live-report durability-report n8n n8n-report
 
 demo: $(STAMP)  ## run the default comparison suite on the simulated model and write a report
 	$(BIN)/coordlab demo
@@ -56,6 +56,11 @@ n8n: $(N8N_STAMP)  ## install n8n (npm ci in n8n/) for the n8n adapter and its t
 $(N8N_STAMP): n8n/package.json n8n/package-lock.json
 	cd n8n && SCARF_ANALYTICS=false npm ci --no-audit --no-fund
 	touch $(N8N_STAMP)
+
+n8n-report: $(STAMP) $(N8N_STAMP)  ## regenerate docs/experiments/n8n: the five frameworks under none and mixed_5pct (about 8 minutes)
+	rm -f out/n8n.sqlite out/n8n.sqlite-wal out/n8n.sqlite-shm  # a published report starts from nothing
+	$(BIN)/coordlab run --frameworks plain crewai autogen langgraph n8n --faults none mixed_5pct --seeds 24 --store out/n8n.sqlite --fresh
+	$(BIN)/coordlab report --store out/n8n.sqlite --out docs/experiments/n8n --command "make n8n-report"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -37,9 +37,12 @@ from .trace import EventKind
 
 DELEGATION_NOTE = (
     "delegated: n8n's agent tools take their prompt from the calling agent (a required 'Prompt__User_Message_' "
-    "argument); the simulated router calls a tool named after a role with empty arguments (a transfer tool), so "
-    "the role's agent gets no prompt and n8n stops the execution ('No prompt specified')")
-"""Why delegated episodes end in an error against the simulator (reported, not worked around)."""
+    "argument); the orchestrating model called one without it, so the role's agent got no prompt and n8n stopped "
+    "the execution ('No prompt specified')")
+"""Said when an orchestrator's call of an agent tool carried no prompt (n8n ends the execution)."""
+_DELEGATED_SUPPORT_NOTE = (
+    "each role's agent is called afresh by the orchestrator (an AI Agent Tool keeps no memory between calls) with "
+    "the orchestrator's brief as its prompt; its system message lists the role's steps, so it knows its work")
 _SUPPORT = {
     Variant.LINEAR: VariantSupport(True, "Webhook -> one AI Agent node per step -> Respond to Webhook",
                                    "values handed on by n8n expressions reading earlier nodes' outputs"),
@@ -48,7 +51,7 @@ _SUPPORT = {
               "loops back to the retry step or ends the workflow"),
     Variant.DELEGATED: VariantSupport(
         True, "an orchestrating AI Agent (router's model) with one AI Agent Tool per role, each tool's prompt "
-              "written by the orchestrator ($fromAI), n8n's multi-agent idiom", DELEGATION_NOTE),
+              "written by the orchestrator ($fromAI), n8n's multi-agent idiom", _DELEGATED_SUPPORT_NOTE),
 }
 WEBHOOK_TIMEOUT_S = 900.0
 """How long the adapter waits for n8n to answer an episode's webhook (the lab's own time limit is shorter)."""
