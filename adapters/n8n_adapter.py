@@ -205,6 +205,16 @@ def node_runs(execution: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return sorted(runs, key=lambda item: (item[1].get("executionIndex", 0), item[1].get("startTime", 0)))
 
 
+def finished_at(run: dict[str, Any]) -> float | None:
+    """When a node run ended, on the trace's clock (``time.perf_counter()``), from n8n's wall-clock
+    ``startTime`` and ``executionTime`` (ms): the events read back after the execution then sit where
+    they happened, among the tool calls and gates recorded live. None when n8n gave no start time."""
+    if not isinstance(run.get("startTime"), (int, float)):
+        return None
+    ended = (run["startTime"] + (run.get("executionTime") or 0)) / 1000
+    return time.perf_counter() - (time.time() - ended)
+
+
 def run_items(run: dict[str, Any]) -> list[dict[str, Any]]:
     """Every item a node run emitted, on any connection type (an agent tool's answer is on ``ai_tool``)."""
     return [item.get("json", {}) for outputs in (run.get("data") or {}).values() for output in outputs or []
@@ -230,13 +240,13 @@ def record_trace(spec: EpisodeSpec, execution: dict[str, Any]) -> None:
         if name in fields and main_output(run):
             step = fields[name]
             if step.role != previous_role:
-                trace.handoff(previous_role, step.role, "connection", step.id)
+                trace.handoff(previous_role, step.role, "connection", step.id, at=finished_at(run))
             previous_role = step.role
-            trace.step_output(step.role, step.id, dict(main_output(run)[0].get("answer") or {}))
+            trace.step_output(step.role, step.id, dict(main_output(run)[0].get("answer") or {}), at=finished_at(run))
         elif name in retries and main_output(run, 0):
             gate = retries[name]
             assert gate is not None
-            trace.retry(gate.retry, "framework", "gate rejected", task.step(gate.retry).role)
+            trace.retry(gate.retry, "framework", "gate rejected", task.step(gate.retry).role, at=finished_at(run))
 
 
 def record_delegation(spec: EpisodeSpec, execution: dict[str, Any]) -> None:
@@ -246,11 +256,12 @@ def record_delegation(spec: EpisodeSpec, execution: dict[str, Any]) -> None:
     for name, run in node_runs(execution):
         if name not in task.roles:
             continue
-        trace.handoff(spec.router_role, name, "agent tool call")
+        trace.handoff(spec.router_role, name, "agent tool call", at=finished_at(run))
         answer = parse_output(next((i["output"] for i in run_items(run) if isinstance(i.get("output"), str)), ""))
         step = next((s for s in task.steps_of(name) if any(f in answer for f in s.output_names)), None)
         if step is not None:
-            trace.step_output(name, step.id, {f: answer[f] for f in step.output_names if f in answer})
+            trace.step_output(name, step.id, {f: answer[f] for f in step.output_names if f in answer},
+                              at=finished_at(run))
 
 
 def ending(spec: EpisodeSpec, answer: dict[str, Any], execution: dict[str, Any]) -> tuple[Termination, str | None]:
