@@ -86,7 +86,7 @@ class Knobs:
     framework's own MCP client (the same schemas and tool bodies either way)."""
 
     def __post_init__(self) -> None:
-        if self.tool_transport in set(ToolTransport) and not isinstance(self.tool_transport, ToolTransport):
+        if isinstance(self.tool_transport, str) and self.tool_transport in {t.value for t in ToolTransport}:
             object.__setattr__(self, "tool_transport", ToolTransport(self.tool_transport))  # as read from YAML
         problems = knob_problems(self)
         if problems:

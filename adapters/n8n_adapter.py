@@ -110,10 +110,6 @@ class N8nAdapter(FrameworkAdapter):
         """n8n's version, from its package.json in ``n8n/node_modules``."""
         return npm_version("n8n")
 
-    def close(self) -> None:
-        """Stop the n8n this adapter uses (it is also stopped when the process exits)."""
-        (self.runtime or shared_runtime()).stop()
-
     def run(self, spec: EpisodeSpec) -> AdapterOutcome:
         """Trigger the (task, variant) workflow with this episode's URLs; read n8n's execution into the trace."""
         started = time.perf_counter()

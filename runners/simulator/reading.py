@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from coordlab.tasks.oracle import parse_tool_result
 from coordlab.tasks.schema import Step, Task
-from coordlab.tasks.world import by_value, canonical_json
+from coordlab.tasks.world import effect_signature
 
 _MARKER = re.compile(r"\[coordlab:step=([a-z][a-z0-9_]*)\]")
 _DECODER = json.JSONDecoder()
@@ -214,10 +214,9 @@ class StepTranscript:
 
         A transient error (a call that timed out) is no answer: a model retries such a call.
         """
-        wanted = canonical_json(by_value(dict(arguments)))  # numbers by value: 100 and 100.0 are one call
+        wanted = effect_signature(tool, arguments)  # the world's sameness: numbers by value, 100 and 100.0 alike
         for exchange in self.exchanges:
-            if exchange.name == tool and isinstance(exchange.arguments, dict) \
-                    and canonical_json(by_value(exchange.arguments)) == wanted \
+            if isinstance(exchange.arguments, dict) and effect_signature(exchange.name, exchange.arguments) == wanted \
                     and not is_transient_error(exchange.result):
                 return True, exchange.result
         return False, None

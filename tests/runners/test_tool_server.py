@@ -161,6 +161,8 @@ def test_the_knob_reads_its_yaml_spelling_and_refuses_others() -> None:
     assert Knobs(tool_transport="mcp").tool_transport is ToolTransport.MCP  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="knobs.tool_transport: must be 'native' or 'mcp', got 'grpc'"):
         Knobs(tool_transport="grpc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"knobs.tool_transport: must be 'native' or 'mcp', got \['mcp'\]"):
+        Knobs(tool_transport=["mcp"])  # type: ignore[arg-type]  # a YAML list: refused, not a TypeError
 
 
 def test_native_tools_keep_a_sweeps_identity_and_mcp_changes_it(monkeypatch: pytest.MonkeyPatch) -> None:
